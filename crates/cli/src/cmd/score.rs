@@ -1,0 +1,127 @@
+//! `sightline score`: lm-evaluation-harness log-likelihoods for JSONL requests.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args as ClapArgs, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use sightline_model::score::{score, EmptyContextPrefix, Request, ScoreOptions};
+
+use super::model_args::ModelArgs;
+use crate::io::Output;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmptyPrefix {
+    /// `[eos]`, as the 0.3-era harness (the paper's) does.
+    Eos,
+    /// BOS (else EOS), as lm-eval 0.4's `prefix_token_id` does.
+    Bos,
+}
+
+#[derive(ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL file: one `{"context": str, "continuation": str}` per line.
+    #[arg(long)]
+    requests: PathBuf,
+    /// Write results here instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Replace --output if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Left-truncation length (default: max_position_embeddings, as the harness).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Prepend BOS to contexts (lm-eval `add_bos_token=True`); off as in the paper's harness.
+    #[arg(long)]
+    add_bos: bool,
+    /// Score every request on its own instead of reusing a shared context's KV cache.
+    #[arg(long)]
+    no_shared_prefix: bool,
+    /// Token that stands in for an empty context.
+    #[arg(long, value_enum, default_value = "eos")]
+    empty_context_prefix: EmptyPrefix,
+}
+
+/// Reads requests, naming the file, line and field of anything malformed.
+fn read_requests(path: &PathBuf) -> Result<Vec<Request>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+        let field = |name: &str| -> Result<String> {
+            v.get(name)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .with_context(|| {
+                    format!(
+                        "{}:{}: field `{name}` must be a string",
+                        path.display(),
+                        i + 1
+                    )
+                })
+        };
+        out.push(Request {
+            context: field("context")?,
+            continuation: field("continuation")?,
+        });
+    }
+    Ok(out)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let requests = read_requests(&a.requests)?;
+    if a.output.as_deref() == Some(a.requests.as_path()) {
+        anyhow::bail!(
+            "--output would overwrite the requests file {}",
+            a.requests.display()
+        );
+    }
+    let mut out = Output::create(a.output.as_deref(), a.overwrite)?;
+    let m = a.model.load()?;
+    let opts = ScoreOptions {
+        batch_size: a.batch_size.max(1),
+        max_length: a.max_length,
+        add_bos: a.add_bos,
+        shared_prefix: !a.no_shared_prefix,
+        empty_context: match a.empty_context_prefix {
+            EmptyPrefix::Eos => EmptyContextPrefix::Eos,
+            EmptyPrefix::Bos => EmptyContextPrefix::Bos,
+        },
+    };
+    let bar = ProgressBar::new(requests.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("scoring");
+    let results = score(
+        &m.model,
+        &m.tokenizer,
+        &requests,
+        &opts,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )
+    .with_context(|| format!("{}", a.requests.display()))?;
+    bar.finish_and_clear();
+    let w = out.writer();
+    for r in results {
+        serde_json::to_writer(&mut *w, &r)?;
+        w.write_all(b"\n")?;
+    }
+    out.finish()
+}

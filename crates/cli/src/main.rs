@@ -1,0 +1,63 @@
+//! `sightline`: evaluate, train and compare LLaMA / LLaVA models for the question "does
+//! training on images make a language model more truthful and ethical in plain text?".
+//!
+//! A thin layer over the library crates: parse flags, call the library, print, and turn
+//! errors into one line and exit code 1.
+
+mod cmd;
+mod io;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "sightline",
+    version,
+    about = "Evaluate, train and compare LLaMA/LLaVA models (Sight Beyond Text)"
+)]
+struct Cli {
+    /// Worker threads for the CPU kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Log-likelihoods of (context, continuation) requests, lm-evaluation-harness style.
+    Score(cmd::score::Args),
+    /// Generate text from a prompt (greedy or sampled).
+    Generate(cmd::generate::Args),
+    /// Convert foreign checkpoints to Hugging Face layout.
+    #[command(subcommand)]
+    Convert(cmd::convert::Command),
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // candle and rayon read this once, at their first parallel op.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match cli.command {
+        Command::Score(a) => cmd::score::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Convert(c) => cmd::convert::run(c),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Log-likelihood scoring with lm-evaluation-harness semantics (`spec/lm-eval-scoring.md`).
+//!
+//! A request is a `(context, continuation)` pair; the answer is `Σ log p(continuation token)`
+//! and whether every continuation token is the argmax. Reference: lm-eval 0.4.9.1
+//! `HFLM(add_bos_token=False)` `_encode_pair` / `_loglikelihood_tokens`, which match the
+//! 0.3-era `hf-causal-experimental` the paper used (except for the empty-context prefix token,
+//! see [`EmptyContextPrefix`]).
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::llama::{logprob_and_greedy, KvCache, Llama};
+use crate::tokenizer::Tokenizer;
+
+/// One log-likelihood request, as `sightline score` reads it from JSONL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Request {
+    pub context: String,
+    pub continuation: String,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub logprob: f64,
+    pub is_greedy: bool,
+}
+
+/// The token that stands in for an empty context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmptyContextPrefix {
+    /// The 0.3-era harness the paper used: `[eos_token_id]`.
+    #[default]
+    Eos,
+    /// lm-eval 0.4.x `prefix_token_id`: BOS when the tokenizer has one, else EOS.
+    Bos,
+}
+
+/// Scoring settings.
+#[derive(Debug, Clone)]
+pub struct ScoreOptions {
+    /// Sequences per forward pass (after sorting by length).
+    pub batch_size: usize,
+    /// Left-truncation length; `None` = `max_position_embeddings` as the harness resolves it.
+    pub max_length: Option<usize>,
+    /// Prepend BOS to every context (lm-eval `add_bos_token=True`).
+    pub add_bos: bool,
+    /// Compute a context shared by several requests once and score continuations on its KV cache.
+    pub shared_prefix: bool,
+    pub empty_context: EmptyContextPrefix,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            max_length: None,
+            add_bos: false,
+            shared_prefix: true,
+            empty_context: EmptyContextPrefix::Eos,
+        }
+    }
+}
+
+/// Token ids of a request after the harness's encoding rules.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncodedRequest {
+    pub context: Vec<u32>,
+    pub continuation: Vec<u32>,
+}
+
+/// Python's `str.isspace` per character: Unicode White_Space plus U+001C..U+001F, which
+/// CPython also strips (they are bidi class B/S).
+fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// `_encode_pair`: trailing whitespace of the context moves to the continuation, the whole
+/// string is encoded and split at the context's token count.
+pub fn encode_request(
+    tok: &Tokenizer,
+    req: &Request,
+    opts: &ScoreOptions,
+) -> Result<EncodedRequest> {
+    let bos: Vec<u32> = if opts.add_bos {
+        vec![tok
+            .bos_id
+            .ok_or_else(|| Error::Request("--add-bos: the tokenizer has no BOS token".into()))?]
+    } else {
+        vec![]
+    };
+    if req.context.is_empty() {
+        let prefix = match opts.empty_context {
+            EmptyContextPrefix::Bos => tok.bos_id.or(tok.eos_id),
+            EmptyContextPrefix::Eos => tok.eos_id,
+        }
+        .ok_or_else(|| {
+            Error::Request("empty context needs an EOS/BOS token, the tokenizer has none".into())
+        })?;
+        let continuation = tok.encode(&req.continuation)?;
+        return check(
+            EncodedRequest {
+                context: vec![prefix],
+                continuation,
+            },
+            req,
+        );
+    }
+    let trimmed = req.context.trim_end_matches(is_python_space);
+    let (context, continuation) = if trimmed.len() < req.context.len() {
+        let moved = &req.context[trimmed.len()..];
+        (trimmed.to_string(), format!("{moved}{}", req.continuation))
+    } else {
+        (req.context.clone(), req.continuation.clone())
+    };
+    let whole = tok.encode(&format!("{context}{continuation}"))?;
+    let ctx = tok.encode(&context)?;
+    let cont = whole.get(ctx.len()..).unwrap_or(&[]).to_vec();
+    let mut full_ctx = bos;
+    full_ctx.extend(ctx);
+    check(
+        EncodedRequest {
+            context: full_ctx,
+            continuation: cont,
+        },
+        req,
+    )
+}
+
+fn check(enc: EncodedRequest, req: &Request) -> Result<EncodedRequest> {
+    if enc.context.is_empty() || enc.continuation.is_empty() {
+        return Err(Error::Request(format!(
+            "request {:?} + {:?}: the continuation encodes to no tokens of its own \
+             (the harness asserts len(continuation_enc) > 0)",
+            req.context, req.continuation
+        )));
+    }
+    Ok(enc)
+}
+
+/// Where a request's scored rows come from once truncated: `input` is the model input
+/// (`(ctx + cont)[-(max_length+1):][:-1]`) and the continuation occupies its last rows.
+struct Prepared {
+    input: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+fn prepare(enc: &EncodedRequest, max_length: usize) -> Result<Prepared> {
+    if enc.continuation.len() > max_length {
+        return Err(Error::Request(format!(
+            "continuation of {} tokens is longer than max_length {max_length}",
+            enc.continuation.len()
+        )));
+    }
+    let mut seq: Vec<u32> = enc
+        .context
+        .iter()
+        .chain(&enc.continuation)
+        .copied()
+        .collect();
+    if seq.len() > max_length + 1 {
+        seq.drain(..seq.len() - (max_length + 1));
+    }
+    seq.pop();
+    Ok(Prepared {
+        input: seq,
+        targets: enc.continuation.clone(),
+    })
+}
+
+/// Scores requests; results come back in input order. `progress(done, total)` is called as
+/// unique requests finish.
+pub fn score(
+    model: &Llama,
+    tok: &Tokenizer,
+    requests: &[Request],
+    opts: &ScoreOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Scored>> {
+    let encoded = requests
+        .iter()
+        .map(|r| encode_request(tok, r, opts))
+        .collect::<Result<Vec<_>>>()?;
+    score_encoded(model, &encoded, opts, progress)
+}
+
+/// Scores already-encoded requests (see [`score`]).
+pub fn score_encoded(
+    model: &Llama,
+    encoded: &[EncodedRequest],
+    opts: &ScoreOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Scored>> {
+    let max_length = opts
+        .max_length
+        .unwrap_or(model.config.max_position_embeddings);
+    // Identical requests are computed once (the harness's Reorderer does the same).
+    let mut unique: Vec<&EncodedRequest> = Vec::new();
+    let mut slot_of: HashMap<&EncodedRequest, usize> = HashMap::new();
+    let owner: Vec<usize> = encoded
+        .iter()
+        .map(|e| {
+            *slot_of.entry(e).or_insert_with(|| {
+                unique.push(e);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    let prepared = unique
+        .iter()
+        .map(|e| prepare(e, max_length))
+        .collect::<Result<Vec<_>>>()?;
+    let total = unique.len();
+    let mut results: Vec<Option<Scored>> = vec![None; total];
+    let mut done = 0usize;
+
+    // Requests whose untruncated context is shared by others go through the prefix cache.
+    let mut plain: Vec<usize> = Vec::new();
+    let mut groups: HashMap<&[u32], Vec<usize>> = HashMap::new();
+    for (i, e) in unique.iter().enumerate() {
+        let fits = e.context.len() + e.continuation.len() <= max_length + 1;
+        if opts.shared_prefix && fits {
+            groups.entry(e.context.as_slice()).or_default().push(i);
+        } else {
+            plain.push(i);
+        }
+    }
+    let mut shared: Vec<(&[u32], Vec<usize>)> = Vec::new();
+    for (ctx, members) in groups {
+        if members.len() > 1 {
+            shared.push((ctx, members));
+        } else {
+            plain.extend(members);
+        }
+    }
+    shared.sort_by_key(|(_, m)| m[0]);
+
+    for (ctx, members) in &shared {
+        for chunk in members.chunks(opts.batch_size.max(1)) {
+            let scored =
+                score_shared_prefix(model, ctx, chunk.iter().map(|&i| &prepared[i].targets))?;
+            for (&i, s) in chunk.iter().zip(scored) {
+                results[i] = Some(s);
+            }
+            done += chunk.len();
+            progress(done, total);
+        }
+    }
+
+    // Longest first, as the harness orders them; batch members are right-padded with id 0.
+    plain.sort_by(|&a, &b| {
+        prepared[b]
+            .input
+            .len()
+            .cmp(&prepared[a].input.len())
+            .then(a.cmp(&b))
+    });
+    for chunk in plain.chunks(opts.batch_size.max(1)) {
+        let batch: Vec<&Prepared> = chunk.iter().map(|&i| &prepared[i]).collect();
+        for (&i, s) in chunk.iter().zip(score_padded_batch(model, &batch)?) {
+            results[i] = Some(s);
+        }
+        done += chunk.len();
+        progress(done, total);
+    }
+
+    owner
+        .iter()
+        .map(|&u| {
+            results[u].ok_or_else(|| Error::Request("internal: a request was not scored".into()))
+        })
+        .collect()
+}
+
+/// Sums log-probs of `targets` read from `rows` (`[n, vocab]` f32, one row per target).
+fn sum_rows(logits: &[f32], vocab: usize, targets: &[u32]) -> Scored {
+    let mut logprob = 0.0;
+    let mut is_greedy = true;
+    for (r, &t) in targets.iter().enumerate() {
+        let (lp, greedy) = logprob_and_greedy(&logits[r * vocab..(r + 1) * vocab], t);
+        logprob += lp;
+        is_greedy &= greedy;
+    }
+    Scored { logprob, is_greedy }
+}
+
+/// The plain path: one forward over right-padded inputs; only continuation rows reach the
+/// LM head.
+fn score_padded_batch(model: &Llama, batch: &[&Prepared]) -> Result<Vec<Scored>> {
+    let dev = model.device();
+    let width = batch.iter().map(|p| p.input.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(batch.len() * width);
+    let mut rows = Vec::new();
+    for (b, p) in batch.iter().enumerate() {
+        ids.extend(&p.input);
+        ids.extend(std::iter::repeat_n(0u32, width - p.input.len()));
+        let start = p.input.len() - p.targets.len();
+        rows.extend((start..p.input.len()).map(|r| (b * width + r) as u32));
+    }
+    let ids = Tensor::from_vec(ids, (batch.len(), width), dev)?;
+    let hidden = model.forward_hidden(&ids, None)?;
+    let hidden = hidden
+        .flatten_to(1)?
+        .index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+    let logits: Vec<f32> = model.logits(&hidden)?.flatten_all()?.to_vec1()?;
+    let vocab = model.config.vocab_size;
+    let mut out = Vec::with_capacity(batch.len());
+    let mut offset = 0;
+    for p in batch {
+        let n = p.targets.len();
+        out.push(sum_rows(
+            &logits[offset * vocab..(offset + n) * vocab],
+            vocab,
+            &p.targets,
+        ));
+        offset += n;
+    }
+    Ok(out)
+}
+
+/// The shared-prefix path: the context runs once (its last row predicts every continuation's
+/// first token); the continuations `cont[..-1]` then run as one padded batch on its KV cache.
+fn score_shared_prefix<'a>(
+    model: &Llama,
+    context: &[u32],
+    targets: impl Iterator<Item = &'a Vec<u32>>,
+) -> Result<Vec<Scored>> {
+    let dev = model.device();
+    let vocab = model.config.vocab_size;
+    let targets: Vec<&Vec<u32>> = targets.collect();
+    let mut cache = KvCache::default();
+    let ctx = Tensor::from_slice(context, (1, context.len()), dev)?;
+    let first: Vec<f32> = model
+        .forward_last(&ctx, Some(&mut cache))?
+        .flatten_all()?
+        .to_vec1()?;
+
+    let width = targets.iter().map(|t| t.len() - 1).max().unwrap_or(0);
+    let rest: Vec<f32> = if width > 0 {
+        let mut ids = Vec::with_capacity(targets.len() * width);
+        let mut rows = Vec::new();
+        for (b, t) in targets.iter().enumerate() {
+            ids.extend(&t[..t.len() - 1]);
+            ids.extend(std::iter::repeat_n(0u32, width - (t.len() - 1)));
+            rows.extend((0..t.len() - 1).map(|r| (b * width + r) as u32));
+        }
+        let ids = Tensor::from_vec(ids, (targets.len(), width), dev)?;
+        let mut cache = cache.clone();
+        let hidden = model.forward_hidden(&ids, Some(&mut cache))?;
+        let hidden = hidden
+            .flatten_to(1)?
+            .index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+        model.logits(&hidden)?.flatten_all()?.to_vec1()?
+    } else {
+        Vec::new()
+    };
+
+    let mut out = Vec::with_capacity(targets.len());
+    let mut offset = 0;
+    for t in targets {
+        let head = sum_rows(&first, vocab, &t[..1]);
+        let n = t.len() - 1;
+        let tail = sum_rows(&rest[offset * vocab..(offset + n) * vocab], vocab, &t[1..]);
+        offset += n;
+        out.push(Scored {
+            logprob: head.logprob + tail.logprob,
+            is_greedy: head.is_greedy && tail.is_greedy,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_whitespace_includes_information_separators() {
+        assert!(is_python_space('\u{1f}'));
+        assert!(is_python_space('\u{a0}'));
+        assert!(is_python_space('\n'));
+        assert!(!is_python_space('\u{200b}'));
+    }
+
+    #[test]
+    fn truncation_keeps_the_end() {
+        let enc = EncodedRequest {
+            context: vec![1, 2, 3, 4, 5],
+            continuation: vec![6, 7],
+        };
+        let p = prepare(&enc, 4).unwrap();
+        // seq = [3,4,5,6,7] (max_length + 1 = 5 kept), input drops the last token.
+        assert_eq!(p.input, vec![3, 4, 5, 6]);
+        assert_eq!(p.targets, vec![6, 7]);
+        assert!(prepare(&enc, 1).is_err());
+    }
+}

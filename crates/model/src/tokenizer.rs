@@ -1,0 +1,147 @@
+//! A model's tokenizer: `tokenizer.json` (HF fast-tokenizer semantics, which is what
+//! `AutoTokenizer` and therefore lm-evaluation-harness use) plus the special-token settings of
+//! `tokenizer_config.json`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A loaded tokenizer with its BOS/EOS ids and the BOS policy for generation.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Where it came from, for error messages.
+    pub path: PathBuf,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// `add_bos_token` from `tokenizer_config.json`, when it says so explicitly.
+    add_bos_token: Option<bool>,
+}
+
+/// `bos_token` in `tokenizer_config.json` is either a string or an AddedToken object.
+fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    /// Loads `dir/tokenizer.json` and, if present, `dir/tokenizer_config.json`.
+    /// `fallback_bos`/`fallback_eos` come from `config.json` for tokenizers that name none.
+    pub fn from_dir(
+        dir: &Path,
+        fallback_bos: Option<u32>,
+        fallback_eos: Option<u32>,
+    ) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::format(
+                dir,
+                "no tokenizer.json (sightline needs the HF fast-tokenizer file; convert a \
+                 SentencePiece tokenizer.model with transformers' LlamaTokenizerFast first)",
+            ));
+        }
+        let json = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = if cfg_path.is_file() {
+            Some(std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+        } else {
+            None
+        };
+        Self::from_bytes(&json, cfg.as_deref(), path, fallback_bos, fallback_eos)
+    }
+
+    /// Builds a tokenizer from the bytes of `tokenizer.json` and `tokenizer_config.json`.
+    pub fn from_bytes(
+        json: &[u8],
+        config: Option<&[u8]>,
+        path: PathBuf,
+        fallback_bos: Option<u32>,
+        fallback_eos: Option<u32>,
+    ) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|e| Error::format(&path, format!("not a valid tokenizer.json: {e}")))?;
+        let cfg_path = path.with_file_name("tokenizer_config.json");
+        let cfg: serde_json::Value = match config {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let lookup = |key: &str| -> Result<Option<u32>> {
+            match token_string(cfg.get(key)) {
+                Some(tok) => inner.token_to_id(&tok).map(Some).ok_or_else(|| {
+                    Error::format(
+                        &cfg_path,
+                        format!("{key} `{tok}` is not in the vocabulary of tokenizer.json"),
+                    )
+                }),
+                None => Ok(None),
+            }
+        };
+        let bos_id = lookup("bos_token")?.or(fallback_bos);
+        let eos_id = lookup("eos_token")?.or(fallback_eos);
+        let add_bos_token = cfg.get("add_bos_token").and_then(|v| v.as_bool());
+        Ok(Self {
+            inner,
+            path,
+            bos_id,
+            eos_id,
+            add_bos_token,
+        })
+    }
+
+    /// Encodes `text` with no special tokens, as the harness does (`add_special_tokens=False`).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| {
+            Error::Request(format!(
+                "{}: cannot encode {text:?}: {e}",
+                self.path.display()
+            ))
+        })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes a generation prompt the way `tokenizer(text)` does in transformers: BOS as
+    /// `add_bos_token` in `tokenizer_config.json` says, else as the tokenizer's post-processor
+    /// says.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        match self.add_bos_token {
+            Some(add) => {
+                let mut ids = Vec::new();
+                if add {
+                    ids.extend(self.bos_id);
+                }
+                ids.extend(self.encode(text)?);
+                Ok(ids)
+            }
+            None => {
+                let enc = self.inner.encode(text, true).map_err(|e| {
+                    Error::Request(format!(
+                        "{}: cannot encode {text:?}: {e}",
+                        self.path.display()
+                    ))
+                })?;
+                Ok(enc.get_ids().to_vec())
+            }
+        }
+    }
+
+    /// Decodes ids, optionally skipping special tokens (BOS/EOS/added specials).
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Request(format!("{}: cannot decode: {e}", self.path.display())))
+    }
+
+    /// One past the largest id the tokenizer can produce (added tokens included).
+    pub fn id_bound(&self) -> usize {
+        let max = self.inner.get_vocab(true).into_values().max();
+        max.map_or(0, |m| m as usize + 1)
+    }
+
+    /// The string of one token id, if any.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}

@@ -1,0 +1,267 @@
+//! Checkpoint tensors by name, from every layout HF writes: `model.safetensors`, sharded
+//! safetensors with `model.safetensors.index.json`, legacy `pytorch_model*.bin` pickles, or
+//! tensors already in memory (a converted llama2.c checkpoint).
+//!
+//! Every lookup checks the tensor's presence and shape first, so a broken checkpoint fails with
+//! the file and tensor named instead of a shape error deep inside a matmul.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+enum Backend {
+    /// One mmapped safetensors file per shard; `routing` maps tensor name -> shard.
+    Safetensors {
+        shards: Vec<(PathBuf, MmapedSafetensors)>,
+        routing: HashMap<String, usize>,
+    },
+    /// PyTorch pickles, loaded eagerly (legacy checkpoints only; they are not mmappable).
+    Memory {
+        tensors: HashMap<String, (PathBuf, Tensor)>,
+    },
+}
+
+/// Read-only access to a checkpoint's tensors, with a key prefix (`pp`) like candle's
+/// `VarBuilder`, so model code mirrors HF key paths.
+#[derive(Clone)]
+pub struct Weights {
+    backend: Arc<Backend>,
+    /// What error messages call the checkpoint when a tensor is absent (the index file or dir).
+    origin: Arc<PathBuf>,
+    prefix: String,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+fn json_file(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+}
+
+/// Shard file names listed in an HF `*.index.json` (`weight_map` values), in first-seen order.
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let v = json_file(index)?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(index, "no `weight_map` object"))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::format(index, format!("weight_map[`{name}`] is not a file name"))
+        })?;
+        let p = dir.join(file);
+        if !files.contains(&p) {
+            files.push(p);
+        }
+    }
+    Ok(files)
+}
+
+impl Weights {
+    /// Opens the weights in an HF model directory (safetensors preferred, as transformers does).
+    pub fn from_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let bin = dir.join("pytorch_model.bin");
+        let bin_index = dir.join("pytorch_model.bin.index.json");
+        if single.is_file() {
+            Self::from_safetensors(&[single.clone()], single, dtype, device)
+        } else if index.is_file() {
+            let files = shards_from_index(&index)?;
+            Self::from_safetensors(&files, index, dtype, device)
+        } else if bin.is_file() {
+            Self::from_pth(&[bin.clone()], bin, dtype, device)
+        } else if bin_index.is_file() {
+            let files = shards_from_index(&bin_index)?;
+            Self::from_pth(&files, bin_index, dtype, device)
+        } else {
+            Err(Error::format(
+                dir,
+                "no weights found: expected model.safetensors, model.safetensors.index.json, \
+                 pytorch_model.bin or pytorch_model.bin.index.json",
+            ))
+        }
+    }
+
+    fn from_safetensors(
+        files: &[PathBuf],
+        origin: PathBuf,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut routing = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            if !f.is_file() {
+                return Err(Error::format(
+                    &origin,
+                    format!("lists shard {} which does not exist", f.display()),
+                ));
+            }
+            // SAFETY: the file is mapped read-only; like every mmap user we assume nobody
+            // truncates a checkpoint while it is being evaluated.
+            let st = unsafe { MmapedSafetensors::new(f) }.map_err(|e| {
+                Error::format(
+                    f,
+                    format!("not a valid safetensors file ({})", root_cause(&e)),
+                )
+            })?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, i);
+            }
+            shards.push((f.clone(), st));
+        }
+        Ok(Self::wrap(
+            Backend::Safetensors { shards, routing },
+            origin,
+            dtype,
+            device,
+        ))
+    }
+
+    fn from_pth(files: &[PathBuf], origin: PathBuf, dtype: DType, device: &Device) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for f in files {
+            let all = candle_core::pickle::read_all(f).map_err(|e| {
+                Error::format(
+                    f,
+                    format!("not a readable PyTorch checkpoint ({})", root_cause(&e)),
+                )
+            })?;
+            for (name, t) in all {
+                tensors.insert(name, (f.clone(), t));
+            }
+        }
+        Ok(Self::wrap(
+            Backend::Memory { tensors },
+            origin,
+            dtype,
+            device,
+        ))
+    }
+
+    /// Wraps tensors already in memory; `origin` names them in errors.
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        origin: PathBuf,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, t)| (k, (origin.clone(), t)))
+            .collect();
+        Self::wrap(Backend::Memory { tensors }, origin, dtype, device)
+    }
+
+    fn wrap(backend: Backend, origin: PathBuf, dtype: DType, device: &Device) -> Self {
+        Self {
+            backend: Arc::new(backend),
+            origin: Arc::new(origin),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// A view whose names are prefixed with `name.` (like `VarBuilder::pp`).
+    pub fn pp(&self, name: &str) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Whether the checkpoint has `name` (under the current prefix).
+    pub fn contains(&self, name: &str) -> bool {
+        let full = self.full_name(name);
+        match &*self.backend {
+            Backend::Safetensors { routing, .. } => routing.contains_key(&full),
+            Backend::Memory { tensors } => tensors.contains_key(&full),
+        }
+    }
+
+    /// Loads `name`, checks that its shape is `shape`, converts it to the model dtype and device.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        let full = self.full_name(name);
+        let (path, tensor) = match &*self.backend {
+            Backend::Safetensors { shards, routing } => {
+                let Some(&i) = routing.get(&full) else {
+                    return Err(self.missing(full, shape));
+                };
+                let (path, st) = &shards[i];
+                let view = st
+                    .get(&full)
+                    .map_err(|e| Error::format(path, e.to_string()))?;
+                check_shape(path, &full, shape, view.shape())?;
+                let t = st.load(&full, &self.device).map_err(|e| {
+                    Error::format(path, format!("tensor `{full}`: {}", root_cause(&e)))
+                })?;
+                (path.clone(), t)
+            }
+            Backend::Memory { tensors } => {
+                let Some((path, t)) = tensors.get(&full) else {
+                    return Err(self.missing(full, shape));
+                };
+                check_shape(path, &full, shape, t.dims())?;
+                (path.clone(), t.to_device(&self.device)?)
+            }
+        };
+        tensor
+            .to_dtype(self.dtype)
+            .map_err(|e| Error::format(path, format!("tensor `{full}`: {}", root_cause(&e))))
+    }
+
+    fn missing(&self, tensor: String, shape: &[usize]) -> Error {
+        Error::MissingTensor {
+            path: (*self.origin).clone(),
+            tensor,
+            expected: shape.to_vec(),
+        }
+    }
+}
+
+fn check_shape(path: &Path, name: &str, expected: &[usize], actual: &[usize]) -> Result<()> {
+    if expected != actual {
+        return Err(Error::ShapeMismatch {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            expected: expected.to_vec(),
+            actual: actual.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// candle wraps errors with backtraces and paths; users need the innermost message only.
+fn root_cause(e: &candle_core::Error) -> String {
+    let mut e = e;
+    loop {
+        match e {
+            candle_core::Error::WithPath { inner, .. }
+            | candle_core::Error::WithBacktrace { inner, .. } => e = inner,
+            candle_core::Error::Context { inner, .. } => e = inner,
+            other => return other.to_string(),
+        }
+    }
+}
