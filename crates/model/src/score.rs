@@ -239,15 +239,16 @@ pub fn score_encoded(
     shared.sort_by_key(|(_, m)| m[0]);
 
     for (ctx, members) in &shared {
-        for chunk in members.chunks(opts.batch_size.max(1)) {
-            let scored =
-                score_shared_prefix(model, ctx, chunk.iter().map(|&i| &prepared[i].targets))?;
-            for (&i, s) in chunk.iter().zip(scored) {
-                results[i] = Some(s);
-            }
-            done += chunk.len();
-            progress(done, total);
+        let targets: Vec<&[u32]> = members
+            .iter()
+            .map(|&i| prepared[i].targets.as_slice())
+            .collect();
+        let scored = score_shared_prefix(model, ctx, &targets, opts.batch_size.max(1))?;
+        for (&i, s) in members.iter().zip(scored) {
+            results[i] = Some(s);
         }
+        done += members.len();
+        progress(done, total);
     }
 
     // Longest first, as the harness orders them; batch members are right-padded with id 0.
@@ -322,15 +323,16 @@ fn score_padded_batch(model: &Llama, batch: &[&Prepared]) -> Result<Vec<Scored>>
 }
 
 /// The shared-prefix path: the context runs once (its last row predicts every continuation's
-/// first token); the continuations `cont[..-1]` then run as one padded batch on its KV cache.
-fn score_shared_prefix<'a>(
+/// first token); the continuations `cont[..-1]` then run in padded batches of `batch_size` on
+/// its KV cache.
+fn score_shared_prefix(
     model: &Llama,
     context: &[u32],
-    targets: impl Iterator<Item = &'a Vec<u32>>,
+    targets: &[&[u32]],
+    batch_size: usize,
 ) -> Result<Vec<Scored>> {
     let dev = model.device();
     let vocab = model.config.vocab_size;
-    let targets: Vec<&Vec<u32>> = targets.collect();
     let mut cache = KvCache::default();
     let ctx = Tensor::from_slice(context, (1, context.len()), dev)?;
     let first: Vec<f32> = model
@@ -338,37 +340,38 @@ fn score_shared_prefix<'a>(
         .flatten_all()?
         .to_vec1()?;
 
-    let width = targets.iter().map(|t| t.len() - 1).max().unwrap_or(0);
-    let rest: Vec<f32> = if width > 0 {
-        let mut ids = Vec::with_capacity(targets.len() * width);
-        let mut rows = Vec::new();
-        for (b, t) in targets.iter().enumerate() {
-            ids.extend(&t[..t.len() - 1]);
-            ids.extend(std::iter::repeat_n(0u32, width - (t.len() - 1)));
-            rows.extend((0..t.len() - 1).map(|r| (b * width + r) as u32));
-        }
-        let ids = Tensor::from_vec(ids, (targets.len(), width), dev)?;
-        let mut cache = cache.clone();
-        let hidden = model.forward_hidden(&ids, Some(&mut cache))?;
-        let hidden = hidden
-            .flatten_to(1)?
-            .index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
-        model.logits(&hidden)?.flatten_all()?.to_vec1()?
-    } else {
-        Vec::new()
-    };
-
     let mut out = Vec::with_capacity(targets.len());
-    let mut offset = 0;
-    for t in targets {
-        let head = sum_rows(&first, vocab, &t[..1]);
-        let n = t.len() - 1;
-        let tail = sum_rows(&rest[offset * vocab..(offset + n) * vocab], vocab, &t[1..]);
-        offset += n;
-        out.push(Scored {
-            logprob: head.logprob + tail.logprob,
-            is_greedy: head.is_greedy && tail.is_greedy,
-        });
+    for chunk in targets.chunks(batch_size) {
+        let width = chunk.iter().map(|t| t.len() - 1).max().unwrap_or(0);
+        let rest: Vec<f32> = if width > 0 {
+            let mut ids = Vec::with_capacity(chunk.len() * width);
+            let mut rows = Vec::new();
+            for (b, t) in chunk.iter().enumerate() {
+                ids.extend(&t[..t.len() - 1]);
+                ids.extend(std::iter::repeat_n(0u32, width - (t.len() - 1)));
+                rows.extend((0..t.len() - 1).map(|r| (b * width + r) as u32));
+            }
+            let ids = Tensor::from_vec(ids, (chunk.len(), width), dev)?;
+            let mut cache = cache.clone();
+            let hidden = model.forward_hidden(&ids, Some(&mut cache))?;
+            let hidden = hidden
+                .flatten_to(1)?
+                .index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+            model.logits(&hidden)?.flatten_all()?.to_vec1()?
+        } else {
+            Vec::new()
+        };
+        let mut offset = 0;
+        for t in chunk {
+            let head = sum_rows(&first, vocab, &t[..1]);
+            let n = t.len() - 1;
+            let tail = sum_rows(&rest[offset * vocab..(offset + n) * vocab], vocab, &t[1..]);
+            offset += n;
+            out.push(Scored {
+                logprob: head.logprob + tail.logprob,
+                is_greedy: head.is_greedy && tail.is_greedy,
+            });
+        }
     }
     Ok(out)
 }

@@ -15,6 +15,9 @@ pub struct Tokenizer {
     pub eos_id: Option<u32>,
     /// `add_bos_token` from `tokenizer_config.json`, when it says so explicitly.
     add_bos_token: Option<bool>,
+    /// `clean_up_tokenization_spaces` from `tokenizer_config.json` (transformers 4.46 default:
+    /// false), applied by [`Tokenizer::decode`] as transformers' `decode` does.
+    clean_up_spaces: bool,
 }
 
 /// `bos_token` in `tokenizer_config.json` is either a string or an AddedToken object.
@@ -82,12 +85,17 @@ impl Tokenizer {
         let bos_id = lookup("bos_token")?.or(fallback_bos);
         let eos_id = lookup("eos_token")?.or(fallback_eos);
         let add_bos_token = cfg.get("add_bos_token").and_then(|v| v.as_bool());
+        let clean_up_spaces = cfg
+            .get("clean_up_tokenization_spaces")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         Ok(Self {
             inner,
             path,
             bos_id,
             eos_id,
             add_bos_token,
+            clean_up_spaces,
         })
     }
 
@@ -129,9 +137,15 @@ impl Tokenizer {
 
     /// Decodes ids, optionally skipping special tokens (BOS/EOS/added specials).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
+        let text = self
+            .inner
             .decode(ids, skip_special)
-            .map_err(|e| Error::Request(format!("{}: cannot decode: {e}", self.path.display())))
+            .map_err(|e| Error::Request(format!("{}: cannot decode: {e}", self.path.display())))?;
+        Ok(if self.clean_up_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
     }
 
     /// One past the largest id the tokenizer can produce (added tokens included).
@@ -144,4 +158,28 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+}
+
+/// transformers' `PreTrainedTokenizerBase.clean_up_tokenization` (v4.46): drops the space
+/// before punctuation and English contractions.
+///
+/// ```
+/// assert_eq!(sightline_model::tokenizer::clean_up_tokenization("I do n't , really ."), "I don't, really.");
+/// ```
+pub fn clean_up_tokenization(text: &str) -> String {
+    const RULES: [(&str, &str); 10] = [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ];
+    RULES
+        .iter()
+        .fold(text.to_string(), |s, (from, to)| s.replace(from, to))
 }
