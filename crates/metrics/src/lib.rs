@@ -1,0 +1,1 @@
+//! Evaluation metrics (pure Rust, no ML dependencies).
