@@ -1,1 +1,14 @@
-//! Evaluation metrics (pure Rust, no ML dependencies).
+//! Evaluation metrics (pure Rust, no ML dependencies) with the exact semantics of the Python
+//! reference packages that lm-evaluation-harness uses for TruthfulQA generation:
+//!
+//! - [`bleu`]: sacrebleu 1.5.0 `corpus_bleu` with the `intl` tokenizer and `exp` smoothing.
+//! - [`rouge`]: rouge_score 0.1.2 `RougeScorer(["rouge1", "rouge2", "rougeLsum"])`, no stemmer.
+//! - [`aggregate`]: lm-eval's `mean` and `mean_stderr`.
+//!
+//! Every function takes plain `&str`/`&[f64]` and never panics; golden fixtures made by the Python
+//! packages themselves (`scripts/reference/make_metric_fixtures.py`) pin the numbers to 1e-9.
+
+pub mod aggregate;
+pub mod bleu;
+mod pystr;
+pub mod rouge;
