@@ -5,6 +5,8 @@
 //! - [`score`] answers lm-evaluation-harness log-likelihood requests, batched and with
 //!   shared-prefix KV caching.
 //! - [`generate`] decodes greedily or by sampling with a KV cache.
+//! - [`lora`] applies a PEFT LoRA adapter unmerged, as lm-eval's `peft=` does
+//!   ([`LoadOptions::adapter`]).
 //!
 //! ```no_run
 //! use sightline_model::{load, score::{score, Request, ScoreOptions}, LoadOptions};
@@ -21,17 +23,19 @@ pub mod error;
 pub mod generate;
 pub mod llama;
 pub mod llama2c;
+pub mod lora;
 pub mod score;
 pub mod tokenizer;
 pub mod weights;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use llama::Llama;
+pub use lora::LoraAdapter;
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
 
@@ -43,6 +47,9 @@ pub const DEFAULT_MODEL: &str = "builtin:stories260k";
 pub struct LoadOptions {
     pub dtype: DType,
     pub device: Device,
+    /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors` or
+    /// `.bin`) to apply unmerged on top of the base model, like lm-eval's `peft=` argument.
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -50,6 +57,7 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             device: Device::Cpu,
+            adapter: None,
         }
     }
 }
@@ -74,7 +82,8 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
-/// Loads `builtin:<name>` or an HF model directory.
+/// Loads `builtin:<name>` or an HF model directory, with `opts.adapter` (a PEFT LoRA adapter)
+/// applied unmerged when given.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     if let Some(name) = spec.strip_prefix("builtin:") {
         let b = builtin::builtin(name)?;
@@ -87,7 +96,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             None,
             None,
         )?;
-        return assemble(cfg, &weights, tokenizer, &b.origin, spec);
+        return assemble(cfg, &weights, tokenizer, &b.origin, spec, opts);
     }
     let dir = Path::new(spec);
     if !dir.is_dir() {
@@ -114,7 +123,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         LlamaConfig::token_ids(&cfg.eos_token_id).first().copied(),
     )?;
     let weights = Weights::from_dir(dir, opts.dtype, &opts.device)?;
-    assemble(cfg, &weights, tokenizer, &config_path, spec)
+    assemble(cfg, &weights, tokenizer, &config_path, spec, opts)
 }
 
 fn assemble(
@@ -123,6 +132,7 @@ fn assemble(
     tokenizer: Tokenizer,
     config_path: &Path,
     spec: &str,
+    opts: &LoadOptions,
 ) -> Result<LoadedModel> {
     let bound = tokenizer.id_bound();
     if bound > cfg.vocab_size {
@@ -136,7 +146,12 @@ fn assemble(
             ),
         ));
     }
-    let model = Llama::new(&cfg, weights, config_path)?;
+    let adapter = opts
+        .adapter
+        .as_deref()
+        .map(LoraAdapter::from_dir)
+        .transpose()?;
+    let model = Llama::new_with_adapter(&cfg, weights, config_path, adapter.as_ref())?;
     Ok(LoadedModel {
         model,
         tokenizer,

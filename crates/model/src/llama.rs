@@ -7,6 +7,7 @@
 //! This file is the inference path: it uses candle's fused forward-only kernels (RMSNorm,
 //! RoPE, softmax), which drop gradients (see `spec/candle-autograd.md`).
 
+use std::collections::HashMap;
 use std::f64::consts::PI;
 use std::path::Path;
 
@@ -14,13 +15,19 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
+use crate::lora::{self, LoraAdapter, LoraDelta};
 use crate::weights::Weights;
 
-/// `x @ w.T (+ b)` on a 2-D activation `[n, in]` with an HF-layout weight `[out, in]`.
+/// LoRA updates still to be attached, keyed by module path (`model.layers.0.self_attn.q_proj`).
+type Deltas = HashMap<String, LoraDelta>;
+
+/// `x @ w.T (+ b)` on a 2-D activation `[n, in]` with an HF-layout weight `[out, in]`, plus an
+/// unmerged LoRA update `scaling · (x·Aᵀ)·Bᵀ` when an adapter targets this layer.
 #[derive(Clone)]
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    lora: Option<LoraDelta>,
 }
 
 impl Linear {
@@ -31,16 +38,39 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+        })
+    }
+
+    /// [`Linear::new`] for the module at path `name`, taking its LoRA update out of `deltas`.
+    fn with_lora(
+        w: &Weights,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+        name: String,
+        deltas: &mut Deltas,
+    ) -> Result<Self> {
+        Ok(Self {
+            lora: deltas.remove(&name),
+            ..Self::new(w, out_dim, in_dim, bias)?
+        })
     }
 
     /// `[n, in] -> [n, out]`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = xs.matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
+        let ys = match &self.bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,
-        })
+        };
+        match &self.lora {
+            Some(l) => l.apply(xs, ys),
+            None => Ok(ys),
+        }
     }
 }
 
@@ -177,15 +207,19 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &LlamaConfig, w: &Weights) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, w: &Weights, layer: usize, deltas: &mut Deltas) -> Result<Self> {
         let (h, kvh, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
         let hs = cfg.hidden_size;
         let b = cfg.attention_bias;
+        let mut linear = |name: &str, out_dim: usize, in_dim: usize| {
+            let path = lora::module_name(layer, "self_attn", name);
+            Linear::with_lora(&w.pp(name), out_dim, in_dim, b, path, deltas)
+        };
         Ok(Self {
-            q_proj: Linear::new(&w.pp("q_proj"), h * d, hs, b)?,
-            k_proj: Linear::new(&w.pp("k_proj"), kvh * d, hs, b)?,
-            v_proj: Linear::new(&w.pp("v_proj"), kvh * d, hs, b)?,
-            o_proj: Linear::new(&w.pp("o_proj"), hs, h * d, b)?,
+            q_proj: linear("q_proj", h * d, hs)?,
+            k_proj: linear("k_proj", kvh * d, hs)?,
+            v_proj: linear("v_proj", kvh * d, hs)?,
+            o_proj: linear("o_proj", hs, h * d)?,
             n_heads: h,
             n_kv_heads: kvh,
             head_dim: d,
@@ -297,12 +331,16 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &LlamaConfig, w: &Weights) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, w: &Weights, layer: usize, deltas: &mut Deltas) -> Result<Self> {
         let (hs, is, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let mut linear = |name: &str, out_dim: usize, in_dim: usize| {
+            let path = lora::module_name(layer, "mlp", name);
+            Linear::with_lora(&w.pp(name), out_dim, in_dim, b, path, deltas)
+        };
         Ok(Self {
-            gate_proj: Linear::new(&w.pp("gate_proj"), is, hs, b)?,
-            up_proj: Linear::new(&w.pp("up_proj"), is, hs, b)?,
-            down_proj: Linear::new(&w.pp("down_proj"), hs, is, b)?,
+            gate_proj: linear("gate_proj", is, hs)?,
+            up_proj: linear("up_proj", is, hs)?,
+            down_proj: linear("down_proj", hs, is)?,
         })
     }
 
@@ -320,20 +358,20 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &LlamaConfig, w: &Weights) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, w: &Weights, layer: usize, deltas: &mut Deltas) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::new(
                 &w.pp("input_layernorm"),
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
             )?,
-            self_attn: Attention::new(cfg, &w.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, &w.pp("self_attn"), layer, deltas)?,
             post_attention_layernorm: RmsNorm::new(
                 &w.pp("post_attention_layernorm"),
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
             )?,
-            mlp: Mlp::new(cfg, &w.pp("mlp"))?,
+            mlp: Mlp::new(cfg, &w.pp("mlp"), layer, deltas)?,
         })
     }
 }
@@ -352,13 +390,35 @@ impl Llama {
     /// Builds the model from checkpoint weights; every tensor's shape is checked against `cfg`.
     /// `config_path` only names `config.json` in errors.
     pub fn new(cfg: &LlamaConfig, w: &Weights, config_path: &Path) -> Result<Self> {
+        Self::new_with_adapter(cfg, w, config_path, None)
+    }
+
+    /// [`Llama::new`] with a PEFT LoRA adapter applied unmerged to the linear layers it targets
+    /// (see [`crate::lora`]); the adapter is checked against `cfg` before any base weight is read.
+    pub fn new_with_adapter(
+        cfg: &LlamaConfig,
+        w: &Weights,
+        config_path: &Path,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Self> {
         let scaling = cfg.rope_scaling(config_path)?;
+        let mut deltas = match adapter {
+            Some(a) => a.bind(cfg, &w.device)?,
+            None => Deltas::new(),
+        };
         let (v, hs) = (cfg.vocab_size, cfg.hidden_size);
         let m = w.pp("model");
         let embed_tokens = m.get(&[v, hs], "embed_tokens.weight")?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, &m.pp(&format!("layers.{i}"))))
+            .map(|i| DecoderLayer::new(cfg, &m.pp(&format!("layers.{i}")), i, &mut deltas))
             .collect::<Result<Vec<_>>>()?;
+        // `bind` only returns modules of this architecture, so every update found its layer.
+        if let (Some(a), Some(module)) = (adapter, deltas.keys().next()) {
+            return Err(Error::format(
+                &a.weights_path,
+                format!("the update for `{module}` was not applied to any layer"),
+            ));
+        }
         let norm = RmsNorm::new(&m.pp("norm"), hs, cfg.rms_norm_eps)?;
         // Tied checkpoints usually omit lm_head.weight; transformers then reuses the embedding.
         let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {

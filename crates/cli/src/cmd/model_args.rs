@@ -1,4 +1,6 @@
-//! `--model` / `--dtype` / `--device`, shared by every command that runs a model.
+//! `--model` / `--adapter` / `--dtype` / `--device`, shared by every command that runs a model.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -10,6 +12,10 @@ pub struct ModelArgs {
     /// HF model directory, or `builtin:stories260k` (compiled in).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
+    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors or .bin),
+    /// applied unmerged on top of --model, as lm-eval's `peft=` does.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Weight and activation dtype: f32, bf16 or f16. f32 is the fast path on CPU.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -35,6 +41,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             dtype: parse_dtype(&self.dtype)?,
             device,
+            adapter: self.adapter.clone(),
         };
         Ok(load(&self.model, &opts)?)
     }
