@@ -34,6 +34,10 @@ enum Command {
     Score(cmd::score::Args),
     /// Generate text from a prompt (greedy or sampled).
     Generate(cmd::generate::Args),
+    /// Evaluate on TruthfulQA / ETHICS with lm-evaluation-harness semantics.
+    Eval(cmd::eval::Args),
+    /// List the evaluation tasks.
+    Tasks,
     /// Convert foreign checkpoints to Hugging Face layout.
     #[command(subcommand)]
     Convert(cmd::convert::Command),
@@ -48,6 +52,8 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Score(a) => cmd::score::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Tasks => cmd::tasks::run(),
         Command::Convert(c) => cmd::convert::run(c),
     }
 }

@@ -137,7 +137,7 @@ impl LlamaConfig {
             ));
         }
         let heads = self.num_attention_heads;
-        if heads == 0 || self.num_kv_heads() == 0 || heads % self.num_kv_heads() != 0 {
+        if heads == 0 || self.num_kv_heads() == 0 || !heads.is_multiple_of(self.num_kv_heads()) {
             return Err(Error::format(
                 path,
                 format!(
@@ -146,7 +146,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
             return Err(Error::format(
                 path,
                 format!(
@@ -155,7 +155,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::format(
                 path,
                 format!("head_dim {} must be even for RoPE", self.head_dim()),

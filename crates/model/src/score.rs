@@ -172,7 +172,7 @@ fn prepare(enc: &EncodedRequest, max_length: usize) -> Result<Prepared> {
 }
 
 /// Scores requests; results come back in input order. `progress(done, total)` is called as
-/// unique requests finish.
+/// requests finish.
 pub fn score(
     model: &Llama,
     tok: &Tokenizer,
@@ -194,28 +194,65 @@ pub fn score_encoded(
     opts: &ScoreOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Scored>> {
+    let mut results: Vec<Option<Scored>> = vec![None; encoded.len()];
+    let mut done = 0;
+    score_units(model, encoded, opts, &|_| false, &mut |unit| {
+        for &(i, s) in unit {
+            results[i] = Some(s);
+        }
+        done += unit.len();
+        progress(done, encoded.len());
+        Ok(())
+    })?;
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| Error::Request("internal: a request was not scored".into())))
+        .collect()
+}
+
+/// Receives each finished unit as `(input index, result)` pairs.
+pub type UnitSink<'a> = dyn FnMut(&[(usize, Scored)]) -> Result<()> + 'a;
+
+/// One piece of scoring work: a context shared by several requests, or a padded batch.
+enum Unit<'a> {
+    Shared {
+        context: &'a [u32],
+        members: Vec<usize>,
+    },
+    Batch(Vec<usize>),
+}
+
+/// The streaming engine under [`score`]: requests are cut into units (shared-context groups,
+/// then length-sorted padded batches), formed from the *whole* request list so that a unit's
+/// results never depend on which other units run. Units whose every request `skip`s are not
+/// computed (a resumed evaluation); each finished unit is handed to `on_unit` as
+/// `(input index, result)` pairs, duplicates included.
+pub fn score_units(
+    model: &Llama,
+    encoded: &[EncodedRequest],
+    opts: &ScoreOptions,
+    skip: &dyn Fn(usize) -> bool,
+    on_unit: &mut UnitSink<'_>,
+) -> Result<()> {
     let max_length = opts
         .max_length
         .unwrap_or(model.config.max_position_embeddings);
     // Identical requests are computed once (the harness's Reorderer does the same).
     let mut unique: Vec<&EncodedRequest> = Vec::new();
+    let mut owners: Vec<Vec<usize>> = Vec::new();
     let mut slot_of: HashMap<&EncodedRequest, usize> = HashMap::new();
-    let owner: Vec<usize> = encoded
-        .iter()
-        .map(|e| {
-            *slot_of.entry(e).or_insert_with(|| {
-                unique.push(e);
-                unique.len() - 1
-            })
-        })
-        .collect();
+    for (i, e) in encoded.iter().enumerate() {
+        let slot = *slot_of.entry(e).or_insert_with(|| {
+            unique.push(e);
+            owners.push(Vec::new());
+            unique.len() - 1
+        });
+        owners[slot].push(i);
+    }
     let prepared = unique
         .iter()
         .map(|e| prepare(e, max_length))
         .collect::<Result<Vec<_>>>()?;
-    let total = unique.len();
-    let mut results: Vec<Option<Scored>> = vec![None; total];
-    let mut done = 0usize;
 
     // Requests whose untruncated context is shared by others go through the prefix cache.
     let mut plain: Vec<usize> = Vec::new();
@@ -228,29 +265,18 @@ pub fn score_encoded(
             plain.push(i);
         }
     }
-    let mut shared: Vec<(&[u32], Vec<usize>)> = Vec::new();
-    for (ctx, members) in groups {
+    let mut units: Vec<Unit> = Vec::new();
+    for (context, members) in groups {
         if members.len() > 1 {
-            shared.push((ctx, members));
+            units.push(Unit::Shared { context, members });
         } else {
             plain.extend(members);
         }
     }
-    shared.sort_by_key(|(_, m)| m[0]);
-
-    for (ctx, members) in &shared {
-        let targets: Vec<&[u32]> = members
-            .iter()
-            .map(|&i| prepared[i].targets.as_slice())
-            .collect();
-        let scored = score_shared_prefix(model, ctx, &targets, opts.batch_size.max(1))?;
-        for (&i, s) in members.iter().zip(scored) {
-            results[i] = Some(s);
-        }
-        done += members.len();
-        progress(done, total);
-    }
-
+    units.sort_by_key(|u| match u {
+        Unit::Shared { members, .. } => members[0],
+        Unit::Batch(_) => usize::MAX,
+    });
     // Longest first, as the harness orders them; batch members are right-padded with id 0.
     plain.sort_by(|&a, &b| {
         prepared[b]
@@ -259,21 +285,40 @@ pub fn score_encoded(
             .cmp(&prepared[a].input.len())
             .then(a.cmp(&b))
     });
-    for chunk in plain.chunks(opts.batch_size.max(1)) {
-        let batch: Vec<&Prepared> = chunk.iter().map(|&i| &prepared[i]).collect();
-        for (&i, s) in chunk.iter().zip(score_padded_batch(model, &batch)?) {
-            results[i] = Some(s);
-        }
-        done += chunk.len();
-        progress(done, total);
-    }
+    units.extend(
+        plain
+            .chunks(opts.batch_size.max(1))
+            .map(|c| Unit::Batch(c.to_vec())),
+    );
 
-    owner
-        .iter()
-        .map(|&u| {
-            results[u].ok_or_else(|| Error::Request("internal: a request was not scored".into()))
-        })
-        .collect()
+    for unit in units {
+        let members = match &unit {
+            Unit::Shared { members, .. } | Unit::Batch(members) => members,
+        };
+        if members.iter().flat_map(|&u| &owners[u]).all(|&i| skip(i)) {
+            continue;
+        }
+        let scored = match &unit {
+            Unit::Shared { context, members } => {
+                let targets: Vec<&[u32]> = members
+                    .iter()
+                    .map(|&i| prepared[i].targets.as_slice())
+                    .collect();
+                score_shared_prefix(model, context, &targets, opts.batch_size.max(1))?
+            }
+            Unit::Batch(members) => {
+                let batch: Vec<&Prepared> = members.iter().map(|&i| &prepared[i]).collect();
+                score_padded_batch(model, &batch)?
+            }
+        };
+        let fanned: Vec<(usize, Scored)> = members
+            .iter()
+            .zip(scored)
+            .flat_map(|(&u, s)| owners[u].iter().map(move |&i| (i, s)))
+            .collect();
+        on_unit(&fanned)?;
+    }
+    Ok(())
 }
 
 /// Sums log-probs of `targets` read from `rows` (`[n, vocab]` f32, one row per target).

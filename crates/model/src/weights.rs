@@ -72,12 +72,12 @@ impl Weights {
         let bin = dir.join("pytorch_model.bin");
         let bin_index = dir.join("pytorch_model.bin.index.json");
         if single.is_file() {
-            Self::from_safetensors(&[single.clone()], single, dtype, device)
+            Self::from_safetensors(std::slice::from_ref(&single), single.clone(), dtype, device)
         } else if index.is_file() {
             let files = shards_from_index(&index)?;
             Self::from_safetensors(&files, index, dtype, device)
         } else if bin.is_file() {
-            Self::from_pth(&[bin.clone()], bin, dtype, device)
+            Self::from_pth(std::slice::from_ref(&bin), bin.clone(), dtype, device)
         } else if bin_index.is_file() {
             let files = shards_from_index(&bin_index)?;
             Self::from_pth(&files, bin_index, dtype, device)

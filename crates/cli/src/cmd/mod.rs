@@ -1,6 +1,9 @@
 //! One file per subcommand.
 
 pub mod convert;
+pub mod eval;
 pub mod generate;
 pub mod model_args;
 pub mod score;
+pub mod scoring_args;
+pub mod tasks;

@@ -4,20 +4,13 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
-use sightline_model::score::{score, EmptyContextPrefix, Request, ScoreOptions};
+use sightline_model::score::{score, Request};
 
 use super::model_args::ModelArgs;
+use super::scoring_args::ScoringArgs;
 use crate::io::Output;
-
-#[derive(Clone, Copy, ValueEnum)]
-enum EmptyPrefix {
-    /// `[eos]`, as the 0.3-era harness (the paper's) does.
-    Eos,
-    /// BOS (else EOS), as lm-eval 0.4's `prefix_token_id` does.
-    Bos,
-}
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -32,20 +25,8 @@ pub struct Args {
     /// Replace --output if it exists.
     #[arg(long)]
     overwrite: bool,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Left-truncation length (default: max_position_embeddings, as the harness).
-    #[arg(long)]
-    max_length: Option<usize>,
-    /// Prepend BOS to contexts (lm-eval `add_bos_token=True`); off as in the paper's harness.
-    #[arg(long)]
-    add_bos: bool,
-    /// Score every request on its own instead of reusing a shared context's KV cache.
-    #[arg(long)]
-    no_shared_prefix: bool,
-    /// Token that stands in for an empty context.
-    #[arg(long, value_enum, default_value = "eos")]
-    empty_context_prefix: EmptyPrefix,
+    #[command(flatten)]
+    scoring: ScoringArgs,
 }
 
 /// Reads requests, naming the file, line and field of anything malformed.
@@ -90,16 +71,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut out = Output::create(a.output.as_deref(), a.overwrite)?;
     let m = a.model.load()?;
-    let opts = ScoreOptions {
-        batch_size: a.batch_size.max(1),
-        max_length: a.max_length,
-        add_bos: a.add_bos,
-        shared_prefix: !a.no_shared_prefix,
-        empty_context: match a.empty_context_prefix {
-            EmptyPrefix::Eos => EmptyContextPrefix::Eos,
-            EmptyPrefix::Bos => EmptyContextPrefix::Bos,
-        },
-    };
+    let opts = a.scoring.options();
     let bar = ProgressBar::new(requests.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")

@@ -1,0 +1,181 @@
+//! End-to-end tests of `sightline eval`: lm-eval's results schema, samples, and a request
+//! cache that survives SIGKILL.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sightline() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sightline"))
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn results_json_follows_lm_eval_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = sightline()
+        .args([
+            "eval",
+            "--tasks",
+            "truthfulqa_mc1,ethics_virtue",
+            "--limit",
+            "10",
+            "--log-samples",
+            "--output",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("|truthfulqa_mc1") && table.contains("|acc"),
+        "{table}"
+    );
+    let r = results(&out);
+    let acc = r["results"]["truthfulqa_mc1"]["acc,none"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(r["results"]["truthfulqa_mc1"]["acc_stderr,none"]
+        .as_f64()
+        .is_some());
+    assert_eq!(r["results"]["ethics_virtue"]["em_stderr,none"], "N/A");
+    assert_eq!(r["versions"]["ethics_virtue"], 0);
+    assert_eq!(r["n-samples"]["truthfulqa_mc1"]["original"], 817);
+    assert_eq!(r["n-samples"]["truthfulqa_mc1"]["effective"], 10);
+    assert_eq!(r["config"]["limit"], 10);
+    assert_eq!(r["config"]["model_args"], "builtin:stories260k");
+    assert_eq!(
+        r["task_hashes"]["ethics_virtue"].as_str().unwrap().len(),
+        64
+    );
+    let samples = std::fs::read_to_string(out.join("samples_ethics_virtue.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 10);
+    let first: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+    assert_eq!(first["arguments"].as_array().unwrap().len(), 2);
+    assert!(first["acc"].as_f64().is_some());
+    // A second run refuses to replace the results.
+    let again = sightline()
+        .args([
+            "eval",
+            "--tasks",
+            "ethics_virtue",
+            "--limit",
+            "2",
+            "--output",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+}
+
+#[test]
+fn unknown_task_is_a_clear_error() {
+    let o = sightline()
+        .args(["eval", "--tasks", "mmlu"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown task `mmlu`") && err.contains("truthfulqa_mc1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn killed_cached_run_resumes_to_identical_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let args = [
+        "eval",
+        "--tasks",
+        "ethics_cm,truthfulqa_mc2,truthfulqa_gen",
+        "--limit",
+        "24",
+        "--batch-size",
+        "4",
+    ];
+
+    // Reference: one uninterrupted run without a cache.
+    let plain = tmp.path().join("plain");
+    let o = sightline()
+        .args(args)
+        .arg("--output")
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A cached run, SIGKILLed once some requests have been logged.
+    let mut child = sightline()
+        .args(args)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(tmp.path().join("killed"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = cache.join("requests.jsonl");
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= 40 || start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the run finished before it could be killed"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(logged >= 40);
+
+    let resumed = tmp.path().join("resumed");
+    let o = sightline()
+        .args(args)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(&resumed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (results(&plain), results(&resumed));
+    assert_eq!(
+        a["results"], b["results"],
+        "resumed results differ from an uninterrupted run"
+    );
+    let hits = b["cached_requests"].as_u64().unwrap();
+    assert!(hits >= 40, "only {hits} requests reused");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("reused"));
+
+    // A third run computes nothing at all.
+    let third = tmp.path().join("third");
+    let o = sightline()
+        .args(args)
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--output")
+        .arg(&third)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let all = results(&third)["cached_requests"].as_u64().unwrap();
+    assert_eq!(results(&third)["results"], a["results"]);
+    assert!(
+        all > hits,
+        "the third run reuses what the second computed too ({all} vs {hits})"
+    );
+}

@@ -1,0 +1,125 @@
+//! The evaluator's view of a language model: the two request kinds of lm-evaluation-harness.
+//! Only this module touches `sightline-model`; tasks and the evaluator can be tested with a
+//! scripted model.
+
+use sightline_model::generate::{generate_ids, GenerateOptions};
+use sightline_model::score::{
+    encode_request, score_units, Request as LlRequest, ScoreOptions, Scored,
+};
+use sightline_model::LoadedModel;
+
+use crate::error::{Error, Result};
+
+/// Receives finished log-likelihood results as `(request index, result)` pairs.
+pub type DoneSink<'a> = dyn FnMut(&[(usize, Scored)]) -> Result<()> + 'a;
+
+/// A model answering log-likelihood and generation requests.
+pub trait LanguageModel {
+    /// Everything that changes the model's answers (for cache keys).
+    fn identity(&self) -> String;
+
+    /// Scores `(context, continuation)` pairs. Requests for which `skip(i)` holds may be left
+    /// out; each finished group of results is passed to `on_done` as `(index, result)` pairs.
+    fn loglikelihood(
+        &self,
+        requests: &[(String, String)],
+        skip: &dyn Fn(usize) -> bool,
+        on_done: &mut DoneSink<'_>,
+    ) -> Result<()>;
+
+    /// Greedy generation until one of `until` (or EOS); the text is cut before the stop.
+    fn generate_until(&self, context: &str, until: &[String]) -> Result<String>;
+}
+
+/// A candle model with lm-eval's request semantics (`HFLM(add_bos_token=False)`).
+pub struct CandleLm {
+    pub loaded: LoadedModel,
+    pub score: ScoreOptions,
+    /// lm-eval's `max_gen_toks` (256).
+    pub max_gen_toks: usize,
+    /// Extra identity (adapter path, dtype) recorded by the caller.
+    pub tag: String,
+}
+
+impl CandleLm {
+    fn max_length(&self) -> usize {
+        self.score
+            .max_length
+            .unwrap_or(self.loaded.model.config.max_position_embeddings)
+    }
+}
+
+impl LanguageModel for CandleLm {
+    fn identity(&self) -> String {
+        format!(
+            "{}|{}|max_length={}|add_bos={}|empty={:?}|max_gen_toks={}",
+            self.loaded.spec,
+            self.tag,
+            self.max_length(),
+            self.score.add_bos,
+            self.score.empty_context,
+            self.max_gen_toks
+        )
+    }
+
+    fn loglikelihood(
+        &self,
+        requests: &[(String, String)],
+        skip: &dyn Fn(usize) -> bool,
+        on_done: &mut DoneSink<'_>,
+    ) -> Result<()> {
+        let tok = &self.loaded.tokenizer;
+        let encoded = requests
+            .iter()
+            .map(|(c, x)| {
+                encode_request(
+                    tok,
+                    &LlRequest {
+                        context: c.clone(),
+                        continuation: x.clone(),
+                    },
+                    &self.score,
+                )
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut inner_err: Option<Error> = None;
+        score_units(
+            &self.loaded.model,
+            &encoded,
+            &self.score,
+            skip,
+            &mut |unit| {
+                on_done(unit).map_err(|e| {
+                    let msg = e.to_string();
+                    inner_err = Some(e);
+                    sightline_model::Error::Request(msg)
+                })
+            },
+        )
+        .map_err(|e| inner_err.take().unwrap_or(Error::Model(e)))
+    }
+
+    fn generate_until(&self, context: &str, until: &[String]) -> Result<String> {
+        let tok = &self.loaded.tokenizer;
+        let max_length = self.max_length();
+        if max_length <= self.max_gen_toks {
+            return Err(Error::Config(format!(
+                "max_length {max_length} leaves no room for a context before {} generated tokens",
+                self.max_gen_toks
+            )));
+        }
+        let mut ids = tok.encode(context)?;
+        let keep = max_length - self.max_gen_toks;
+        if ids.len() > keep {
+            ids.drain(..ids.len() - keep);
+        }
+        let opts = GenerateOptions {
+            max_new_tokens: self.max_gen_toks,
+            stop: until.to_vec(),
+            temperature: 0.0,
+            stop_at_eos: true,
+            ..Default::default()
+        };
+        Ok(generate_ids(&self.loaded.model, tok, &ids, &opts)?.text)
+    }
+}

@@ -1,0 +1,183 @@
+//! CPython's `random.Random` (MT19937), reproduced bit for bit where the harness depends on it:
+//! the seed-42 document shuffle that decides which docs `--limit` takes, and ETHICS
+//! utilitarianism's `random.Random(activity_string)` scenario order.
+//!
+//! Reference: CPython 3.11 `Modules/_randommodule.c` (`init_by_array`, `genrand_uint32`,
+//! `random_seed` for int and str/bytes seeds, version 2) and `Lib/random.py`
+//! (`_randbelow_with_getrandbits`, `shuffle`).
+
+use sha2::{Digest, Sha512};
+
+const N: usize = 624;
+const M: usize = 397;
+
+/// A Mersenne Twister seeded exactly as `random.Random(seed)`.
+pub struct PyRandom {
+    mt: [u32; N],
+    index: usize,
+}
+
+impl PyRandom {
+    fn init_genrand(s: u32) -> [u32; N] {
+        let mut mt = [0u32; N];
+        mt[0] = s;
+        for i in 1..N {
+            mt[i] = 1_812_433_253u32
+                .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
+                .wrapping_add(i as u32);
+        }
+        mt
+    }
+
+    fn from_key(key: &[u32]) -> Self {
+        let mut mt = Self::init_genrand(19_650_218);
+        let (mut i, mut j) = (1usize, 0usize);
+        for _ in 0..N.max(key.len()) {
+            mt[i] = (mt[i] ^ (mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_mul(1_664_525))
+                .wrapping_add(key[j])
+                .wrapping_add(j as u32);
+            i += 1;
+            j += 1;
+            if i >= N {
+                mt[0] = mt[N - 1];
+                i = 1;
+            }
+            if j >= key.len() {
+                j = 0;
+            }
+        }
+        for _ in 0..N - 1 {
+            mt[i] = (mt[i] ^ (mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_mul(1_566_083_941))
+                .wrapping_sub(i as u32);
+            i += 1;
+            if i >= N {
+                mt[0] = mt[N - 1];
+                i = 1;
+            }
+        }
+        mt[0] = 0x8000_0000;
+        Self { mt, index: N }
+    }
+
+    /// `random.Random(n)` for a non-negative int: the key is `n` in 32-bit words, least
+    /// significant first.
+    pub fn from_int(n: u64) -> Self {
+        let lo = n as u32;
+        let hi = (n >> 32) as u32;
+        if hi == 0 {
+            Self::from_key(&[lo])
+        } else {
+            Self::from_key(&[lo, hi])
+        }
+    }
+
+    /// `random.Random(s)` for a str (seed version 2): the int
+    /// `from_bytes(utf8 + sha512(utf8), "big")`, as 32-bit words least significant first.
+    pub fn from_str_seed(s: &str) -> Self {
+        let mut bytes = s.as_bytes().to_vec();
+        bytes.extend_from_slice(&Sha512::digest(s.as_bytes()));
+        // Big-endian bytes -> little-endian 32-bit words, dropping high zero words.
+        let mut words: Vec<u32> = bytes
+            .rchunks(4)
+            .map(|c| c.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32))
+            .collect();
+        while words.len() > 1 && words.last() == Some(&0) {
+            words.pop();
+        }
+        Self::from_key(&words)
+    }
+
+    /// `genrand_uint32`: the next tempered 32-bit output.
+    pub fn next_u32(&mut self) -> u32 {
+        if self.index >= N {
+            self.twist();
+        }
+        let mut y = self.mt[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    fn twist(&mut self) {
+        const UPPER: u32 = 0x8000_0000;
+        const LOWER: u32 = 0x7fff_ffff;
+        let mag = |y: u32| if y & 1 == 1 { 0x9908_b0df } else { 0 };
+        for k in 0..N {
+            let y = (self.mt[k] & UPPER) | (self.mt[(k + 1) % N] & LOWER);
+            self.mt[k] = self.mt[(k + M) % N] ^ (y >> 1) ^ mag(y);
+        }
+        self.index = 0;
+    }
+
+    /// `getrandbits(k)` for `1 <= k <= 32`.
+    pub fn getrandbits(&mut self, k: u32) -> u32 {
+        self.next_u32() >> (32 - k)
+    }
+
+    /// `_randbelow(n)` (rejection sampling on `n.bit_length()` bits), `1 <= n < 2^32`.
+    pub fn randbelow(&mut self, n: u32) -> u32 {
+        let k = 32 - n.leading_zeros();
+        loop {
+            let r = self.getrandbits(k);
+            if r < n {
+                return r;
+            }
+        }
+    }
+
+    /// `shuffle(x)`: Fisher–Yates from the end.
+    pub fn shuffle<T>(&mut self, x: &mut [T]) {
+        for i in (1..x.len()).rev() {
+            let j = self.randbelow(i as u32 + 1) as usize;
+            x.swap(i, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Test vectors: shared spec lm-eval-scoring.md item 29 and ethics.md item 14 (CPython 3.x).
+    #[test]
+    fn seed_42_matches_cpython() {
+        let mut r = PyRandom::from_int(42);
+        assert_eq!(
+            [r.next_u32(), r.next_u32(), r.next_u32()],
+            [2746317213, 478163327, 107420369]
+        );
+        let mut v: Vec<u32> = (0..10).collect();
+        PyRandom::from_int(42).shuffle(&mut v);
+        assert_eq!(v, [7, 3, 2, 8, 5, 6, 9, 4, 0, 1]);
+    }
+
+    #[test]
+    fn gsm8k_shuffle_vector() {
+        let mut docs: Vec<u32> = (0..1319).collect();
+        PyRandom::from_int(42).shuffle(&mut docs);
+        assert_eq!(&docs[..5], &[588, 1214, 57, 906, 1252]);
+    }
+
+    #[test]
+    fn string_seeds_match_cpython() {
+        let order = |s: &str| {
+            let mut o = [0, 1];
+            PyRandom::from_str_seed(s).shuffle(&mut o);
+            o
+        };
+        assert_eq!(order("I walked in the park this afternoon."), [0, 1]);
+        assert_eq!(order("I walked in the parking lot this afternoon."), [1, 0]);
+        assert_eq!(order("abc"), [0, 1]);
+        assert_eq!(
+            order("If I mow my neighbor's lawn I will get paid."),
+            [1, 0]
+        );
+        assert_eq!(order("My mummy bought me a food flask last year "), [1, 0]);
+        assert_eq!(
+            order("I applied to adopt the child I was fostering and was quickly approved."),
+            [0, 1]
+        );
+    }
+}

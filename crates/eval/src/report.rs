@@ -1,0 +1,186 @@
+//! Results in lm-evaluation-harness 0.4's `results.json` schema, `samples_<task>.jsonl`, and
+//! the Markdown table the harness prints.
+
+use serde_json::{json, Map, Value};
+
+use crate::evaluator::TaskResult;
+use crate::tasks::GROUPS;
+
+/// Run facts recorded under `config` and at the top level of `results.json`.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub dtype: String,
+    pub batch_size: usize,
+    pub limit: Option<usize>,
+    pub shuffle_seed: u64,
+    pub truthfulqa_data: String,
+    pub git_hash: Option<String>,
+    /// Seconds since the Unix epoch at the start of the run.
+    pub date: f64,
+    pub total_seconds: f64,
+    pub cache_hits: usize,
+    /// Scoring settings that differ between harness versions.
+    pub add_bos: bool,
+    pub empty_context_prefix: String,
+    pub max_length: usize,
+}
+
+/// `results.json` for `results`.
+pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
+    let mut res = Map::new();
+    let mut versions = Map::new();
+    let mut n_shot = Map::new();
+    let mut higher = Map::new();
+    let mut n_samples = Map::new();
+    let mut hashes = Map::new();
+    for r in results {
+        let mut m = Map::new();
+        m.insert("alias".into(), json!(r.name));
+        let mut hib = Map::new();
+        for metric in &r.metrics {
+            m.insert(format!("{},none", metric.name), number(metric.value));
+            m.insert(
+                format!("{}_stderr,none", metric.name),
+                metric.stderr.map_or(json!("N/A"), number),
+            );
+            hib.insert(metric.name.into(), json!(metric.higher_is_better));
+        }
+        res.insert(r.name.into(), Value::Object(m));
+        versions.insert(r.name.into(), json!(r.version));
+        n_shot.insert(r.name.into(), json!(0));
+        higher.insert(r.name.into(), Value::Object(hib));
+        n_samples.insert(
+            r.name.into(),
+            json!({"original": r.n_original, "effective": r.n_effective}),
+        );
+        hashes.insert(r.name.into(), json!(r.hash));
+    }
+    let present = |t: &str| results.iter().any(|r| r.name == t);
+    let group_subtasks: Map<String, Value> = GROUPS
+        .iter()
+        .filter(|(_, members)| members.iter().any(|m| present(m)))
+        .map(|(g, members)| {
+            let m: Vec<&str> = members.iter().copied().filter(|m| present(m)).collect();
+            (g.to_string(), json!(m))
+        })
+        .collect();
+    json!({
+        "results": res,
+        "group_subtasks": group_subtasks,
+        "versions": versions,
+        "n-shot": n_shot,
+        "higher_is_better": higher,
+        "n-samples": n_samples,
+        "config": {
+            "model": "sightline",
+            "model_args": info.model,
+            "adapter": info.adapter,
+            "dtype": info.dtype,
+            "batch_size": info.batch_size,
+            "limit": info.limit,
+            "random_seed": info.shuffle_seed,
+            "doc_shuffle": format!("random.Random({}).shuffle, per task (lm-eval 0.3 evaluator)", info.shuffle_seed),
+            "truthfulqa_data": info.truthfulqa_data,
+            "add_bos_token": info.add_bos,
+            "empty_context_prefix": info.empty_context_prefix,
+            "max_length": info.max_length,
+            "max_gen_toks": 256,
+            "num_fewshot": 0,
+        },
+        "task_hashes": hashes,
+        "git_hash": info.git_hash,
+        "date": info.date,
+        "total_evaluation_time_seconds": format!("{}", info.total_seconds),
+        "cached_requests": info.cache_hits,
+        "sightline_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// JSON number, or the string "NaN" where the value is not finite (JSON has no NaN).
+fn number(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        json!(format!("{x}"))
+    }
+}
+
+/// The harness's results table (`make_table`).
+pub fn markdown_table(results: &[TaskResult]) -> String {
+    let mut rows = vec![[
+        "Tasks".to_string(),
+        "Version".into(),
+        "Filter".into(),
+        "n-shot".into(),
+        "Metric".into(),
+        "".into(),
+        "Value".into(),
+        "".into(),
+        "Stderr".into(),
+    ]];
+    for r in results {
+        for (i, m) in r.metrics.iter().enumerate() {
+            let first = i == 0;
+            rows.push([
+                if first {
+                    r.name.to_string()
+                } else {
+                    String::new()
+                },
+                if first {
+                    r.version.to_string()
+                } else {
+                    String::new()
+                },
+                if first { "none".into() } else { String::new() },
+                if first { "0".into() } else { String::new() },
+                m.name.to_string(),
+                if m.higher_is_better {
+                    "↑".into()
+                } else {
+                    "↓".into()
+                },
+                format!("{:.4}", m.value),
+                "±".into(),
+                m.stderr.map_or("N/A".into(), |s| format!("{s:.4}")),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let right = [false, true, false, true, false, false, true, false, true];
+    let mut out = String::new();
+    for (k, row) in rows.iter().enumerate() {
+        out.push('|');
+        for c in 0..9 {
+            let pad = widths[c] - row[c].chars().count();
+            if right[c] && k > 0 {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(&row[c]);
+            } else {
+                out.push_str(&row[c]);
+                out.push_str(&" ".repeat(pad));
+            }
+            out.push('|');
+        }
+        out.push('\n');
+        if k == 0 {
+            out.push('|');
+            for c in 0..9 {
+                let dashes = "-".repeat(widths[c].max(1));
+                if right[c] {
+                    out.push_str(&dashes[..dashes.len() - 1]);
+                    out.push(':');
+                } else {
+                    out.push_str(&dashes);
+                }
+                out.push('|');
+            }
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,121 @@
+//! What a task is: documents, the requests each document makes, and how responses become
+//! metrics. Tasks never touch a model; the evaluator batches their requests across tasks.
+//!
+//! Mirrors lm-evaluation-harness's `Task` (0.3 `lm_eval/base.py`): `doc_to_text`,
+//! `construct_requests`, `process_results`, `aggregation`, `higher_is_better`, `VERSION`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sightline_model::score::Scored;
+
+use crate::data::DataSource;
+use crate::error::Result;
+
+/// A request to the language model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request_type", rename_all = "snake_case")]
+pub enum Request {
+    /// Log-likelihood of `continuation` after `context` (lm-eval `loglikelihood`).
+    Loglikelihood {
+        context: String,
+        continuation: String,
+    },
+    /// Greedy text after `context` until a stop string or EOS (lm-eval `generate_until`).
+    GenerateUntil { context: String, until: Vec<String> },
+}
+
+/// The model's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Loglikelihood(Scored),
+    Generated(String),
+}
+
+impl Response {
+    /// The log-likelihood, for tasks that only issue log-likelihood requests.
+    pub fn logprob(&self) -> f64 {
+        match self {
+            Response::Loglikelihood(s) => s.logprob,
+            Response::Generated(_) => f64::NAN,
+        }
+    }
+
+    /// The generated text, for generation tasks.
+    pub fn text(&self) -> &str {
+        match self {
+            Response::Generated(t) => t,
+            Response::Loglikelihood(_) => "",
+        }
+    }
+}
+
+/// How per-document values of a metric become one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregation {
+    /// Arithmetic mean, with lm-eval's analytic `mean_stderr`.
+    Mean,
+    /// ETHICS `calc_em`: documents sorted by `doc["group_id"]` (stable), cut into blocks of
+    /// `group_size`; a block counts when every document in it is correct. No stderr.
+    GroupExactMatch { group_size: usize },
+}
+
+/// One reported metric.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub aggregation: Aggregation,
+    pub higher_is_better: bool,
+}
+
+impl Metric {
+    pub const fn mean(name: &'static str) -> Self {
+        Self {
+            name,
+            aggregation: Aggregation::Mean,
+            higher_is_better: true,
+        }
+    }
+}
+
+/// A benchmark task.
+pub trait Task: Send + Sync {
+    /// Registry name, e.g. `truthfulqa_mc1`.
+    fn name(&self) -> &'static str;
+    /// Bumped whenever prompts or scoring change (the harness's `VERSION`).
+    fn version(&self) -> u32;
+    /// Evaluation documents in the dataset's order (before the evaluator's shuffle).
+    fn docs(&self, data: &DataSource) -> Result<Vec<Value>>;
+    /// The requests one document makes, in the order `process_results` expects answers.
+    fn requests(&self, doc: &Value) -> Result<Vec<Request>>;
+    /// The document's metric values, in [`Task::metrics`] order.
+    fn process_results(&self, doc: &Value, responses: &[Response]) -> Result<Vec<f64>>;
+    /// The metrics this task reports.
+    fn metrics(&self) -> &'static [Metric];
+}
+
+/// A string field of a document (documents are built by the task itself, so a missing field
+/// is a bug in the task, reported rather than panicking).
+pub(crate) fn field<'a>(doc: &'a Value, key: &str) -> Result<&'a str> {
+    doc.get(key).and_then(Value::as_str).ok_or_else(|| {
+        crate::error::Error::Config(format!("document has no string field `{key}`: {doc}"))
+    })
+}
+
+/// An integer field of a document.
+pub(crate) fn int_field(doc: &Value, key: &str) -> Result<i64> {
+    doc.get(key).and_then(Value::as_i64).ok_or_else(|| {
+        crate::error::Error::Config(format!("document has no integer field `{key}`: {doc}"))
+    })
+}
+
+/// Index of the first maximum (numpy `argmax`).
+pub fn argmax(xs: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,77 @@
+//! The task registry: one line per task, one line per group.
+
+pub mod ethics;
+pub mod truthfulqa;
+
+use crate::error::{Error, Result};
+use crate::task::Task;
+
+/// Every task, in the order `sightline tasks` lists them.
+pub fn all() -> Vec<Box<dyn Task>> {
+    vec![
+        Box::new(truthfulqa::TruthfulQaMc1),
+        Box::new(truthfulqa::TruthfulQaMc2),
+        Box::new(truthfulqa::TruthfulQaGen),
+        Box::new(ethics::EthicsCm),
+        Box::new(ethics::EthicsDeontology),
+        Box::new(ethics::EthicsJustice),
+        Box::new(ethics::EthicsUtilitarianism),
+        Box::new(ethics::EthicsVirtue),
+    ]
+}
+
+/// Named groups of tasks.
+pub const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "truthfulqa",
+        &["truthfulqa_mc1", "truthfulqa_mc2", "truthfulqa_gen"],
+    ),
+    (
+        "ethics",
+        &[
+            "ethics_cm",
+            "ethics_deontology",
+            "ethics_justice",
+            "ethics_utilitarianism",
+            "ethics_virtue",
+        ],
+    ),
+];
+
+/// Resolves a comma-separated list of task and group names, keeping first-mention order and
+/// dropping repeats.
+pub fn resolve(list: &str) -> Result<Vec<Box<dyn Task>>> {
+    let mut names: Vec<&str> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let members: Vec<&str> = match GROUPS.iter().find(|(g, _)| *g == item) {
+            Some((_, m)) => m.to_vec(),
+            None => vec![item],
+        };
+        for m in members {
+            if !names.contains(&m) {
+                names.push(m);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::Config("no tasks given".into()));
+    }
+    let mut registry = all();
+    names
+        .iter()
+        .map(|n| {
+            let pos = registry
+                .iter()
+                .position(|t| t.name() == *n)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = all()
+                        .iter()
+                        .map(|t| t.name())
+                        .chain(GROUPS.iter().map(|g| g.0))
+                        .collect();
+                    Error::Config(format!("unknown task `{n}` (known: {})", known.join(", ")))
+                })?;
+            Ok(registry.remove(pos))
+        })
+        .collect()
+}
