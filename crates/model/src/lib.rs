@@ -17,6 +17,7 @@
 //! # Ok::<(), sightline_model::Error>(())
 //! ```
 
+pub mod attention;
 pub mod builtin;
 pub mod config;
 pub mod error;

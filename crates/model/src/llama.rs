@@ -238,7 +238,6 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let n_rep = h / kvh;
         let q = self
             .q_proj
             .forward(xs)?
@@ -280,28 +279,53 @@ impl Attention {
             }
             None => (k, v),
         };
-        let total = k.dim(2)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let q = (q * scale)?.reshape((b, kvh, n_rep * t, d))?;
-        let mut att = q.matmul(&k.t()?)?; // [b, kvh, n_rep*t, total]
-        if t > 1 {
-            att = att.broadcast_add(&causal_mask(
-                n_rep,
-                t,
+        let ys = if q.dtype() == DType::F32 && q.device().is_cpu() {
+            // [b, t, h, d]: the fused kernel writes o_proj's input layout directly.
+            let op = crate::attention::CausalAttention {
+                scale: scale as f32,
                 offset,
-                total,
-                att.dtype(),
-                att.device(),
-            )?)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let ys = att.matmul(&v)?; // [b, kvh, n_rep*t, d]
-        let ys = ys
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b * t, h * d))?;
+            };
+            q.apply_op3_no_bwd(&k, &v, &op)?.reshape((b * t, h * d))?
+        } else {
+            composed_attention(&q, &k, &v, (b, t), offset, scale)?
+        };
         self.o_proj.forward(&ys)
     }
+}
+
+/// Attention from candle ops (any dtype and device): `q: [b, h, t, d]`, `k, v: [b, kvh, T, d]`
+/// → `[b*t, h*d]`. Query heads sharing a KV head are folded into the row dimension, so GQA
+/// needs no copy of K/V.
+fn composed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (b, t): (usize, usize),
+    offset: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (_, h, _, d) = q.dims4()?;
+    let (_, kvh, total, _) = k.dims4()?;
+    let n_rep = h / kvh;
+    let q = (q * scale)?.reshape((b, kvh, n_rep * t, d))?;
+    let mut att = q.matmul(&k.t()?)?; // [b, kvh, n_rep*t, total]
+    if t > 1 {
+        att = att.broadcast_add(&causal_mask(
+            n_rep,
+            t,
+            offset,
+            total,
+            att.dtype(),
+            att.device(),
+        )?)?;
+    }
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let ys = att.matmul(v)?; // [b, kvh, n_rep*t, d]
+    Ok(ys
+        .reshape((b, h, t, d))?
+        .transpose(1, 2)?
+        .reshape((b * t, h * d))?)
 }
 
 /// Additive mask `[n_rep*t, total]`: row `r` is query position `offset + r % t`, which may
