@@ -161,7 +161,8 @@ fn killed_cached_run_resumes_to_identical_results() {
     assert!(hits >= 40, "only {hits} requests reused");
     assert!(String::from_utf8_lossy(&o.stderr).contains("reused"));
 
-    // A third run computes nothing at all.
+    // A third run computes nothing at all: the log does not grow.
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
     let third = tmp.path().join("third");
     let o = sightline()
         .args(args)
@@ -174,6 +175,10 @@ fn killed_cached_run_resumes_to_identical_results() {
     assert!(o.status.success());
     let all = results(&third)["cached_requests"].as_u64().unwrap();
     assert_eq!(results(&third)["results"], a["results"]);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().lines().count(),
+        before
+    );
     assert!(
         all > hits,
         "the third run reuses what the second computed too ({all} vs {hits})"
