@@ -219,9 +219,85 @@ impl CustomOp3 for CausalAttention {
     }
 }
 
+/// RoPE (rotate-half, as transformers' LLaMA) fused with the `[b, t, h, d] -> [b, h, t, d]`
+/// transpose: inputs are the projection `[b, t, h, d]` and the cos/sin tables
+/// `[max_positions, d/2]`; row `i` is rotated for position `offset + i`.
+pub struct RopeToHeads {
+    pub offset: usize,
+}
+
+impl CustomOp3 for RopeToHeads {
+    fn name(&self) -> &'static str {
+        "rope-to-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sc: &CpuStorage,
+        lc: &Layout,
+        ss: &CpuStorage,
+        ls: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(sx, lx, "x")?;
+        let cos = contiguous(sc, lc, "cos")?;
+        let sin = contiguous(ss, ls, "sin")?;
+        let (b, t, h, d) = lx.shape().dims4()?;
+        let (positions, half) = lc.shape().dims2()?;
+        if 2 * half != d || ls.shape() != lc.shape() || self.offset + t > positions {
+            candle_core::bail!(
+                "rope-to-heads: x {:?}, tables {:?}, offset {}",
+                lx.shape(),
+                lc.shape(),
+                self.offset
+            );
+        }
+        let mut out = vec![0f32; b * h * t * d];
+        out.par_chunks_mut(t * d).enumerate().for_each(|(bh, o)| {
+            let (bi, hi) = (bh / h, bh % h);
+            for i in 0..t {
+                let src = &x[((bi * t + i) * h + hi) * d..][..d];
+                let pos = (self.offset + i) * half;
+                let (c, s) = (&cos[pos..pos + half], &sin[pos..pos + half]);
+                let (x1, x2) = src.split_at(half);
+                let (o1, o2) = o[i * d..(i + 1) * d].split_at_mut(half);
+                for j in 0..half {
+                    o1[j] = x1[j] * c[j] - x2[j] * s[j];
+                    o2[j] = x2[j] * c[j] + x1[j] * s[j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rope_to_heads_matches_candle_rope() -> candle_core::Result<()> {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let (b, t, h, d, offset) = (2, 5, 3, 16, 4);
+        let x = Tensor::randn(0f32, 1.0, (b, t, h, d), &dev)?;
+        let cos = Tensor::randn(0f32, 1.0, (12, d / 2), &dev)?;
+        let sin = Tensor::randn(0f32, 1.0, (12, d / 2), &dev)?;
+        let fused = x.apply_op3_no_bwd(&cos, &sin, &RopeToHeads { offset })?;
+        let want = candle_nn::rotary_emb::rope_slow(
+            &x.transpose(1, 2)?.contiguous()?,
+            &cos.narrow(0, offset, t)?,
+            &sin.narrow(0, offset, t)?,
+        )?;
+        let diff = (fused - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "max diff {diff}");
+        Ok(())
+    }
 
     #[test]
     fn fast_exp_is_within_a_few_ulp() {

@@ -165,12 +165,24 @@ impl Rope {
         })
     }
 
-    /// Rotates `[b, heads, t, head_dim]` for positions `offset..offset + t`.
+    /// Rotates projections `[b, t, heads, head_dim]` for positions `offset..offset + t` and
+    /// returns them head-major, `[b, heads, t, head_dim]`. On CPU/f32 one vectorised pass does
+    /// both (candle's rope kernel is scalar and needs the transposed copy first).
     fn apply(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let t = xs.dim(2)?;
+        if xs.dtype() == DType::F32 && xs.device().is_cpu() {
+            let op = crate::attention::RopeToHeads { offset };
+            return Ok(xs
+                .contiguous()?
+                .apply_op3_no_bwd(&self.cos, &self.sin, &op)?);
+        }
+        let t = xs.dim(1)?;
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
-        Ok(candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)?)
+        Ok(candle_nn::rotary_emb::rope(
+            &xs.transpose(1, 2)?.contiguous()?,
+            &cos,
+            &sin,
+        )?)
     }
 }
 
@@ -238,16 +250,8 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(xs)?
-            .reshape((b, t, h, d))?
-            .transpose(1, 2)?;
-        let k = self
-            .k_proj
-            .forward(xs)?
-            .reshape((b, t, kvh, d))?
-            .transpose(1, 2)?;
+        let q = self.q_proj.forward(xs)?.reshape((b, t, h, d))?;
+        let k = self.k_proj.forward(xs)?.reshape((b, t, kvh, d))?;
         let v = self
             .v_proj
             .forward(xs)?
