@@ -10,5 +10,5 @@
 
 pub mod aggregate;
 pub mod bleu;
-mod pystr;
+pub mod pystr;
 pub mod rouge;

@@ -5,17 +5,17 @@
 /// pattern). It is Unicode `White_Space` plus the ASCII information separators U+001C..U+001F,
 /// which Python counts as whitespace (bidirectional class B/S) and Rust's
 /// [`char::is_whitespace`] does not.
-pub(crate) fn is_py_space(c: char) -> bool {
+pub fn is_py_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// Python's `s.rstrip()`.
-pub(crate) fn py_rstrip(s: &str) -> &str {
+pub fn py_rstrip(s: &str) -> &str {
     s.trim_end_matches(is_py_space)
 }
 
 /// Python's `s.split()`: split on runs of whitespace, dropping empty pieces (so it also strips).
-pub(crate) fn py_split(s: &str) -> impl Iterator<Item = &str> {
+pub fn py_split(s: &str) -> impl Iterator<Item = &str> {
     s.split(is_py_space).filter(|t| !t.is_empty())
 }
 

@@ -72,12 +72,6 @@ pub struct EncodedRequest {
     pub continuation: Vec<u32>,
 }
 
-/// Python's `str.isspace` per character: Unicode White_Space plus U+001C..U+001F, which
-/// CPython also strips (they are bidi class B/S).
-fn is_python_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
 /// `_encode_pair`: trailing whitespace of the context moves to the continuation, the whole
 /// string is encoded and split at the context's token count.
 pub fn encode_request(
@@ -109,7 +103,7 @@ pub fn encode_request(
             req,
         );
     }
-    let trimmed = req.context.trim_end_matches(is_python_space);
+    let trimmed = sightline_metrics::pystr::py_rstrip(&req.context);
     let (context, continuation) = if trimmed.len() < req.context.len() {
         let moved = &req.context[trimmed.len()..];
         (trimmed.to_string(), format!("{moved}{}", req.continuation))
@@ -427,10 +421,10 @@ mod tests {
 
     #[test]
     fn python_whitespace_includes_information_separators() {
-        assert!(is_python_space('\u{1f}'));
-        assert!(is_python_space('\u{a0}'));
-        assert!(is_python_space('\n'));
-        assert!(!is_python_space('\u{200b}'));
+        assert!(sightline_metrics::pystr::is_py_space('\u{1f}'));
+        assert!(sightline_metrics::pystr::is_py_space('\u{a0}'));
+        assert!(sightline_metrics::pystr::is_py_space('\n'));
+        assert!(!sightline_metrics::pystr::is_py_space('\u{200b}'));
     }
 
     #[test]
