@@ -6,11 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not `#[source]`: the message already carries it, and anyhow's `{:#}` would print
+        // it twice.
+        err: std::io::Error,
     },
     /// A data file whose record does not have the expected shape.
     #[error("{file}: record {record}: {msg}")]
@@ -40,7 +41,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

@@ -2,7 +2,13 @@
 //!
 //! Field names and defaults mirror `transformers.LlamaConfig` (v4.46,
 //! `models/llama/configuration_llama.py`); unknown fields are tolerated because real
-//! checkpoints carry many (`pretraining_tp`, `use_cache`, ...).
+//! checkpoints carry many (`pretraining_tp`, `use_cache`, ...). Every shape field has HF's
+//! default because `save_pretrained` omits fields equal to the default in nested configs
+//! (llava-hf's `text_config` often lists only `vocab_size` and `rms_norm_eps`).
+//!
+//! LLaVA checkpoints carry a LLaMA decoder too; [`CheckpointLayout`] tells the layouts apart
+//! by `config.json` alone (never by the directory's name) and says where the decoder's
+//! config and tensors are.
 
 use std::path::Path;
 
@@ -13,6 +19,97 @@ use crate::error::{Error, Result};
 /// Architectures this crate can run as a plain decoder.
 pub const LLAMA_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "LLaMAForCausalLM"];
 
+/// Original LLaVA (haotian-liu/LLaVA) classes: a LLaMA config plus `mm_*` keys, decoder tensors
+/// under `model.`/`lm_head`, the projector under `model.mm_projector.`.
+pub const LLAVA_ORIGINAL_ARCHITECTURES: &[&str] =
+    &["LlavaLlamaForCausalLM", "LlavaLlama70bForCausalLM"];
+
+/// transformers' own LLaVA class: nested `text_config`/`vision_config`, decoder tensors under
+/// `language_model.`.
+pub const LLAVA_HF_ARCHITECTURES: &[&str] = &["LlavaForConditionalGeneration"];
+
+/// How a checkpoint directory is laid out, read from its `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointLayout {
+    /// `LlamaForCausalLM`.
+    Llama,
+    /// Original LLaVA (`LlavaLlamaForCausalLM`, `model_type` `llava`/`llava70b`, `mm_*` keys).
+    LlavaOriginal,
+    /// llava-hf (`LlavaForConditionalGeneration`, `text_config` + `vision_config`).
+    LlavaHf,
+}
+
+impl CheckpointLayout {
+    /// Classifies a parsed `config.json` by `architectures`, then `model_type` and the keys
+    /// each layout must have; `path` names the file in errors.
+    pub fn detect(v: &serde_json::Value, path: &Path) -> Result<Self> {
+        let archs: Vec<&str> = v
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        let has = |list: &[&str]| archs.iter().any(|a| list.contains(a));
+        if has(LLAVA_HF_ARCHITECTURES) {
+            return Ok(Self::LlavaHf);
+        }
+        if has(LLAVA_ORIGINAL_ARCHITECTURES) {
+            return Ok(Self::LlavaOriginal);
+        }
+        if has(LLAMA_ARCHITECTURES) {
+            return Ok(Self::Llama);
+        }
+        if let Some(bad) = archs.first() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "unknown architectures entry `{bad}` (supported: {}, {}, {})",
+                    LLAMA_ARCHITECTURES.join(", "),
+                    LLAVA_ORIGINAL_ARCHITECTURES.join(", "),
+                    LLAVA_HF_ARCHITECTURES.join(", ")
+                ),
+            ));
+        }
+        // No `architectures`: fall back on model_type and the layout's own keys.
+        match v.get("model_type").and_then(|m| m.as_str()) {
+            None | Some("llama") => Ok(Self::Llama),
+            Some("llava") if v.get("text_config").is_some() || v.get("vision_config").is_some() => {
+                Ok(Self::LlavaHf)
+            }
+            Some("llava") | Some("llava70b") => Ok(Self::LlavaOriginal),
+            Some(other) => Err(Error::format(
+                path,
+                format!("model_type `{other}` is not supported (expected `llama` or `llava`)"),
+            )),
+        }
+    }
+
+    /// Whether the checkpoint has a vision tower and projector.
+    pub fn is_multimodal(self) -> bool {
+        self != Self::Llama
+    }
+
+    /// The key prefix of the decoder's tensors (`model.*`, `lm_head.weight` below it).
+    pub fn decoder_prefix(self) -> &'static str {
+        match self {
+            Self::LlavaHf => "language_model",
+            Self::Llama | Self::LlavaOriginal => "",
+        }
+    }
+}
+
+/// Reads `config.json` once: its layout, the decoder's config and the raw JSON (for the
+/// multimodal keys).
+pub fn read_checkpoint_config(
+    path: &Path,
+) -> Result<(CheckpointLayout, LlamaConfig, serde_json::Value)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+    let layout = CheckpointLayout::detect(&v, path)?;
+    let cfg = LlamaConfig::decoder_of(&v, layout, path)?;
+    Ok((layout, cfg, v))
+}
+
 /// The fields of a LLaMA `config.json` that change the computation.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LlamaConfig {
@@ -20,9 +117,17 @@ pub struct LlamaConfig {
     pub architectures: Option<Vec<String>>,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// HF default 4096.
+    #[serde(default = "default_hidden_size")]
     pub hidden_size: usize,
+    /// HF default 11008.
+    #[serde(default = "default_intermediate_size")]
     pub intermediate_size: usize,
+    /// HF default 32.
+    #[serde(default = "default_num_hidden_layers")]
     pub num_hidden_layers: usize,
+    /// HF default 32.
+    #[serde(default = "default_num_attention_heads")]
     pub num_attention_heads: usize,
     /// HF default: equal to `num_attention_heads` (multi-head attention).
     #[serde(default)]
@@ -30,6 +135,8 @@ pub struct LlamaConfig {
     /// HF default: `hidden_size / num_attention_heads`.
     #[serde(default)]
     pub head_dim: Option<usize>,
+    /// HF default 32000.
+    #[serde(default = "default_vocab_size")]
     pub vocab_size: usize,
     /// HF default 2048.
     #[serde(default = "default_max_position_embeddings")]
@@ -60,6 +167,21 @@ pub struct LlamaConfig {
     pub torch_dtype: Option<String>,
 }
 
+fn default_hidden_size() -> usize {
+    4096
+}
+fn default_intermediate_size() -> usize {
+    11008
+}
+fn default_num_hidden_layers() -> usize {
+    32
+}
+fn default_num_attention_heads() -> usize {
+    32
+}
+fn default_vocab_size() -> usize {
+    32000
+}
 fn default_max_position_embeddings() -> usize {
     2048
 }
@@ -100,6 +222,42 @@ impl LlamaConfig {
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let cfg: LlamaConfig = serde_json::from_str(text)
             .map_err(|e| Error::format(path, format!("not a valid LLaMA config.json: {e}")))?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// The decoder config inside a checkpoint config of any [`CheckpointLayout`]: the top level
+    /// for LLaMA and original LLaVA (whose `mm_*` keys are ignored here), `text_config` for
+    /// llava-hf (absent = all of `LlamaConfig`'s defaults, as transformers does).
+    pub fn decoder_of(
+        v: &serde_json::Value,
+        layout: CheckpointLayout,
+        path: &Path,
+    ) -> Result<Self> {
+        let mut dec = match layout {
+            CheckpointLayout::LlavaHf => match v.get("text_config") {
+                Some(t) if t.is_object() => t.clone(),
+                Some(t) if !t.is_null() => {
+                    return Err(Error::format(path, "`text_config` must be an object"))
+                }
+                _ => serde_json::json!({}),
+            },
+            _ => v.clone(),
+        };
+        if let Some(o) = dec.as_object_mut() {
+            // The LLaVA class names are not decoder architectures; the layout already said
+            // what they are.
+            if layout.is_multimodal() {
+                o.remove("architectures");
+                o.remove("model_type");
+            }
+        }
+        let what = match layout {
+            CheckpointLayout::LlavaHf => "text_config",
+            _ => "config.json",
+        };
+        let cfg: LlamaConfig = serde_json::from_value(dec)
+            .map_err(|e| Error::format(path, format!("{what} is not a valid LLaMA config: {e}")))?;
         cfg.validate(path)?;
         Ok(cfg)
     }

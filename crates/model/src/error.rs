@@ -10,11 +10,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read at all.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not `#[source]`: the message already carries it, and anyhow's `{:#}` would print
+        // it twice.
+        err: std::io::Error,
     },
     /// A file was read but its contents are not what the format requires.
     #[error("{path}: {msg}")]
@@ -59,7 +60,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

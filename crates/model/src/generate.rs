@@ -60,20 +60,38 @@ pub fn generate_ids(
             "the prompt encodes to no tokens and the tokenizer adds no BOS: nothing to condition on".into(),
         ));
     }
+    let ids = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
+    generate_embeds(model, tok, &model.embed(&ids)?, opts)
+}
+
+/// Generates from prompt input embeddings `[1, t, hidden]` (a multimodal prompt with image
+/// features spliced in, or embedded token ids); only new tokens are returned, as transformers'
+/// `generate(inputs_embeds=...)` does.
+pub fn generate_embeds(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &Tensor,
+    opts: &GenerateOptions,
+) -> Result<Generation> {
+    let (b, t, _) = prompt.dims3()?;
+    if b != 1 || t == 0 {
+        return Err(Error::Request(format!(
+            "generation needs one non-empty prompt, got {b} prompts of {t} positions"
+        )));
+    }
     let dev = model.device();
     let max_pos = model.config.max_position_embeddings;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut cache = KvCache::default();
     let mut tokens: Vec<u32> = Vec::new();
-    let mut input = Tensor::from_slice(prompt, (1, prompt.len()), dev)?;
+    let mut input = prompt.clone();
     for _ in 0..opts.max_new_tokens {
         if cache.len() + input.dim(1)? > max_pos {
             break;
         }
-        let logits: Vec<f32> = model
-            .forward_last(&input, Some(&mut cache))?
-            .flatten_all()?
-            .to_vec1()?;
+        let hidden = model.forward_hidden_embeds(&input, Some(&mut cache))?;
+        let last = hidden.narrow(1, input.dim(1)? - 1, 1)?.squeeze(1)?;
+        let logits: Vec<f32> = model.logits(&last)?.flatten_all()?.to_vec1()?;
         let next = if opts.temperature <= 0.0 {
             argmax(&logits) as u32
         } else {
@@ -90,7 +108,7 @@ pub fn generate_ids(
                 return Ok(Generation { text, tokens });
             }
         }
-        input = Tensor::from_slice(&[next], (1, 1), dev)?;
+        input = model.embed(&Tensor::from_slice(&[next], (1, 1), dev)?)?;
     }
     let text = tok.decode(&tokens, true)?;
     Ok(Generation { text, tokens })

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-pub use config::LlamaConfig;
+pub use config::{CheckpointLayout, LlamaConfig};
 pub use error::{Error, Result};
 pub use llama::Llama;
 pub use lora::LoraAdapter;
@@ -117,17 +117,25 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     if !config_path.is_file() {
         return Err(Error::format(dir, "no config.json"));
     }
-    let cfg = LlamaConfig::from_file(&config_path)?;
+    let (layout, cfg, _) = config::read_checkpoint_config(&config_path)?;
     let tokenizer = Tokenizer::from_dir(
         dir,
         LlamaConfig::token_ids(&cfg.bos_token_id).first().copied(),
         LlamaConfig::token_ids(&cfg.eos_token_id).first().copied(),
     )?;
     let weights = Weights::from_dir(dir, opts.dtype, &opts.device)?;
+    // A LLaVA checkpoint loads here as its decoder alone: the text-only evaluations of the
+    // paper run the LLM without the vision tower (`sightline-vision` loads the rest).
+    let weights = match layout.decoder_prefix() {
+        "" => weights,
+        prefix => weights.pp(prefix),
+    };
     assemble(cfg, &weights, tokenizer, &config_path, spec, opts)
 }
 
-fn assemble(
+/// Builds the decoder (with `opts.adapter`) from checkpoint parts that are already open, after
+/// checking that the tokenizer fits the embedding. `config_path` names config.json in errors.
+pub fn assemble(
     cfg: LlamaConfig,
     weights: &Weights,
     tokenizer: Tokenizer,

@@ -486,8 +486,32 @@ impl Llama {
     /// Runs `ids: [b, t]` (positions `cache.len()..`), returns the final-norm hidden states
     /// `[b, t, hidden]`. With a cache, keys/values of these tokens are appended to it.
     /// Right padding is harmless: causal attention keeps padded positions out of earlier rows.
-    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_hidden_embeds(&self.embed(ids)?, cache)
+    }
+
+    /// Input embeddings of `ids: [b, t]` → `[b, t, hidden]` (`inputs_embeds` in transformers).
+    /// Multimodal models splice image features between such rows.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        let xs = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
+        Ok(xs.reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// [`Llama::forward_hidden`] from input embeddings `[b, t, hidden]` (positions
+    /// `cache.len()..`), as transformers' `inputs_embeds=` argument.
+    pub fn forward_hidden_embeds(
+        &self,
+        embeds: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, hidden) = embeds.dims3()?;
+        if hidden != self.config.hidden_size {
+            return Err(Error::Request(format!(
+                "input embeddings have width {hidden}, the decoder's hidden_size is {}",
+                self.config.hidden_size
+            )));
+        }
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let max = self.config.max_position_embeddings;
         if offset + t > max {
@@ -499,7 +523,10 @@ impl Llama {
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.layers.len(), None);
         }
-        let mut xs = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?; // [b*t, hidden]
+        let mut xs = embeds
+            .to_dtype(self.dtype())?
+            .reshape((b * t, hidden))?
+            .contiguous()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = layer.input_layernorm.forward(&xs)?;
@@ -511,7 +538,7 @@ impl Llama {
             xs = (&xs + layer.mlp.forward(&h)?)?;
         }
         let xs = self.norm.forward(&xs)?;
-        Ok(xs.reshape((b, t, self.config.hidden_size))?)
+        Ok(xs.reshape((b, t, hidden))?)
     }
 
     /// LM-head logits in f32 for hidden rows `[n, hidden]` → `[n, vocab]` (transformers

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// A loaded tokenizer with its BOS/EOS ids and the BOS policy for generation.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Where it came from, for error messages.
@@ -152,6 +153,23 @@ impl Tokenizer {
     pub fn id_bound(&self) -> usize {
         let max = self.inner.get_vocab(true).into_values().max();
         max.map_or(0, |m| m as usize + 1)
+    }
+
+    /// The id of a token string (added tokens included), if any.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Adds a special token at the end of the vocabulary unless it is already there, as
+    /// `tokenizer.add_tokens([token], special_tokens=True)` does (LLaVA grows its tokenizer
+    /// with `<im_patch>`, `<im_start>`, `<im_end>` this way). Returns its id.
+    pub fn add_special_token(&mut self, token: &str) -> u32 {
+        if let Some(id) = self.inner.token_to_id(token) {
+            return id;
+        }
+        let t = tokenizers::AddedToken::from(token.to_string(), true).normalized(false);
+        self.inner.add_special_tokens(&[t]);
+        self.inner.token_to_id(token).unwrap_or(u32::MAX)
     }
 
     /// The string of one token id, if any.

@@ -34,6 +34,9 @@ pub struct Weights {
     /// What error messages call the checkpoint when a tensor is absent (the index file or dir).
     origin: Arc<PathBuf>,
     prefix: String,
+    /// Tensors that replace (or add to) the checkpoint's, by full name: a stage-1 LLaVA
+    /// projector file's grown embedding on top of a text LLM.
+    overrides: Arc<HashMap<String, (PathBuf, Tensor)>>,
     pub dtype: DType,
     pub device: Device,
 }
@@ -87,6 +90,75 @@ impl Weights {
                 "no weights found: expected model.safetensors, model.safetensors.index.json, \
                  pytorch_model.bin or pytorch_model.bin.index.json",
             ))
+        }
+    }
+
+    /// Opens one weights file: `*.safetensors`, or a PyTorch pickle (`*.bin`, `*.pt`, `*.pth`),
+    /// such as LLaVA's stage-1 `mm_projector.bin`.
+    pub fn from_file(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::format(path, "no such weights file"));
+        }
+        let file = std::slice::from_ref(&path.to_path_buf()).to_vec();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            Self::from_safetensors(&file, path.to_path_buf(), dtype, device)
+        } else {
+            Self::from_pth(&file, path.to_path_buf(), dtype, device)
+        }
+    }
+
+    /// Every tensor name in the checkpoint (whatever the prefix), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &*self.backend {
+            Backend::Safetensors { routing, .. } => routing.keys().cloned().collect(),
+            Backend::Memory { tensors } => tensors.keys().cloned().collect(),
+        };
+        names.extend(self.overrides.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The same checkpoint with `tensors` (full names) taking precedence; `origin` names the
+    /// file they came from in errors.
+    pub fn with_overrides(&self, tensors: HashMap<String, Tensor>, origin: PathBuf) -> Self {
+        let mut over = (*self.overrides).clone();
+        for (k, t) in tensors {
+            over.insert(k, (origin.clone(), t));
+        }
+        Self {
+            overrides: Arc::new(over),
+            ..self.clone()
+        }
+    }
+
+    /// Loads `name` whatever its shape (for tensors whose shape the caller checks itself).
+    pub fn get_any_shape(&self, name: &str) -> Result<Tensor> {
+        let shape = self.shape_of(name)?;
+        self.get(&shape, name)
+    }
+
+    /// The stored shape of `name`.
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        let full = self.full_name(name);
+        if let Some((_, t)) = self.overrides.get(&full) {
+            return Ok(t.dims().to_vec());
+        }
+        match &*self.backend {
+            Backend::Safetensors { shards, routing } => {
+                let Some(&i) = routing.get(&full) else {
+                    return Err(self.missing(full, &[]));
+                };
+                let (path, st) = &shards[i];
+                let view = st
+                    .get(&full)
+                    .map_err(|e| Error::format(path, e.to_string()))?;
+                Ok(view.shape().to_vec())
+            }
+            Backend::Memory { tensors } => tensors
+                .get(&full)
+                .map(|(_, t)| t.dims().to_vec())
+                .ok_or_else(|| self.missing(full, &[])),
         }
     }
 
@@ -166,6 +238,7 @@ impl Weights {
             backend: Arc::new(backend),
             origin: Arc::new(origin),
             prefix: String::new(),
+            overrides: Arc::new(HashMap::new()),
             dtype,
             device: device.clone(),
         }
@@ -195,6 +268,9 @@ impl Weights {
     /// Whether the checkpoint has `name` (under the current prefix).
     pub fn contains(&self, name: &str) -> bool {
         let full = self.full_name(name);
+        if self.overrides.contains_key(&full) {
+            return true;
+        }
         match &*self.backend {
             Backend::Safetensors { routing, .. } => routing.contains_key(&full),
             Backend::Memory { tensors } => tensors.contains_key(&full),
@@ -204,8 +280,12 @@ impl Weights {
     /// Loads `name`, checks that its shape is `shape`, converts it to the model dtype and device.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         let full = self.full_name(name);
-        let (path, tensor) = match &*self.backend {
-            Backend::Safetensors { shards, routing } => {
+        let (path, tensor) = match (self.overrides.get(&full), &*self.backend) {
+            (Some((path, t)), _) => {
+                check_shape(path, &full, shape, t.dims())?;
+                (path.clone(), t.to_device(&self.device)?)
+            }
+            (None, Backend::Safetensors { shards, routing }) => {
                 let Some(&i) = routing.get(&full) else {
                     return Err(self.missing(full, shape));
                 };
@@ -219,7 +299,7 @@ impl Weights {
                 })?;
                 (path.clone(), t)
             }
-            Backend::Memory { tensors } => {
+            (None, Backend::Memory { tensors }) => {
                 let Some((path, t)) = tensors.get(&full) else {
                     return Err(self.missing(full, shape));
                 };
