@@ -1,0 +1,8 @@
+//! `sightline-vision`: LLaVA-style vision-language models.
+pub mod clip;
+pub mod error;
+pub use error::{Error, Result};
+pub mod conversation;
+pub mod llava;
+pub mod preprocess;
+pub mod projector;
