@@ -1,15 +1,19 @@
-//! `--model` / `--adapter` / `--dtype` / `--device`, shared by every command that runs a model.
+//! `--model` / `--adapter` / `--dtype` / `--device` and the LLaVA flags (`--vision-tower`,
+//! `--mm-projector`, `--image-aspect-ratio`), shared by every command that runs a model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use sightline_model::{load, parse_dtype, LoadOptions, LoadedModel, DEFAULT_MODEL};
+use sightline_vision::llava::{Llava, LlavaOptions};
+use sightline_vision::preprocess::AspectMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// HF model directory, or `builtin:stories260k` (compiled in).
+    /// HF model directory (LLaMA, original-layout LLaVA or llava-hf), or `builtin:stories260k`
+    /// (compiled in).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors or .bin),
@@ -22,10 +26,22 @@ pub struct ModelArgs {
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Local CLIP vision tower directory for an original-layout LLaVA checkpoint (its
+    /// `mm_vision_tower` names a Hub repo; sightline never downloads).
+    #[arg(long, value_name = "DIR")]
+    pub vision_tower: Option<PathBuf>,
+    /// A stage-1 projector (`mm_projector.bin` / `.safetensors`, with its run's config.json
+    /// beside it) to apply on top of a text LLM given as --model.
+    #[arg(long, value_name = "FILE")]
+    pub mm_projector: Option<PathBuf>,
+    /// Override the checkpoint's `image_aspect_ratio`: `square` (resize + center crop) or
+    /// `pad` (LLaVA's expand2square with the CLIP mean colour first).
+    #[arg(long, value_name = "MODE")]
+    pub image_aspect_ratio: Option<String>,
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<LoadedModel> {
+    fn options(&self) -> Result<LoadOptions> {
         let device = match self.device.as_str() {
             "cpu" => Device::Cpu,
             d if d.starts_with("cuda") => {
@@ -38,11 +54,54 @@ impl ModelArgs {
             }
             other => bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
         };
-        let opts = LoadOptions {
+        Ok(LoadOptions {
             dtype: parse_dtype(&self.dtype)?,
             device,
             adapter: self.adapter.clone(),
+        })
+    }
+
+    /// The decoder alone (a LLaVA checkpoint's LLM for text-only work).
+    pub fn load(&self) -> Result<LoadedModel> {
+        if self.mm_projector.is_some() || self.vision_tower.is_some() {
+            bail!("--mm-projector and --vision-tower only apply to image inputs (--image, or requests with an `image` field)");
+        }
+        Ok(load(&self.model, &self.options()?)?)
+    }
+
+    /// Whether the model takes images: a LLaVA checkpoint, or --mm-projector.
+    pub fn is_multimodal(&self) -> Result<bool> {
+        if self.mm_projector.is_some() {
+            return Ok(true);
+        }
+        if self.model.starts_with("builtin:") {
+            return Ok(false);
+        }
+        Ok(sightline_vision::llava::is_llava_dir(Path::new(
+            &self.model,
+        ))?)
+    }
+
+    /// The vision-language model.
+    pub fn load_llava(&self) -> Result<Llava> {
+        if self.model.starts_with("builtin:") {
+            bail!(
+                "{} is a text-only model: images need a LLaVA checkpoint, or --mm-projector (and --vision-tower) on a LLaMA one",
+                self.model
+            );
+        }
+        let aspect = match self.image_aspect_ratio.as_deref() {
+            None => None,
+            Some(s) => Some(AspectMode::parse(s).ok_or_else(|| {
+                anyhow::anyhow!("--image-aspect-ratio `{s}` (expected square or pad)")
+            })?),
         };
-        Ok(load(&self.model, &opts)?)
+        let opts = LlavaOptions {
+            base: self.options()?,
+            vision_tower: self.vision_tower.clone(),
+            mm_projector: self.mm_projector.clone(),
+            aspect,
+        };
+        Ok(Llava::load(Path::new(&self.model), &opts)?)
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use sightline_model::score::{score, Request};
+use sightline_vision::llava::ImageRequest;
 
 use super::model_args::ModelArgs;
 use super::scoring_args::ScoringArgs;
@@ -16,9 +17,14 @@ use crate::io::Output;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSONL file: one `{"context": str, "continuation": str}` per line.
+    /// JSONL file: one `{"context": str, "continuation": str}` per line, with an optional
+    /// `"image": path` for LLaVA models (the context then holds one `<image>` placeholder).
     #[arg(long)]
     requests: PathBuf,
+    /// Folder that relative `image` paths are resolved against (default: the requests file's
+    /// folder), like LLaVA's `--image-folder`.
+    #[arg(long, value_name = "DIR")]
+    image_folder: Option<PathBuf>,
     /// Write results here instead of stdout.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -29,8 +35,9 @@ pub struct Args {
     scoring: ScoringArgs,
 }
 
-/// Reads requests, naming the file, line and field of anything malformed.
-fn read_requests(path: &PathBuf) -> Result<Vec<Request>> {
+/// Reads requests, naming the file, line and field of anything malformed; relative image
+/// paths are resolved against `image_folder`.
+fn read_requests(path: &PathBuf, image_folder: &std::path::Path) -> Result<Vec<ImageRequest>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut out = Vec::new();
@@ -53,16 +60,34 @@ fn read_requests(path: &PathBuf) -> Result<Vec<Request>> {
                     )
                 })
         };
-        out.push(Request {
+        let image = match v.get("image") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(p)) => Some(image_folder.join(p)),
+            Some(_) => anyhow::bail!(
+                "{}:{}: field `image` must be a path string",
+                path.display(),
+                i + 1
+            ),
+        };
+        out.push(ImageRequest {
             context: field("context")?,
             continuation: field("continuation")?,
+            image,
         });
     }
     Ok(out)
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let requests = read_requests(&a.requests)?;
+    let folder = match &a.image_folder {
+        Some(f) => f.clone(),
+        None => a
+            .requests
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default(),
+    };
+    let requests = read_requests(&a.requests, &folder)?;
     if a.output.as_deref() == Some(a.requests.as_path()) {
         anyhow::bail!(
             "--output would overwrite the requests file {}",
@@ -70,7 +95,6 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let mut out = Output::create(a.output.as_deref(), a.overwrite)?;
-    let m = a.model.load()?;
     let opts = a.scoring.options();
     let bar = ProgressBar::new(requests.len() as u64);
     bar.set_style(
@@ -78,16 +102,26 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("scoring");
-    let results = score(
-        &m.model,
-        &m.tokenizer,
-        &requests,
-        &opts,
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )
+    let mut progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let results = if requests.iter().any(|r| r.image.is_some()) {
+        // Text requests in the same file are scored as the text path scores them; the
+        // scoring flags (--add-bos, --max-length, ...) apply to those only.
+        let m = a.model.load_llava()?;
+        m.score(&requests, &opts, &mut progress)
+    } else {
+        let m = a.model.load()?;
+        let text: Vec<Request> = requests
+            .into_iter()
+            .map(|r| Request {
+                context: r.context,
+                continuation: r.continuation,
+            })
+            .collect();
+        score(&m.model, &m.tokenizer, &text, &opts, &mut progress).map_err(Into::into)
+    }
     .with_context(|| format!("{}", a.requests.display()))?;
     bar.finish_and_clear();
     let w = out.writer();
