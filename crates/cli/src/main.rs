@@ -41,6 +41,10 @@ enum Command {
     /// Convert foreign checkpoints to Hugging Face layout.
     #[command(subcommand)]
     Convert(cmd::convert::Command),
+    /// Build and check training data: validate, stats, strip-images, convert, sample, groups,
+    /// preview.
+    #[command(subcommand)]
+    Data(cmd::data::Command),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -55,6 +59,7 @@ fn run() -> anyhow::Result<()> {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Tasks => cmd::tasks::run(),
         Command::Convert(c) => cmd::convert::run(c),
+        Command::Data(c) => cmd::data::run(c),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod convert;
+pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod model_args;
