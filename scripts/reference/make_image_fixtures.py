@@ -19,8 +19,13 @@ It writes tests/fixtures/image/:
                      the 224 and 336 towers
   golden/<case>.png  the uint8 image after the processor's own resize + center_crop (the exact
                      array that CLIPImageProcessor rescales and normalises), one per case
+  inputs/jpeg/       small JPEGs covering the decoder's cases: 4:2:0 / 4:2:2 / 4:4:4 / 4:1:1 /
+                     4:4:0 (h1v2) chroma, odd sizes, a chroma plane 2 samples wide, baseline and
+                     progressive, restart intervals, optimised Huffman tables, greyscale,
+                     saturating colours, Adobe RGB (no colour transform); and a CMYK one,
+                     which only has to load
   decoded/<img>.png  Pillow's decode (convert('RGB')) of the lossy inputs (JPEG, lossy WebP), whole
-                     or a window of it, to tell decoder differences apart from resampler ones
+                     or a window of it: our decoder must reproduce these bytes exactly
   golden.json        per case: source, config, aspect mode, sizes, crop offset, per-channel mean
                      of pixel_values and a strided sample of pixel_values; plus the processor's
                      value for every (channel, grey level), a solid-colour result and the
@@ -178,6 +183,49 @@ def make_inputs():
     return files
 
 
+def make_jpeg_variants():
+    """Small JPEGs for the decoder parity test, each decoded by Pillow (libjpeg-turbo) as the
+    reference. Photo crops (realistic spectra) and a noisy pattern (clamping at 0 and 255)."""
+    d = OUT / "inputs/jpeg"
+    d.mkdir(parents=True, exist_ok=True)
+    ironing = Image.open(ROOT / "data/llava/examples/extreme_ironing.jpg").convert("RGB")
+    water = Image.open(ROOT / "data/llava/examples/waterview.jpg").convert("RGB")
+    noisy = Image.fromarray(pattern(48, 40, 12, noise=90))
+    variants = [
+        ("q75_420_101x67", ironing.crop((230, 140, 331, 207)), dict(quality=75, subsampling=2)),
+        ("q95_422_101x67", water.crop((420, 250, 521, 317)), dict(quality=95, subsampling=1)),
+        ("q90_444_101x67", ironing.crop((300, 60, 401, 127)), dict(quality=90, subsampling=0)),
+        ("q85_411_77x45", water.crop((500, 300, 577, 345)), dict(quality=85, subsampling="4:1:1")),
+        ("prog_420_101x67", water.crop((100, 400, 201, 467)), dict(quality=85, subsampling=2, progressive=True)),
+        ("prog_444_noisy", noisy, dict(quality=95, subsampling=0, progressive=True)),
+        ("q100_420_noisy", noisy, dict(quality=100, subsampling=2)),
+        ("restart_420_96x64", ironing.crop((150, 200, 246, 264)), dict(quality=80, subsampling=2, restart_marker_blocks=3)),
+        ("prog_restart_420_96x64", water.crop((600, 450, 696, 514)), dict(quality=80, subsampling=2, progressive=True, restart_marker_rows=1)),
+        ("optimized_420_83x61", ironing.crop((50, 250, 133, 311)), dict(quality=70, subsampling=2, optimize=True)),
+        ("grey_prog_77x51", ironing.convert("L").crop((240, 120, 317, 171)), dict(quality=80, progressive=True)),
+        ("tiny_3x2_420", ironing.crop((300, 100, 303, 102)), dict(quality=90, subsampling=2)),
+        ("adobe_rgb_444", ironing.crop((200, 150, 264, 198)), dict(quality=90, subsampling=0, keep_rgb=True)),
+    ]
+    files = []
+    for name, img, kw in variants:
+        img.save(d / f"{name}.jpg", "JPEG", **kw)
+        files.append((name, d / f"{name}.jpg"))
+    # 4:4:0 (luma 1x2, chroma upsampled vertically only), which Pillow cannot write: a 64x64
+    # 4:2:2 file has as many MCUs of 2 luma + 2 chroma blocks as a 4:4:0 one, so changing the
+    # luma sampling factors in the frame header gives a valid (if scrambled) 4:4:0 image.
+    buf = io.BytesIO()
+    water.crop((300, 200, 364, 264)).save(buf, "JPEG", quality=90, subsampling=1)
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    assert data[sof + 9] == 3 and data[sof + 11] == 0x21, "4:2:2 luma sampling"
+    data[sof + 11] = 0x12
+    (d / "h1v2_440_64x64.jpg").write_bytes(bytes(data))
+    files.append(("h1v2_440_64x64", d / "h1v2_440_64x64.jpg"))
+    # CMYK is outside our decoder's scope (the `image` crate decodes it): only checked to load.
+    ironing.crop((0, 0, 40, 30)).convert("CMYK").save(d / "cmyk_fallback.jpg", "JPEG", quality=90)
+    return files
+
+
 def rel(p):
     return str(Path(p).resolve().relative_to(ROOT))
 
@@ -215,6 +263,7 @@ def main():
     for sub in ("golden", "decoded", "configs"):
         (OUT / sub).mkdir(exist_ok=True)
     files = make_inputs()
+    jpeg_variants = make_jpeg_variants()
     table = norm_table()
 
     for size in (224, 336):
@@ -293,6 +342,14 @@ def main():
             (args.full_decodes / f"{stem}.rgb").write_bytes(rgb.tobytes())
             (args.full_decodes / f"{stem}.json").write_text(json.dumps(dict(
                 source=rel(src), width=w, height=h)))
+
+    # Pillow's whole decode of each JPEG variant.
+    (OUT / "decoded/jpeg").mkdir(exist_ok=True)
+    for name, src in jpeg_variants:
+        rgb = np.array(Image.open(src).convert("RGB"))
+        h, w = rgb.shape[:2]
+        Image.fromarray(rgb).save(OUT / f"decoded/jpeg/{name}.png", optimize=True)
+        decode_windows.append(dict(source=rel(src), file=f"decoded/jpeg/{name}.png", x=0, y=0, width=w, height=h))
 
     # A solid colour maps to (v/255 - mean)/std everywhere.
     solid_rgb = (200, 100, 50)

@@ -15,11 +15,13 @@
 //!   of the line-art sketches (fast_image_resize 5.5.0 vs Pillow 13.0.0).
 //! * Rescale + normalise is bit-exact with transformers (float64 rescale, cast to float32,
 //!   float32 `(x - mean) / std`), done through a 256-entry table per channel.
-//! * Decoding: PNG and lossless WebP decode exactly like Pillow. Lossy formats do not: the
-//!   `image` crate decodes JPEG with zune-jpeg, Pillow with libjpeg-turbo, and their 4:2:0
-//!   chroma upsampling rounds differently, so colour JPEGs come out up to 4 grey levels apart on
-//!   10-25% of the pixels (3 levels after resize + crop). Greyscale JPEG and lossy WebP (image-webp
-//!   vs libwebp) matched exactly on the fixtures. See `tests/preprocess_parity.rs` for the numbers.
+//! * Decoding is bit-exact with Pillow for PNG, WebP (lossless, and lossy on the fixtures) and
+//!   JPEG. JPEGs go through our own decoder (`preprocess/jpeg.rs`), which reproduces
+//!   libjpeg-turbo's integer IDCT, "fancy" chroma upsampling and YCbCr→RGB tables; the `image`
+//!   crate's zune-jpeg differed from Pillow by up to 4 grey levels on 10-25% of the pixels of
+//!   colour photos (its IDCT and chroma upsampling round differently), jpeg-decoder 0.3 by up
+//!   to 3 levels on 7-11%. JPEGs outside our decoder's scope (CMYK, 12-bit, arithmetic-coded,
+//!   lossless) still go to the `image` crate. See `tests/preprocess_parity.rs` for the numbers.
 //!
 //! Resize and crop are fused: only the resized pixels that survive the crop are computed. Each
 //! output pixel of Pillow's passes depends only on its own taps, so this gives the same bytes as
@@ -32,6 +34,8 @@ use std::path::Path;
 use image::{DynamicImage, ImageFormat, RgbImage};
 
 use crate::{Error, Result};
+
+mod jpeg;
 
 /// OpenAI CLIP's per-channel mean (`OPENAI_CLIP_MEAN` in transformers).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -306,7 +310,8 @@ impl AspectMode {
 /// Decodes a file into RGB like Pillow's `Image.open(path).convert('RGB')`.
 ///
 /// JPEG (baseline and progressive), PNG (any colour type and depth) and WebP (lossy and
-/// lossless) are read; the format comes from the file's signature, not its extension. The
+/// lossless) are read; the format comes from the file's signature, not its extension. JPEGs
+/// decode to the same bytes as Pillow's libjpeg-turbo (see the module docs). The
 /// conversion follows Pillow: alpha is dropped (no compositing on any background), grey is
 /// copied to R, G and B, 16-bit RGB(A) and grey+alpha keep the high byte, and 16-bit grey (which
 /// Pillow opens as `I;16`) is *clipped* to 255, so most 16-bit grey pixels become white, as they
@@ -350,18 +355,36 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             ))
         }
     };
-    // zune-jpeg decodes a truncated JPEG without complaint (the missing part comes out grey);
-    // Pillow refuses it ("image file is truncated"), and so do we.
-    if format == ImageFormat::Jpeg && !jpeg_reaches_eoi(bytes) {
-        return Err(Error::format(
-            path,
-            "truncated JPEG (the data ends before the end-of-image marker); expected a complete image",
-        ));
+    // Why our JPEG decoder passed the file on to the `image` crate, for its error message.
+    let mut passed_on = String::new();
+    if format == ImageFormat::Jpeg {
+        // libjpeg decodes a truncated JPEG with a warning (the missing part comes out grey), but
+        // Pillow refuses it ("image file is truncated"), and so do we.
+        if !jpeg_reaches_eoi(bytes) {
+            return Err(Error::format(
+                path,
+                "truncated JPEG (the data ends before the end-of-image marker); expected a complete image",
+            ));
+        }
+        match jpeg::decode(bytes) {
+            Ok((width, height, rgb)) => {
+                return RgbImage::from_raw(width, height, rgb)
+                    .ok_or_else(|| Error::format(path, "decoded JPEG buffer has the wrong size"))
+            }
+            Err(jpeg::JpegError::Invalid(msg)) => {
+                return Err(Error::format(
+                    path,
+                    format!("cannot decode JPEG image (corrupt or truncated?): {msg}"),
+                ))
+            }
+            // CMYK, 12-bit, arithmetic-coded, lossless...: the `image` crate's decoder below.
+            Err(jpeg::JpegError::Unsupported(why)) => passed_on = format!("{why}; "),
+        }
     }
     let img = image::load_from_memory_with_format(bytes, format).map_err(|e| {
         Error::format(
             path,
-            format!("cannot decode {name} image (corrupt or truncated?): {e}"),
+            format!("cannot decode {name} image ({passed_on}corrupt or truncated?): {e}"),
         )
     })?;
     if img.width() == 0 || img.height() == 0 {

@@ -159,12 +159,9 @@ fn logits_and_greedy_match_on_reference_pixels() {
     }
 }
 
-/// From the image file: decode, preprocess, tower, projector, splice, generate. Greedy tokens
-/// must equal the reference's for every image. PNGs decode bit-exactly as PIL does, so their
-/// logits must match to 1e-4 too. JPEGs do not: the `image` crate's decoder (zune-jpeg) and
-/// PIL's libjpeg-turbo round some pixels differently (measured: up to 2 grey levels on
-/// these photos, see `preprocess_parity.rs`), and this fixture's random weights (N(0, 0.5))
-/// amplify that into logit differences of up to ~0.5; the pixels are checked instead.
+/// From the image file: decode, preprocess, tower, projector, splice, generate. Images decode
+/// and resize bit-exactly as Pillow does (JPEGs included, see `preprocess_parity.rs`), so pixel
+/// values must be equal, logits within 1e-4 and greedy tokens identical for every image.
 #[test]
 fn image_file_to_generation_end_to_end() {
     let all_pixels = pixels();
@@ -181,19 +178,10 @@ fn image_file_to_generation_end_to_end() {
         let pixel_diff = (px - &all_pixels[&case.name])
             .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
             .unwrap();
-        if image.ends_with(".png") {
-            assert_eq!(pixel_diff, 0.0, "{}: PNG pixels", case.name);
-            let embeds = m.prompt_embeds(prompt, Some(&path)).unwrap();
-            let diff = logits_diff(&m, &embeds, &case);
-            assert!(diff < 1e-4, "{}: logits differ by {diff}", case.name);
-        } else {
-            // Two grey levels after CLIP normalisation: 2 / 255 / min(std) = 0.0292.
-            assert!(
-                pixel_diff < 0.0293,
-                "{}: JPEG pixels differ by {pixel_diff}",
-                case.name
-            );
-        }
+        assert_eq!(pixel_diff, 0.0, "{}: pixel values", case.name);
+        let embeds = m.prompt_embeds(prompt, Some(&path)).unwrap();
+        let diff = logits_diff(&m, &embeds, &case);
+        assert!(diff < 1e-4, "{}: logits differ by {diff}", case.name);
     }
 }
 
