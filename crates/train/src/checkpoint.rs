@@ -1,0 +1,104 @@
+//! Checkpoint artefacts (spec T11), each file written atomically (a temp file in the same
+//! directory, then `rename`), so a run killed mid-save never leaves a truncated checkpoint:
+//!
+//! - full weights: `model.safetensors` with HF names + `config.json` and tokenizer files copied
+//!   from the base model, loadable by `sightline_model::load` and transformers;
+//! - the projector: `mm_projector.safetensors` with `model.mm_projector.{weight,bias}`;
+//! - LoRA: PEFT's `adapter_config.json` + `adapter_model.safetensors`
+//!   (`base_model.model.<module>.lora_{A,B}.weight`), loadable by
+//!   `sightline_model::LoraAdapter::from_dir` and `PeftModel.from_pretrained`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::model::TrainLlama;
+use crate::param::NamedParam;
+use crate::projector::Projector;
+
+/// Files copied from the base model next to saved full weights (those that exist).
+pub const COPIED_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+];
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` via a temp file in the same directory and a rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Saves named tensors as one safetensors file, atomically.
+pub fn save_safetensors(path: &Path, tensors: &[NamedParam]) -> Result<()> {
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|p| (p.name.clone(), p.param.tensor().clone()))
+        .collect();
+    let tmp = temp_path(path);
+    candle_core::safetensors::save(&map, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Full weights (frozen and trained) as `dir/model.safetensors` with HF names, plus the base
+/// model's config and tokenizer files from `base_dir` (when given).
+pub fn save_full(dir: &Path, model: &TrainLlama, base_dir: Option<&Path>) -> Result<()> {
+    create_dir(dir)?;
+    if model.lora_spec().is_some() {
+        return Err(Error::Config(
+            "the model has unmerged LoRA adapters: save them with save_lora (or merge first)"
+                .into(),
+        ));
+    }
+    save_safetensors(&dir.join("model.safetensors"), model.base_params())?;
+    if let Some(base) = base_dir {
+        for f in COPIED_FILES {
+            let src = base.join(f);
+            if src.is_file() {
+                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+                atomic_write(&dir.join(f), &bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The projector as `dir/mm_projector.safetensors` (LLaVA's stage-1 artefact).
+pub fn save_projector(dir: &Path, projector: &Projector) -> Result<()> {
+    create_dir(dir)?;
+    save_safetensors(&dir.join("mm_projector.safetensors"), &projector.params())
+}
+
+/// The LoRA adapter in PEFT's format; `base_model` goes to `base_model_name_or_path`.
+pub fn save_lora(dir: &Path, model: &TrainLlama, base_model: &str) -> Result<()> {
+    let spec = model
+        .lora_spec()
+        .ok_or_else(|| Error::Config("the model has no LoRA adapters to save".into()))?;
+    create_dir(dir)?;
+    save_safetensors(&dir.join("adapter_model.safetensors"), &model.lora_params())?;
+    let cfg = crate::lora::adapter_config_json(spec, base_model);
+    let text = serde_json::to_string_pretty(&cfg)
+        .map_err(|e| Error::Config(format!("adapter_config.json: {e}")))?;
+    atomic_write(
+        &dir.join(sightline_model::lora::ADAPTER_CONFIG),
+        text.as_bytes(),
+    )
+}

@@ -1,0 +1,43 @@
+//! The one error type of `sightline-train`.
+//!
+//! Variants that come from user input name the file, tensor or config field, so the CLI can
+//! print one actionable line.
+
+use std::path::PathBuf;
+
+/// Errors from building a trainable model, running steps and writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {err}")]
+    Io {
+        path: PathBuf,
+        // Not `#[source]`: the message carries it, and anyhow's `{:#}` would print it twice.
+        err: std::io::Error,
+    },
+    /// A training setting is invalid or contradicts another one.
+    #[error("{0}")]
+    Config(String),
+    /// A batch does not fit the model (shapes, label lengths, image positions).
+    #[error("{0}")]
+    Batch(String),
+    /// Loading the base checkpoint failed.
+    #[error(transparent)]
+    Model(#[from] sightline_model::Error),
+    /// An error inside candle (shape bugs, device errors).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            err,
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! One optimizer step of HF Trainer (transformers 4.46.3 `Trainer._inner_training_loop`):
+//! forward + backward over the micro-batches of a gradient-accumulation group, gradients summed
+//! into f32 buffers that exist only for trainable tensors, `clip_grad_norm_`, AdamW, and the
+//! schedule's next multiplier. Stage 1 (projector only), full fine-tuning and LoRA are the same
+//! loop; what trains was decided when the model was built.
+
+use candle_core::{Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::loss::{causal_lm_loss, label_rows};
+use crate::model::TrainLlama;
+use crate::optim::{clip_grad_norm, grad_norm, AdamW, ParamSpec};
+use crate::param::{decays, NamedParam};
+use crate::projector::{splice, Projector};
+use crate::schedule::{lr_lambda, SchedulerType};
+
+/// How micro-batch losses are combined under gradient accumulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccumLoss {
+    /// transformers 4.46.3 for models whose forward takes `**loss_kwargs` (`LlamaForCausalLM`,
+    /// also under PEFT): each micro-batch contributes Σ CE / N, N = labels ≠ -100 over the whole
+    /// group counted before the shift (`get_batch_samples`); nothing is divided by the
+    /// accumulation steps.
+    Tokens,
+    /// Each micro-batch's mean CE divided by the accumulation steps: HF ≤ 4.45 and the LLaVA
+    /// class (no `**loss_kwargs`), i.e. the paper's runs (spec T10.4).
+    Mean,
+}
+
+/// Image input of a batch (LLaVA): CLIP features per row and where they go.
+pub struct ImageInput {
+    /// `[b, n_patches, vision_dim]`, already the selected CLIP layer (frozen tower).
+    pub features: Tensor,
+    /// The marker position of each row, replaced by the projected features.
+    pub positions: Vec<usize>,
+}
+
+/// One micro-batch: `input_ids [b, t]` (u32), `labels [b, t]` (i64, -100 = ignored).
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub labels: Tensor,
+    pub image: Option<ImageInput>,
+}
+
+/// Optimisation settings (HF `TrainingArguments` names).
+#[derive(Debug, Clone)]
+pub struct OptimSettings {
+    pub learning_rate: f64,
+    /// `mm_projector_lr`: the projector's own peak learning rate (LLaVA-1.5); None = the same.
+    pub mm_projector_lr: Option<f64>,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub lr_scheduler_type: SchedulerType,
+    pub warmup_steps: usize,
+    /// Optimizer steps of the whole run (the schedule's horizon).
+    pub total_steps: usize,
+    /// `max_grad_norm`; None (or ≤ 0) = no clipping.
+    pub max_grad_norm: Option<f64>,
+    pub accum_loss: AccumLoss,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// Mean CE of each micro-batch (what transformers' `outputs.loss` is without
+    /// `num_items_in_batch`).
+    pub losses: Vec<f64>,
+    /// The group learning rate used (the LLM's; the schedule multiplier times `learning_rate`).
+    pub lr: f64,
+    /// Total gradient 2-norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens processed (all positions of all micro-batches, spliced images included).
+    pub tokens: usize,
+}
+
+/// A model, its optional projector, their optimizer and the gradient buffers.
+pub struct Trainer {
+    pub model: TrainLlama,
+    pub projector: Option<Projector>,
+    params: Vec<NamedParam>,
+    grads: Vec<Vec<f32>>,
+    opt: AdamW,
+    settings: OptimSettings,
+}
+
+impl Trainer {
+    /// Registers every trainable tensor (decoder first, then the projector) with AdamW, in
+    /// HF's two groups per learning rate: decayed and not (see [`decays`]).
+    pub fn new(model: TrainLlama, projector: Option<Projector>, settings: OptimSettings) -> Self {
+        let mut params = model.trainable();
+        let n_decoder = params.len();
+        if let Some(p) = &projector {
+            params.extend(p.params());
+        }
+        let specs = params
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let var = p.param.var()?.clone();
+                let lr = match (i >= n_decoder, settings.mm_projector_lr) {
+                    (true, Some(lr)) => lr,
+                    _ => settings.learning_rate,
+                };
+                let weight_decay = if decays(&p.name) {
+                    settings.weight_decay
+                } else {
+                    0.0
+                };
+                Some(ParamSpec {
+                    var,
+                    lr,
+                    weight_decay,
+                })
+            })
+            .collect();
+        let grads = params
+            .iter()
+            .map(|p| vec![0.0; p.param.tensor().elem_count()])
+            .collect();
+        let opt = AdamW::new(
+            specs,
+            (settings.adam_beta1, settings.adam_beta2),
+            settings.adam_epsilon,
+        );
+        Self {
+            model,
+            projector,
+            params,
+            grads,
+            opt,
+            settings,
+        }
+    }
+
+    /// The trainable tensors, in optimizer order.
+    pub fn trainable(&self) -> &[NamedParam] {
+        &self.params
+    }
+
+    /// The accumulated gradient of each trainable tensor (same order as [`Trainer::trainable`]).
+    pub fn gradients(&self) -> &[Vec<f32>] {
+        &self.grads
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step(&self) -> usize {
+        self.opt.step
+    }
+
+    /// The schedule multiplier for the next optimizer step.
+    pub fn lr_scale(&self) -> f64 {
+        lr_lambda(
+            self.settings.lr_scheduler_type,
+            self.opt.step,
+            self.settings.warmup_steps,
+            self.settings.total_steps,
+        )
+    }
+
+    /// Forward and backward over one accumulation group, adding into the gradient buffers.
+    /// Returns each micro-batch's mean loss and the tokens processed.
+    pub fn accumulate(&mut self, group: &[Batch]) -> Result<(Vec<f64>, usize)> {
+        let vocab = self.model.config.vocab_size;
+        let labels: Vec<Vec<Vec<i64>>> = group
+            .iter()
+            .map(|b| label_rows(&b.labels, vocab))
+            .collect::<Result<_>>()?;
+        // num_items_in_batch of HF 4.46.3: labels ≠ -100 over the group, before the shift
+        // (the image rows LLaVA inserts are -100, so counting before the splice is the same).
+        let group_labels: usize = labels
+            .iter()
+            .flatten()
+            .map(|r| {
+                r.iter()
+                    .filter(|&&l| l != crate::loss::IGNORE_INDEX)
+                    .count()
+            })
+            .sum();
+        let mut losses = Vec::with_capacity(group.len());
+        let mut tokens = 0;
+        for (batch, labels) in group.iter().zip(labels) {
+            let mut embeds = self.model.embed(&batch.input_ids)?;
+            let mut labels = labels;
+            if let Some(img) = &batch.image {
+                let proj = self.projector.as_ref().ok_or_else(|| {
+                    Error::Batch("a batch has images but the model has no projector".into())
+                })?;
+                let feats = proj.forward(&img.features)?;
+                (embeds, labels) = splice(&embeds, &feats, &img.positions, &labels)?;
+            }
+            tokens += embeds.dim(0)? * embeds.dim(1)?;
+            let hidden = self.model.forward_hidden(&embeds, true)?;
+            let parts = causal_lm_loss(&self.model, &hidden, &labels)?;
+            if parts.targets == 0 {
+                losses.push(f64::NAN);
+                continue;
+            }
+            let sum = parts.sum.to_scalar::<f32>()? as f64;
+            losses.push(sum / parts.targets as f64);
+            let denom = match self.settings.accum_loss {
+                AccumLoss::Tokens => group_labels as f64,
+                AccumLoss::Mean => (parts.targets * group.len()) as f64,
+            };
+            let scaled = (parts.sum / denom)?;
+            let store = scaled.backward()?;
+            for (p, buf) in self.params.iter().zip(self.grads.iter_mut()) {
+                let Some(var) = p.param.var() else { continue };
+                if let Some(g) = store.get(var.as_tensor()) {
+                    add_into(buf, g)?;
+                }
+            }
+        }
+        Ok((losses, tokens))
+    }
+
+    /// Clips, updates and zeroes the gradient buffers; returns (lr used, grad norm).
+    pub fn apply(&mut self) -> Result<(f64, f64)> {
+        let scale = self.lr_scale();
+        let norm = match self.settings.max_grad_norm {
+            Some(m) if m > 0.0 => clip_grad_norm(&mut self.grads, m),
+            _ => grad_norm(&self.grads),
+        };
+        self.opt.step(&self.grads, scale)?;
+        for g in &mut self.grads {
+            g.fill(0.0);
+        }
+        Ok((self.settings.learning_rate * scale, norm))
+    }
+
+    /// One optimizer step over a gradient-accumulation group of micro-batches.
+    pub fn train_step(&mut self, group: &[Batch]) -> Result<StepReport> {
+        let (losses, tokens) = self.accumulate(group)?;
+        let (lr, grad_norm) = self.apply()?;
+        tracing::debug!(
+            step = self.opt.step,
+            ?losses,
+            lr,
+            grad_norm,
+            "optimizer step"
+        );
+        Ok(StepReport {
+            losses,
+            lr,
+            grad_norm,
+            tokens,
+        })
+    }
+
+    /// Sets a trainable tensor's value by name (e.g. a given initial LoRA adapter); the
+    /// optimizer state is unchanged.
+    pub fn set_param(&self, name: &str, value: &Tensor) -> Result<()> {
+        let var: &Var = self
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.param.var())
+            .ok_or_else(|| Error::Config(format!("no trainable tensor named `{name}`")))?;
+        if var.shape() != value.shape() {
+            return Err(Error::Config(format!(
+                "`{name}` has shape {:?}, the new value {:?}",
+                var.shape(),
+                value.shape()
+            )));
+        }
+        var.set(&value.to_dtype(var.dtype())?)?;
+        Ok(())
+    }
+}
+
+fn add_into(buf: &mut [f32], g: &Tensor) -> Result<()> {
+    let g = g
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    if g.len() != buf.len() {
+        return Err(Error::Config(format!(
+            "gradient of {} values for a buffer of {}",
+            g.len(),
+            buf.len()
+        )));
+    }
+    for (b, x) in buf.iter_mut().zip(g) {
+        *b += x;
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `sightline-train`: the training core for LLaVA's two-stage recipe and text-only tuning.
+//!
+//! - [`model::TrainLlama`]: a differentiable `LlamaForCausalLM` whose trainable weights are
+//!   candle `Var`s and frozen ones plain tensors ([`model::Trainable`]: full, frozen, LoRA).
+//! - [`lora`]: PEFT LoRA (init, dropout, saved keys); [`projector`]: LLaVA's linear projector
+//!   and the splice of image features.
+//! - [`loss`]: transformers' shifted cross-entropy; [`optim`]: torch AdamW and
+//!   `clip_grad_norm_`; [`schedule`]: HF's warmup + linear/cosine schedules.
+//! - [`finetune::Trainer`]: one HF-Trainer optimizer step (accumulate, clip, AdamW, schedule).
+//! - [`checkpoint`]: full weights, `mm_projector.safetensors`, PEFT adapters, atomically.
+//! - [`config::TrainConfig`]: the run settings with HF-Trainer / LLaVA field names.
+//!
+//! Parity: `tests/parity.rs` checks the first losses and the weights after 3 steps against
+//! PyTorch (`scripts/reference/make_train_fixtures.py`).
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use candle_core::{DType, Device};
+//! use sightline_model::{LlamaConfig, Weights};
+//! use sightline_train::{finetune::*, model::*, schedule::SchedulerType};
+//! let dir = Path::new("tests/fixtures/train/base");
+//! let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+//! let w = Weights::from_dir(dir, DType::F32, &Device::Cpu)?;
+//! let model = TrainLlama::new(&cfg, &w, &dir.join("config.json"), &Trainable::Full)?;
+//! let settings = OptimSettings {
+//!     learning_rate: 2e-5, mm_projector_lr: None, weight_decay: 0.0,
+//!     adam_beta1: 0.9, adam_beta2: 0.999, adam_epsilon: 1e-8,
+//!     lr_scheduler_type: SchedulerType::Cosine, warmup_steps: 3, total_steps: 100,
+//!     max_grad_norm: None, accum_loss: AccumLoss::Tokens,
+//! };
+//! let mut trainer = Trainer::new(model, None, settings);
+//! # let group: Vec<Batch> = vec![];
+//! let report = trainer.train_step(&group)?;
+//! # Ok::<(), sightline_train::Error>(())
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod finetune;
+pub mod lora;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod param;
+pub mod projector;
+pub mod schedule;
+
+pub use error::{Error, Result};

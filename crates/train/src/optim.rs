@@ -1,0 +1,193 @@
+//! AdamW exactly as `torch.optim.AdamW` (torch 2.x `_single_tensor_adamw`, the CPU default)
+//! computes it, with f32 state kept in host buffers allocated once:
+//!
+//! ```text
+//! p *= 1 - lr·wd                                  (decoupled weight decay)
+//! m += (g - m)·(1 - β1)                           (exp_avg.lerp_)
+//! v  = v·β2 + (1 - β2)·g·g
+//! p -= lr / (1 - β1^t) · m / (sqrt(v) / sqrt(1 - β2^t) + eps)
+//! ```
+//!
+//! Scalars are formed in f64 (Python floats) and the elementwise work is f32, as torch does.
+//! Each step reads the parameter once and writes it once (`Var::set`); no per-step tensors
+//! beyond those two.
+
+use candle_core::{Tensor, Var};
+
+use crate::error::{Error, Result};
+
+/// One optimizer entry: a trainable tensor with its group settings and moments.
+struct Slot {
+    var: Var,
+    base_lr: f64,
+    weight_decay: f64,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// A parameter group entry for [`AdamW::new`].
+pub struct ParamSpec {
+    pub var: Var,
+    /// The group's peak learning rate (the schedule multiplies it).
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+/// torch's AdamW over a fixed list of parameters.
+pub struct AdamW {
+    slots: Vec<Slot>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    /// Optimizer steps taken (torch's per-parameter `step`, equal for all here).
+    pub step: usize,
+}
+
+impl AdamW {
+    /// HF `adamw_torch` defaults: betas (0.9, 0.999), eps 1e-8.
+    pub fn new(params: Vec<ParamSpec>, betas: (f64, f64), eps: f64) -> Self {
+        let slots = params
+            .into_iter()
+            .map(|p| {
+                let n = p.var.elem_count();
+                Slot {
+                    var: p.var,
+                    base_lr: p.lr,
+                    weight_decay: p.weight_decay,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                }
+            })
+            .collect();
+        Self {
+            slots,
+            beta1: betas.0,
+            beta2: betas.1,
+            eps,
+            step: 0,
+        }
+    }
+
+    /// Number of parameters under optimisation.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no parameter is optimised.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// One update with gradients `grads[i]` for parameter `i`, every group's lr scaled by
+    /// `lr_scale` (the schedule's multiplier for this step).
+    pub fn step(&mut self, grads: &[Vec<f32>], lr_scale: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            return Err(Error::Config(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            )));
+        }
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let bias_correction1 = 1.0 - b1.powi(t);
+        let bias_correction2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let (one_minus_b1, b2f, one_minus_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+        let bc2 = bias_correction2_sqrt as f32;
+        let eps = self.eps as f32;
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let lr = slot.base_lr * lr_scale;
+            let decay = (1.0 - lr * slot.weight_decay) as f32;
+            let step_size = (lr / bias_correction1) as f32;
+            let shape = slot.var.shape().clone();
+            let mut p = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            if g.len() != p.len() {
+                return Err(Error::Config(format!(
+                    "gradient of {} values for a parameter of {}",
+                    g.len(),
+                    p.len()
+                )));
+            }
+            for i in 0..p.len() {
+                let gi = g[i];
+                let mut pi = p[i] * decay;
+                let m = slot.m[i] + (gi - slot.m[i]) * one_minus_b1;
+                let v = slot.v[i] * b2f + one_minus_b2 * gi * gi;
+                let denom = v.sqrt() / bc2 + eps;
+                pi += -step_size * m / denom;
+                slot.m[i] = m;
+                slot.v[i] = v;
+                p[i] = pi;
+            }
+            let dev = slot.var.device().clone();
+            slot.var.set(&Tensor::from_vec(p, shape, &dev)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// torch `clip_grad_norm_`: the total 2-norm of all gradients; when above `max_norm`, every
+/// gradient is multiplied by `max_norm / (total + 1e-6)`. Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
+    let total = grad_norm(grads);
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        let c = coef as f32;
+        for g in grads.iter_mut() {
+            for x in g.iter_mut() {
+                *x *= c;
+            }
+        }
+    }
+    total
+}
+
+/// The total 2-norm of all gradients (accumulated in f64).
+pub fn grad_norm(grads: &[Vec<f32>]) -> f64 {
+    grads
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// torch 2.15: p = tensor([1., -2., 3.]); AdamW([p], lr=0.1, weight_decay=0.01);
+    /// grads [0.5, -1, 2] then [0.1, 0.2, -0.3] (`p.grad = ...; opt.step()`) → p.tolist()
+    /// [0.8177969455718994, -1.8449994325637817, 2.8388831615448].
+    #[test]
+    fn two_steps_match_torch() -> Result<()> {
+        let var = Var::from_tensor(&Tensor::new(&[1f32, -2., 3.], &Device::Cpu)?)?;
+        let mut opt = AdamW::new(
+            vec![ParamSpec {
+                var: var.clone(),
+                lr: 0.1,
+                weight_decay: 0.01,
+            }],
+            (0.9, 0.999),
+            1e-8,
+        );
+        opt.step(&[vec![0.5, -1.0, 2.0]], 1.0)?;
+        opt.step(&[vec![0.1, 0.2, -0.3]], 1.0)?;
+        let p = var.as_tensor().to_vec1::<f32>()?;
+        let want = [0.817_797, -1.844_999_4, 2.838_883];
+        for (a, b) in p.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{p:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn clipping_scales_to_max_norm() {
+        let mut g = vec![vec![3.0f32], vec![4.0]];
+        let n = clip_grad_norm(&mut g, 1.0);
+        assert_eq!(n, 5.0);
+        assert!((grad_norm(&g) - 1.0).abs() < 1e-5);
+    }
+}
