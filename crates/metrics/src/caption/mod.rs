@@ -78,6 +78,18 @@ pub fn score(
     candidates: &[(String, String)],
     references: &HashMap<String, Vec<String>>,
 ) -> Result<CaptionScores, CaptionError> {
+    let ptb = |c: &str| ptb_tokenize::tokenize(&c.replace('\n', " "));
+    let (hyps, refs) = checked_pairs(candidates, references, ptb)?;
+    Ok(score_tokenized(candidates, &hyps, &refs))
+}
+
+/// Checks that `candidates` is non-empty with unique ids that all have non-empty references,
+/// and returns the candidates' and their references' text passed through `prepare`.
+fn checked_pairs(
+    candidates: &[(String, String)],
+    references: &HashMap<String, Vec<String>>,
+    prepare: impl Fn(&str) -> String,
+) -> Result<(Vec<String>, Vec<Vec<String>>), CaptionError> {
     if candidates.is_empty() {
         return Err(CaptionError::Empty);
     }
@@ -94,14 +106,10 @@ pub fn score(
         if r.is_empty() {
             return Err(CaptionError::EmptyReferences(id.clone()));
         }
-        hyps.push(ptb_tokenize::tokenize(&caption.replace('\n', " ")));
-        refs.push(
-            r.iter()
-                .map(|c| ptb_tokenize::tokenize(&c.replace('\n', " ")))
-                .collect::<Vec<_>>(),
-        );
+        hyps.push(prepare(caption));
+        refs.push(r.iter().map(|c| prepare(c)).collect());
     }
-    Ok(score_tokenized(candidates, &hyps, &refs))
+    Ok((hyps, refs))
 }
 
 /// The scorers on already-tokenised text (space-joined tokens), for callers that tokenise with
@@ -150,23 +158,6 @@ pub fn score_pretokenized(
     candidates: &[(String, String)],
     references: &HashMap<String, Vec<String>>,
 ) -> Result<CaptionScores, CaptionError> {
-    if candidates.is_empty() {
-        return Err(CaptionError::Empty);
-    }
-    let mut seen = HashSet::new();
-    let mut refs = Vec::with_capacity(candidates.len());
-    for (id, _) in candidates {
-        if !seen.insert(id.as_str()) {
-            return Err(CaptionError::DuplicateId(id.clone()));
-        }
-        let r = references
-            .get(id)
-            .ok_or_else(|| CaptionError::MissingReferences(id.clone()))?;
-        if r.is_empty() {
-            return Err(CaptionError::EmptyReferences(id.clone()));
-        }
-        refs.push(r.clone());
-    }
-    let hyps: Vec<String> = candidates.iter().map(|(_, c)| c.clone()).collect();
+    let (hyps, refs) = checked_pairs(candidates, references, str::to_string)?;
     Ok(score_tokenized(candidates, &hyps, &refs))
 }
