@@ -148,33 +148,16 @@ impl Llava {
             }
             (CheckpointLayout::LlavaOriginal, None) => {
                 let mm = MmConfig::from_value(&raw, &config_path)?;
-                let llm = assemble(
-                    cfg.clone(),
+                Self::from_original_parts(
+                    cfg,
                     &weights,
-                    tokenizer.clone(),
-                    &config_path,
-                    &model_dir.display().to_string(),
-                    &opts.base,
-                )?
-                .model;
-                let mut mm = mm;
-                let (tower, pre) = load_tower(&mm, opts, model_dir, &config_path, dtype, device)?;
-                mm.processor_config = pre;
-                let projector = Projector::load_original(
-                    mm.projector,
-                    &weights.pp("model.mm_projector"),
-                    mm.mm_hidden_size.unwrap_or(tower.config.hidden_size),
-                    cfg.hidden_size,
-                )?;
-                Self::finish(
-                    llm,
+                    &weights,
                     tokenizer,
-                    tower,
-                    projector,
-                    &mm,
-                    layout,
-                    opts,
+                    mm,
+                    model_dir,
                     &config_path,
+                    &config_path,
+                    opts,
                 )
             }
             (CheckpointLayout::Llama, None) => Err(Error::format(
@@ -183,7 +166,6 @@ impl Llava {
             )),
             (CheckpointLayout::Llama, Some(proj_path)) => {
                 let stage1 = Stage1::open(proj_path, &cfg, dtype, device)?;
-                let mut mm = stage1.mm.clone();
                 let mut cfg = cfg;
                 let llm_weights = if let Some(embed) = &stage1.embed_tokens {
                     // Training grew the vocabulary by <im_patch>, <im_start>, <im_end>; the
@@ -191,43 +173,63 @@ impl Llava {
                     for t in [IM_PATCH, IM_START, IM_END] {
                         tokenizer.add_special_token(t);
                     }
-                    grow_vocabulary(&weights, &cfg, embed, proj_path)?
+                    let grown = grow_vocabulary(&weights, &cfg, embed, proj_path)?;
+                    cfg.vocab_size = embed.dim(0)?;
+                    grown
                 } else {
                     weights.clone()
                 };
-                cfg.vocab_size = stage1
-                    .embed_tokens
-                    .as_ref()
-                    .map_or(cfg.vocab_size, |e| e.dims()[0]);
-                let llm = assemble(
-                    cfg.clone(),
+                Self::from_original_parts(
+                    cfg,
                     &llm_weights,
-                    tokenizer.clone(),
-                    &config_path,
-                    &model_dir.display().to_string(),
-                    &opts.base,
-                )?
-                .model;
-                let (tower, pre) = load_tower(&mm, opts, model_dir, proj_path, dtype, device)?;
-                mm.processor_config = pre;
-                let projector = Projector::load_original(
-                    mm.projector,
-                    &stage1.weights.pp("model.mm_projector"),
-                    mm.mm_hidden_size.unwrap_or(tower.config.hidden_size),
-                    cfg.hidden_size,
-                )?;
-                Self::finish(
-                    llm,
+                    &stage1.weights,
                     tokenizer,
-                    tower,
-                    projector,
-                    &mm,
-                    CheckpointLayout::LlavaOriginal,
-                    opts,
+                    stage1.mm.clone(),
+                    model_dir,
+                    &config_path,
                     proj_path,
+                    opts,
                 )
             }
         }
+    }
+
+    /// The original-LLaVA assembly shared by full checkpoints and stage-1 projectors: the
+    /// decoder from `llm_weights`, the tower from `--vision-tower`/`mm_vision_tower`, the
+    /// projector from `projector_weights` (`model.mm_projector.*`). `mm_source` names the file
+    /// the `mm_*` settings came from in errors.
+    #[allow(clippy::too_many_arguments)]
+    fn from_original_parts(
+        cfg: LlamaConfig,
+        llm_weights: &Weights,
+        projector_weights: &Weights,
+        tokenizer: Tokenizer,
+        mut mm: MmConfig,
+        model_dir: &Path,
+        config_path: &Path,
+        mm_source: &Path,
+        opts: &LlavaOptions,
+    ) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        let llm = assemble(
+            cfg,
+            llm_weights,
+            tokenizer.clone(),
+            config_path,
+            &model_dir.display().to_string(),
+            &opts.base,
+        )?
+        .model;
+        let (dtype, device) = (opts.base.dtype, &opts.base.device);
+        let (tower, pre) = load_tower(&mm, opts, model_dir, mm_source, dtype, device)?;
+        mm.processor_config = pre;
+        let projector = Projector::load_original(
+            mm.projector,
+            &projector_weights.pp("model.mm_projector"),
+            mm.mm_hidden_size.unwrap_or(tower.config.hidden_size),
+            hidden,
+        )?;
+        Self::finish(llm, tokenizer, tower, projector, &mm, opts, mm_source)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -237,7 +239,6 @@ impl Llava {
         tower: ClipVisionTower,
         projector: Projector,
         mm: &MmConfig,
-        layout: CheckpointLayout,
         opts: &LlavaOptions,
         config_path: &Path,
     ) -> Result<Self> {
@@ -272,7 +273,7 @@ impl Llava {
             select: mm.select,
             processor,
             aspect: opts.aspect.unwrap_or(mm.aspect),
-            layout,
+            layout: CheckpointLayout::LlavaOriginal,
             mm_use_im_start_end: mm.mm_use_im_start_end,
             image_tokens: ImageTokens::SplitPrompt,
         })
