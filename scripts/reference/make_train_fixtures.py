@@ -92,7 +92,7 @@ SNAPSHOT = 3       # weights are recorded after this many optimizer steps
 def tiny_model():
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
                       initializer_range=0.2)  # larger than HF's 0.02: logits far from uniform
     model = LlamaForCausalLM(cfg).float()

@@ -45,6 +45,10 @@ enum Command {
     /// preview.
     #[command(subcommand)]
     Data(cmd::data::Command),
+    /// Train: LLaVA stage 1 / stage 2 (full or LoRA) or text-only, from a TOML run file.
+    Train(cmd::train::Args),
+    /// Merge a LoRA adapter into its base model (checked against the unmerged model).
+    MergeLora(cmd::merge_lora::Args),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -60,6 +64,8 @@ fn run() -> anyhow::Result<()> {
         Command::Tasks => cmd::tasks::run(),
         Command::Convert(c) => cmd::convert::run(c),
         Command::Data(c) => cmd::data::run(c),
+        Command::Train(a) => cmd::train::run(a),
+        Command::MergeLora(a) => cmd::merge_lora::run(a),
     }
 }
 

@@ -65,9 +65,35 @@ pub fn choose(total: usize, n: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
+/// A full permutation of `0..total` by the same stream and shuffle (steps 2–4 run to the end,
+/// no sort): the training data order of one epoch.
+pub fn permutation(total: usize, seed: u64) -> Vec<usize> {
+    let mut rng = rng(seed);
+    let mut idx: Vec<usize> = (0..total).collect();
+    for i in 0..total.saturating_sub(1) {
+        let j = i + below(&mut rng, (total - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permutation_is_a_seeded_permutation() {
+        let p = permutation(50, 7);
+        let mut sorted = p.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_eq!(p, permutation(50, 7));
+        assert_ne!(p, permutation(50, 8));
+        // The first n entries are what `choose` draws (before its sort).
+        let mut head = p[..5].to_vec();
+        head.sort_unstable();
+        assert_eq!(head, choose(50, 5, 7));
+    }
 
     #[test]
     fn chacha20_keystream_is_the_standard_one() {

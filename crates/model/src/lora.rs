@@ -285,10 +285,14 @@ impl LoraConfig {
                 self.bias
             ));
         }
-        if let Some(m) = self.modules_to_save.as_ref().filter(|m| !m.is_empty()) {
+        if let Some(m) = self
+            .modules_to_save
+            .as_ref()
+            .filter(|m| m.iter().any(|x| x != PROJECTOR_MODULE))
+        {
             return refuse(format!(
                 "`modules_to_save` {m:?} is not supported (it replaces whole modules, \
-                 not a low-rank update)"
+                 not a low-rank update); only LLaVA's `{PROJECTOR_MODULE}` is read"
             ));
         }
         if let Some(init) = &self.init_lora_weights {
@@ -472,7 +476,18 @@ pub struct LoraAdapter {
     pub config: LoraConfig,
     /// Module path (e.g. `model.layers.0.self_attn.q_proj`) -> its tensors.
     modules: BTreeMap<String, Pair>,
+    /// LLaVA's projector saved under `modules_to_save`, with LLaVA's checkpoint names
+    /// (`model.mm_projector.weight`, ...); empty when the adapter has none.
+    pub projector: BTreeMap<String, Tensor>,
 }
+
+/// The one `modules_to_save` entry sightline reads: LLaVA's projector, which LoRA runs train
+/// in full and save next to the adapter (`base_model.model.model.mm_projector.*`). It belongs to
+/// the vision side; the decoder ignores it.
+pub const PROJECTOR_MODULE: &str = "mm_projector";
+
+/// The saved-key prefix of the projector's tensors in an adapter file.
+pub const PROJECTOR_PREFIX: &str = "base_model.model.model.mm_projector.";
 
 /// Splits `base_model.model.<module>.lora_{A,B}[.<adapter>].weight` into the module path and
 /// whether it is A. `None` for anything else (DoRA magnitudes, embedding LoRA, LoRA biases...).
@@ -521,7 +536,18 @@ impl LoraAdapter {
             })?;
         let tensors = read_tensors(&weights_path)?;
         let mut modules: BTreeMap<String, Pair> = BTreeMap::new();
+        let mut projector = BTreeMap::new();
+        let saves_projector = config
+            .modules_to_save
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|x| x == PROJECTOR_MODULE));
         for (key, t) in tensors {
+            if let Some(rest) = key.strip_prefix(PROJECTOR_PREFIX) {
+                if saves_projector {
+                    projector.insert(format!("model.mm_projector.{rest}"), t);
+                    continue;
+                }
+            }
             let Some((module, is_a)) = parse_key(&key) else {
                 return Err(Error::format(
                     &weights_path,
@@ -547,6 +573,7 @@ impl LoraAdapter {
             weights_path,
             config,
             modules,
+            projector,
         })
     }
 

@@ -172,6 +172,14 @@ impl Tokenizer {
         self.inner.token_to_id(token).unwrap_or(u32::MAX)
     }
 
+    /// The tokenizer as `tokenizer.json` text (with any tokens added since loading), for
+    /// saving next to trained weights.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| Error::format(&self.path, format!("cannot serialise the tokenizer: {e}")))
+    }
+
     /// The string of one token id, if any.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

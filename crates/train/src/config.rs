@@ -3,6 +3,8 @@
 //! error (`deny_unknown_fields`); defaults are HF's (transformers 4.46.3) or LLaVA's where
 //! HF has none, cited per field.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -15,6 +17,27 @@ use crate::schedule::{warmup_steps, SchedulerType};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// LLaVA `model_name_or_path`: the base LLM, a local HF LLaMA directory (no downloads).
+    pub model_name_or_path: String,
+    /// LLaVA `data_path`: LLaVA-format JSON array or JSONL of conversation records.
+    pub data_path: String,
+    /// LLaVA `image_folder`: where records' `image` paths resolve (default: the data file's
+    /// directory).
+    pub image_folder: Option<String>,
+    /// LLaVA `vision_tower`: a local CLIP directory. Absent = a text-only run (no tower is
+    /// loaded, records with images are refused).
+    pub vision_tower: Option<String>,
+    /// HF `output_dir`: final artefacts and `checkpoint-N/` directories go here.
+    pub output_dir: String,
+    /// LLaVA `mm_projector_type`: `linear` (the paper's) or `mlp2x_gelu` (LLaVA-1.5).
+    pub mm_projector_type: String,
+    /// LLaVA `mm_vision_select_feature`: `patch` drops CLS (LLaVA's default), `cls_patch` keeps it.
+    pub mm_vision_select_feature: String,
+    /// LLaVA `mm_use_im_patch_token` (default True in SBT): adds `<im_patch>` to the vocabulary.
+    pub mm_use_im_patch_token: bool,
+    /// Where LLaVA would silently train on nothing (tokenization mismatch, spec T6.2), stop
+    /// with a token-level diff (false, the default) or skip the sample and count it (true).
+    pub skip_mismatched_samples: bool,
     /// HF default 5e-5.
     pub learning_rate: f64,
     /// HF default 8.
@@ -75,6 +98,15 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            model_name_or_path: String::new(),
+            data_path: String::new(),
+            image_folder: None,
+            vision_tower: None,
+            output_dir: String::new(),
+            mm_projector_type: "linear".into(),
+            mm_vision_select_feature: "patch".into(),
+            mm_use_im_patch_token: true,
+            skip_mismatched_samples: false,
             learning_rate: 5e-5,
             per_device_train_batch_size: 8,
             gradient_accumulation_steps: 1,
@@ -110,6 +142,86 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Reads a TOML run file and applies `key=value` overrides (values in TOML syntax; a value
+    /// that does not parse as TOML is taken as a string, so `output_dir=runs/a` works).
+    /// Unknown keys, in the file or an override, are an error naming them.
+    pub fn from_toml(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
+        for o in overrides {
+            let (key, value) = o
+                .split_once('=')
+                .ok_or_else(|| Error::Config(format!("override `{o}`: expected key=value")))?;
+            let key = key.trim();
+            let value = value.trim();
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            table.insert(key.to_string(), parsed);
+        }
+        let cfg: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: required fields and value ranges.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(format!("{}: {msg}", path.display())));
+        for (key, v) in [
+            ("model_name_or_path", &self.model_name_or_path),
+            ("data_path", &self.data_path),
+            ("output_dir", &self.output_dir),
+        ] {
+            if v.is_empty() {
+                return bad(format!("`{key}` is required"));
+            }
+        }
+        if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
+            return bad(
+                "per_device_train_batch_size and gradient_accumulation_steps must be >= 1".into(),
+            );
+        }
+        if self.max_steps <= 0 && self.num_train_epochs <= 0.0 {
+            return bad("set max_steps > 0 or num_train_epochs > 0".into());
+        }
+        if self.save_steps == 0 {
+            return bad("save_steps must be >= 1".into());
+        }
+        if self.save_total_limit == Some(0) {
+            return bad("save_total_limit must be >= 1 (or absent to keep all)".into());
+        }
+        if !matches!(self.mm_projector_type.as_str(), "linear" | "mlp2x_gelu") {
+            return bad(format!(
+                "mm_projector_type `{}` is not supported (expected linear or mlp2x_gelu)",
+                self.mm_projector_type
+            ));
+        }
+        if !matches!(
+            self.mm_vision_select_feature.as_str(),
+            "patch" | "cls_patch"
+        ) {
+            return bad(format!(
+                "mm_vision_select_feature `{}` is not supported (expected patch or cls_patch)",
+                self.mm_vision_select_feature
+            ));
+        }
+        if self.tune_mm_mlp_adapter && self.vision_tower.is_none() {
+            return bad("tune_mm_mlp_adapter (stage 1) needs a vision_tower".into());
+        }
+        if self.bf16 {
+            return bad(
+                "bf16 training is not built: sightline trains in f32 (master weights, \
+                 activations and AdamW state); set bf16 = false"
+                    .into(),
+            );
+        }
+        self.trainable().map(|_| ())
+    }
+
     /// Optimizer steps of the run for `num_examples` training rows (HF: `max_steps` if > 0,
     /// else `ceil(epochs · (len(dataloader) // accum))`, at least 1 per epoch).
     pub fn total_steps(&self, num_examples: usize) -> usize {
@@ -127,6 +239,8 @@ impl TrainConfig {
             (true, true) => Err(Error::Config(
                 "tune_mm_mlp_adapter (stage 1) and lora_enable cannot both be set".into(),
             )),
+            // LLaVA stage 1 re-enables embed_tokens' gradient with <im_start>/<im_end> (M6.6).
+            (true, false) if self.mm_use_im_start_end => Ok(Trainable::EmbeddingsOnly),
             (true, false) => Ok(Trainable::Frozen),
             (false, true) => Ok(Trainable::Lora(LoraSpec {
                 r: self.lora_r,

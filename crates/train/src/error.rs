@@ -22,9 +22,18 @@ pub enum Error {
     /// A batch does not fit the model (shapes, label lengths, image positions).
     #[error("{0}")]
     Batch(String),
+    /// A training record or file is malformed (named with its record and field).
+    #[error("{0}")]
+    Data(String),
     /// Loading the base checkpoint failed.
     #[error(transparent)]
     Model(#[from] sightline_model::Error),
+    /// Reading or tokenizing training data failed (the message names file, record and field).
+    #[error(transparent)]
+    Dataset(#[from] sightline_data::Error),
+    /// The vision tower or an image failed to load.
+    #[error(transparent)]
+    Vision(#[from] sightline_vision::Error),
     /// An error inside candle (shape bugs, device errors).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

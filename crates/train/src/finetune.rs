@@ -32,8 +32,9 @@ pub enum AccumLoss {
 pub struct ImageInput {
     /// `[b, n_patches, vision_dim]`, already the selected CLIP layer (frozen tower).
     pub features: Tensor,
-    /// The marker position of each row, replaced by the projected features.
-    pub positions: Vec<usize>,
+    /// The marker position of each row (None: a row without an image, whose features are
+    /// ignored), replaced by the projected features.
+    pub positions: Vec<Option<usize>>,
 }
 
 /// One micro-batch: `input_ids [b, t]` (u32), `labels [b, t]` (i64, -100 = ignored).
@@ -84,6 +85,9 @@ pub struct Trainer {
     grads: Vec<Vec<f32>>,
     opt: AdamW,
     settings: OptimSettings,
+    /// LLaVA's stage-1 splice branch (`tune_mm_mlp_adapter` with `mm_use_im_start_end`, see
+    /// [`splice`]); off by default.
+    pub stage1_branch: bool,
 }
 
 impl Trainer {
@@ -132,6 +136,7 @@ impl Trainer {
             grads,
             opt,
             settings,
+            stage1_branch: false,
         }
     }
 
@@ -189,7 +194,8 @@ impl Trainer {
                     Error::Batch("a batch has images but the model has no projector".into())
                 })?;
                 let feats = proj.forward(&img.features)?;
-                (embeds, labels) = splice(&embeds, &feats, &img.positions, &labels)?;
+                (embeds, labels) =
+                    splice(&embeds, &feats, &img.positions, &labels, self.stage1_branch)?;
             }
             tokens += embeds.dim(0)? * embeds.dim(1)?;
             let hidden = self.model.forward_hidden(&embeds, true)?;
@@ -247,6 +253,20 @@ impl Trainer {
             grad_norm,
             tokens,
         })
+    }
+
+    /// The optimizer's moments per trainable tensor (same order as [`Trainer::trainable`]).
+    pub fn optimizer_moments(&self) -> Vec<(&[f32], &[f32])> {
+        self.opt.moments()
+    }
+
+    /// Restores a saved optimizer state and step count (the schedule follows the step).
+    pub fn restore_optimizer(
+        &mut self,
+        step: usize,
+        moments: Vec<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<()> {
+        self.opt.restore(step, moments)
     }
 
     /// Sets a trainable tensor's value by name (e.g. a given initial LoRA adapter); the

@@ -34,16 +34,21 @@
 //! # Ok::<(), sightline_train::Error>(())
 //! ```
 
+pub mod artifacts;
 pub mod checkpoint;
 pub mod config;
+pub mod dataset;
 pub mod error;
 pub mod finetune;
 pub mod lora;
 pub mod loss;
+pub mod merge;
 pub mod model;
 pub mod optim;
 pub mod param;
 pub mod projector;
+pub mod run;
 pub mod schedule;
+pub mod setup;
 
 pub use error::{Error, Result};

@@ -137,6 +137,25 @@ impl LoraLayer {
         Ok((h.matmul(&self.b.as_tensor().t()?)? * self.scaling)?)
     }
 
+    /// Where the shared dropout stream stands (ChaCha word position), for resuming a run.
+    pub fn rng_position(&self) -> Result<u128> {
+        let g = self
+            .rng
+            .lock()
+            .map_err(|_| Error::Config("LoRA RNG poisoned".into()))?;
+        Ok(g.get_word_pos())
+    }
+
+    /// Moves the shared dropout stream to a saved position.
+    pub fn set_rng_position(&self, pos: u128) -> Result<()> {
+        let mut g = self
+            .rng
+            .lock()
+            .map_err(|_| Error::Config("LoRA RNG poisoned".into()))?;
+        g.set_word_pos(pos);
+        Ok(())
+    }
+
     /// Inverted dropout as torch does it: keep with probability 1-p, scale kept by 1/(1-p).
     fn dropout(&self, xs: &Tensor) -> Result<Tensor> {
         let p = self.dropout;

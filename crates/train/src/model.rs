@@ -27,6 +27,9 @@ pub enum Trainable {
     Full,
     /// None (LLaVA stage 1: only the projector outside the decoder trains).
     Frozen,
+    /// Only `embed_tokens` (LLaVA stage 1 with `mm_use_im_start_end`, spec M6.6: the whole
+    /// matrix is trainable, though only the rows next to the image get a gradient).
+    EmbeddingsOnly,
     /// Base weights frozen, LoRA matrices on the target modules train.
     Lora(LoraSpec),
 }
@@ -122,8 +125,10 @@ impl TrainLlama {
         };
         let device = w.device.clone();
         let mut base = Vec::new();
+        let embeddings_only = matches!(trainable, Trainable::EmbeddingsOnly);
         let mut get = |shape: &[usize], name: &str| -> Result<Param> {
-            let p = Param::new(w.get(shape, name)?, full)?;
+            let trains = full || (embeddings_only && name == "model.embed_tokens.weight");
+            let p = Param::new(w.get(shape, name)?, trains)?;
             base.push(NamedParam {
                 name: name.to_string(),
                 param: p.clone(),
@@ -233,6 +238,11 @@ impl TrainLlama {
             }
         }
         out
+    }
+
+    /// The LoRA layers (they share one dropout stream).
+    pub fn lora_layers(&self) -> impl Iterator<Item = &LoraLayer> {
+        self.loras.iter().map(|(_, l)| l)
     }
 
     /// Every trainable tensor of the decoder (base weights under full fine-tuning, LoRA

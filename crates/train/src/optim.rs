@@ -78,6 +78,38 @@ impl AdamW {
         self.slots.is_empty()
     }
 
+    /// The first and second moments of each parameter (`exp_avg`, `exp_avg_sq`), for saving.
+    pub fn moments(&self) -> Vec<(&[f32], &[f32])> {
+        self.slots
+            .iter()
+            .map(|s| (s.m.as_slice(), s.v.as_slice()))
+            .collect()
+    }
+
+    /// Restores saved moments and the step count (resuming a run).
+    pub fn restore(&mut self, step: usize, moments: Vec<(Vec<f32>, Vec<f32>)>) -> Result<()> {
+        if moments.len() != self.slots.len() {
+            return Err(Error::Config(format!(
+                "saved optimizer state has {} parameters, the run has {}",
+                moments.len(),
+                self.slots.len()
+            )));
+        }
+        for (slot, (m, v)) in self.slots.iter_mut().zip(moments) {
+            if m.len() != slot.m.len() || v.len() != slot.v.len() {
+                return Err(Error::Config(format!(
+                    "saved optimizer state of {} values for a parameter of {}",
+                    m.len(),
+                    slot.m.len()
+                )));
+            }
+            slot.m = m;
+            slot.v = v;
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// One update with gradients `grads[i]` for parameter `i`, every group's lr scaled by
     /// `lr_scale` (the schedule's multiplier for this step).
     pub fn step(&mut self, grads: &[Vec<f32>], lr_scale: f64) -> Result<()> {

@@ -68,7 +68,7 @@ impl Fixture {
                 positions: pos
                     .to_vec1::<i64>()?
                     .into_iter()
-                    .map(|p| p as usize)
+                    .map(|p| Some(p as usize))
                     .collect(),
             }),
             None => None,
@@ -300,7 +300,7 @@ fn saved_checkpoints_load_back() -> Result<()> {
                 sightline_train::checkpoint::save_projector(&out, proj)?;
                 let file = out.join("mm_projector.safetensors");
                 let back = Projector::from_file(&file, 24, 32, &Device::Cpu)?;
-                let d = logits_diff(back.weight.as_tensor(), proj.weight.as_tensor())?;
+                let d = logits_diff(back.weight().as_tensor(), proj.weight().as_tensor())?;
                 assert_eq!(d, 0.0);
                 continue;
             }

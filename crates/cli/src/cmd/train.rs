@@ -1,0 +1,100 @@
+//! `sightline train --config RUN.toml [key=value ...]`: one training run (LLaVA stage 1,
+//! stage 2 full or LoRA, or text-only tuning), settings under HF Trainer / LLaVA names.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sightline_train::config::TrainConfig;
+use sightline_train::run::{run as train_run, Event, RunOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run's TOML file (see configs/ for the paper's runs).
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the newest checkpoint-N in output_dir (model, optimizer, schedule, data
+    /// position and dropout stream; the losses equal an uninterrupted run's).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many optimizer steps of this invocation, leaving a checkpoint to
+    /// resume from (for splitting a run across sessions).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// Settings that override the file, in TOML syntax: `learning_rate=1e-4 max_steps=10`.
+    overrides: Vec<String>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = TrainConfig::from_toml(&a.config, &a.overrides)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len} steps [{elapsed} < {eta}] {prefix}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("training");
+    let mut on_event = |e: Event| match e {
+        Event::Start {
+            total_steps,
+            start_step,
+            samples,
+            skipped_mismatch,
+        } => {
+            bar.set_length(total_steps as u64);
+            bar.set_position(start_step as u64);
+            bar.println(format!(
+                "{samples} samples{}, {total_steps} optimizer steps{}",
+                if skipped_mismatch > 0 {
+                    format!(" ({skipped_mismatch} skipped: tokenization mismatch)")
+                } else {
+                    String::new()
+                },
+                if start_step > 0 {
+                    format!(", resuming at step {start_step}")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        Event::Step(s) => {
+            bar.set_position(s.step as u64);
+            bar.set_prefix(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                s.loss,
+                s.lr,
+                s.tokens as f64 / s.seconds.max(1e-9)
+            ));
+        }
+        Event::Saved(dir) => bar.println(format!("saved {}", dir.display())),
+    };
+    let summary = train_run(
+        &cfg,
+        &RunOptions {
+            device: candle_core::Device::Cpu,
+            resume: a.resume,
+            stop_after: a.stop_after,
+        },
+        &mut on_event,
+    )
+    .with_context(|| format!("training run {}", a.config.display()))?;
+    bar.finish_and_clear();
+    println!(
+        "{} steps, {} samples, {} tokens in {:.1} s ({:.0} tok/s); last loss {:.4}; output in {}",
+        summary.steps,
+        summary.samples,
+        summary.tokens,
+        summary.seconds,
+        summary.tokens as f64 / summary.seconds.max(1e-9),
+        summary.final_loss,
+        summary.output_dir.display()
+    );
+    if summary.skipped_mismatch > 0 {
+        println!(
+            "{} samples skipped for tokenization mismatches (skip_mismatched_samples)",
+            summary.skipped_mismatch
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! `sightline train` on every example config in `configs/` (shortened with `max_steps`), each
+//! checkpoint loaded back into `generate` and `eval` the way the config's header says, plus
+//! `sightline merge-lora` and the one-line errors of bad runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// Runs the binary in the repository root (the configs' paths are relative to it).
+fn sightline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sightline"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn one_error(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    err
+}
+
+const SKETCH: &str = "data/unicorn/sketchy-vqa/images/skechydata/sketchespng/dog/5291.png";
+const BASE: &str = "tests/fixtures/train/base";
+const CLIP: &str = "tests/fixtures/llava/tiny-clip";
+
+fn train(config: &str, out: &Path, extra: &[&str]) -> String {
+    let out_arg = format!("output_dir={:?}", out.display().to_string());
+    let mut args = vec!["train", "--config", config, &out_arg, "max_steps=2"];
+    args.extend_from_slice(extra);
+    let stdout = ok(&sightline(&args), config);
+    for f in ["train_log.jsonl", "data_order.json", "train_config.json"] {
+        assert!(out.join(f).is_file(), "{config}: no {f}");
+    }
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).expect("log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{config}: {log}");
+    for l in &lines {
+        for k in ["step", "loss", "lr", "grad_norm", "tokens", "seconds"] {
+            assert!(l.get(k).is_some(), "{config}: log line without {k}: {l}");
+        }
+        assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+    }
+    stdout
+}
+
+fn eval_mc1(model_args: &[&str], out: &Path) {
+    let o = out.display().to_string();
+    let mut args = vec![
+        "eval",
+        "--tasks",
+        "truthfulqa_mc1",
+        "--limit",
+        "2",
+        "--output",
+        &o,
+    ];
+    args.extend_from_slice(model_args);
+    ok(&sightline(&args), "eval");
+    assert!(out.join("results.json").is_file() || std::fs::read_dir(out).is_ok());
+}
+
+fn generate(model_args: &[&str]) -> String {
+    let mut args = vec![
+        "generate",
+        "--image",
+        SKETCH,
+        "--conv-mode",
+        "v1",
+        "--prompt",
+        "What is drawn here?",
+        "--max-new-tokens",
+        "4",
+    ];
+    args.extend_from_slice(model_args);
+    ok(&sightline(&args), "generate")
+}
+
+/// The four example runs in the order their headers give, each loaded back.
+#[test]
+fn every_example_config_trains_and_loads_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let stage1 = d.join("stage1");
+    let proj = stage1.join("mm_projector.safetensors");
+    let proj_arg = format!("pretrain_mm_mlp_adapter={:?}", proj.display().to_string());
+    let proj_s = proj.display().to_string();
+
+    train("configs/stage1-projector.toml", &stage1, &[]);
+    assert!(proj.is_file() && stage1.join("config.json").is_file());
+    generate(&[
+        "--model",
+        BASE,
+        "--vision-tower",
+        CLIP,
+        "--mm-projector",
+        &proj_s,
+    ]);
+
+    let full = d.join("full");
+    train("configs/stage2-full.toml", &full, &[&proj_arg]);
+    let full_s = full.display().to_string();
+    generate(&["--model", &full_s]);
+    eval_mc1(&["--model", &full_s], &d.join("eval-full"));
+
+    let lora = d.join("lora");
+    train("configs/stage2-lora.toml", &lora, &[&proj_arg]);
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lora.join("adapter_config.json")).expect("adapter config"),
+    )
+    .expect("json");
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["mm_projector"]));
+    let lora_s = lora.display().to_string();
+    let lora_proj = lora.join("mm_projector.safetensors").display().to_string();
+    generate(&[
+        "--model",
+        BASE,
+        "--vision-tower",
+        CLIP,
+        "--mm-projector",
+        &lora_proj,
+        "--adapter",
+        &lora_s,
+    ]);
+    eval_mc1(
+        &["--model", BASE, "--adapter", &lora_s],
+        &d.join("eval-lora"),
+    );
+
+    let text = d.join("text");
+    train("configs/text-only.toml", &text, &[]);
+    let text_s = text.display().to_string();
+    eval_mc1(&["--model", &text_s], &d.join("eval-text"));
+}
+
+/// Text-only LoRA → merge-lora: the merged model equals base + adapter on the probes (the
+/// command checks it), loads, and a bad tolerance makes it refuse without writing anything.
+#[test]
+fn merge_lora_checks_and_refuses() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = dir.path().join("lora");
+    train(
+        "configs/text-only.toml",
+        &run,
+        &["lora_enable=true", "lora_r=4", "learning_rate=0.05"],
+    );
+    let (run_s, merged) = (
+        run.display().to_string(),
+        dir.path().join("merged").display().to_string(),
+    );
+    let out = ok(
+        &sightline(&[
+            "merge-lora",
+            "--model",
+            BASE,
+            "--adapter",
+            &run_s,
+            "--output",
+            &merged,
+        ]),
+        "merge-lora",
+    );
+    assert!(out.contains("merged 14 LoRA layers"), "{out}");
+    eval_mc1(&["--model", &merged], &dir.path().join("eval"));
+    // An existing output is never overwritten.
+    let err = one_error(&sightline(&[
+        "merge-lora",
+        "--model",
+        BASE,
+        "--adapter",
+        &run_s,
+        "--output",
+        &merged,
+    ]));
+    assert!(err.contains("already exists"), "{err}");
+    // A tolerance no merge can meet: refused, nothing left behind.
+    let refused = dir.path().join("refused");
+    let err = one_error(&sightline(&[
+        "merge-lora",
+        "--model",
+        BASE,
+        "--adapter",
+        &run_s,
+        "--output",
+        &refused.display().to_string(),
+        "--tolerance=-1",
+    ]));
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(!refused.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn bad_runs_fail_with_one_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = format!(
+        "output_dir={:?}",
+        dir.path().join("x").display().to_string()
+    );
+    let err = one_error(&sightline(&[
+        "train",
+        "--config",
+        "configs/text-only.toml",
+        &out,
+        "learning_rat=1",
+    ]));
+    assert!(err.contains("learning_rat"), "{err}");
+    let err = one_error(&sightline(&["train", "--config", "configs/missing.toml"]));
+    assert!(err.contains("missing.toml"), "{err}");
+    // Image records in a text-only run: the record and what to do.
+    let err = one_error(&sightline(&[
+        "train",
+        "--config",
+        "configs/text-only.toml",
+        &out,
+        "data_path=\"data/training/sketch/sketch_instruct.json\"",
+    ]));
+    assert!(
+        err.contains("record 0") && err.contains("strip-images"),
+        "{err}"
+    );
+    // A missing image.
+    let err = one_error(&sightline(&[
+        "train",
+        "--config",
+        "configs/stage2-full.toml",
+        &out,
+        "image_folder=\"data/llava\"",
+        "pretrain_mm_mlp_adapter=\"nowhere/mm_projector.bin\"",
+    ]));
+    assert!(
+        err.contains("does not exist") || err.contains("nowhere"),
+        "{err}"
+    );
+    let err = one_error(&sightline(&[
+        "train",
+        "--config",
+        "configs/text-only.toml",
+        &out,
+        "bf16=true",
+    ]));
+    assert!(err.contains("bf16"), "{err}");
+}

@@ -1,0 +1,142 @@
+//! `sightline merge-lora`: folds a PEFT LoRA adapter into its base model
+//! (`W ← W + scaling · B·A` for every adapted linear layer, what PEFT's `merge_and_unload` and
+//! LLaVA's `builder.py` do) and writes an HF checkpoint. Before the result is put in place, the
+//! merged model and the unmerged base + adapter run the same probe inputs; if any logit differs
+//! by more than the tolerance the merge is refused and nothing is written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sightline_model::lora::LoraAdapter;
+use sightline_model::{LoadOptions, Weights};
+
+use crate::checkpoint::{atomic_write, COPIED_FILES};
+use crate::error::{Error, Result};
+
+/// What the merge did.
+#[derive(Debug, Clone)]
+pub struct MergeReport {
+    /// Linear layers that received their update.
+    pub modules: usize,
+    /// Largest |merged − unmerged| logit on the probes.
+    pub max_logit_diff: f32,
+    pub probe_tokens: usize,
+    pub output: PathBuf,
+}
+
+/// Probe texts run through both models (any text works; these cover a few token kinds).
+const PROBES: &[&str] = &[
+    "Once upon a time, there was a little girl named Lily.",
+    "Q: What is the capital of France?\nA: Paris",
+    "1, 2, 3, 4, 5 ... and the sky is blue!",
+];
+
+/// Merges `adapter` into the model at `base` and writes the result to `out` (which must not
+/// exist). `tolerance` bounds the logit difference (the issue's 1e-4).
+pub fn merge_lora(base: &Path, adapter: &Path, out: &Path, tolerance: f32) -> Result<MergeReport> {
+    if out.exists() {
+        return Err(Error::Config(format!(
+            "{} already exists (merge-lora writes a new directory and never overwrites)",
+            out.display()
+        )));
+    }
+    let dev = Device::Cpu;
+    let config_path = base.join("config.json");
+    let (layout, cfg, _) = sightline_model::config::read_checkpoint_config(&config_path)?;
+    if layout.decoder_prefix() != "" {
+        return Err(Error::Config(format!(
+            "{}: merge-lora merges into a text LLaMA checkpoint (the base the adapter was \
+             trained on), not a LLaVA one",
+            config_path.display()
+        )));
+    }
+    let lora = LoraAdapter::from_dir(adapter)?;
+    let deltas = lora.bind(&cfg, &dev)?;
+    let weights = Weights::from_dir(base, DType::F32, &dev)?;
+    let mut merged: HashMap<String, Tensor> = HashMap::new();
+    for name in weights.names() {
+        let w = weights.get_any_shape(&name)?;
+        let module = name.strip_suffix(".weight").unwrap_or(&name);
+        let t = match deltas.get(module) {
+            Some(delta) => {
+                let (out_dim, in_dim) = w.dims2()?;
+                let eye = Tensor::eye(in_dim, DType::F32, &dev)?;
+                // apply(x, 0) = scaling · x·Aᵀ·Bᵀ; with x = I that is ΔWᵀ.
+                let dw_t =
+                    delta.apply(&eye, Tensor::zeros((in_dim, out_dim), DType::F32, &dev)?)?;
+                (w + dw_t.t()?)?
+            }
+            None => w,
+        };
+        merged.insert(name, t);
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = (|| -> Result<(f32, usize)> {
+        candle_core::safetensors::save(&merged, tmp.join("model.safetensors"))?;
+        for f in COPIED_FILES {
+            let src = base.join(f);
+            if src.is_file() {
+                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+                atomic_write(&tmp.join(f), &bytes)?;
+            }
+        }
+        probe_diff(base, adapter, &tmp)
+    })();
+    match result {
+        Ok((diff, tokens)) if diff <= tolerance => {
+            std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+            Ok(MergeReport {
+                modules: deltas.len(),
+                max_logit_diff: diff,
+                probe_tokens: tokens,
+                output: out.to_path_buf(),
+            })
+        }
+        Ok((diff, _)) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(Error::Config(format!(
+                "merged and unmerged logits differ by {diff:.3e} on the probe inputs (limit \
+                 {tolerance:.0e}); nothing was written"
+            )))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Max |logit| difference between `merged` and `base` + `adapter` on [`PROBES`].
+fn probe_diff(base: &Path, adapter: &Path, merged: &Path) -> Result<(f32, usize)> {
+    let path = |p: &Path| p.display().to_string();
+    let unmerged = sightline_model::load(
+        &path(base),
+        &LoadOptions {
+            adapter: Some(adapter.to_path_buf()),
+            ..Default::default()
+        },
+    )?;
+    let merged = sightline_model::load(&path(merged), &LoadOptions::default())?;
+    let (mut max, mut tokens) = (0f32, 0);
+    for text in PROBES {
+        let ids = unmerged.tokenizer.encode_prompt(text)?;
+        let max_pos = unmerged.model.config.max_position_embeddings;
+        let ids: Vec<u32> = ids.into_iter().take(max_pos).collect();
+        tokens += ids.len();
+        let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
+        let a = unmerged.model.forward(&ids, None)?;
+        let b = merged.model.forward(&ids, None)?;
+        let d = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        max = max.max(d);
+    }
+    Ok((max, tokens))
+}

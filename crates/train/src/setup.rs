@@ -1,0 +1,366 @@
+//! Building a run from its [`TrainConfig`]: the base LLM with LLaVA's vocabulary growth
+//! (spec llava-model.md M6), the frozen CLIP tower, the projector and the tokenized data.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sightline_data::labels::{Options, Preprocess};
+use sightline_data::preprocess::Template;
+use sightline_model::{CheckpointLayout, LlamaConfig, Tokenizer, Weights};
+use sightline_vision::clip::{ClipVisionTower, SelectFeature};
+use sightline_vision::llava::{IM_END, IM_PATCH, IM_START};
+use sightline_vision::preprocess::ImageProcessorConfig;
+
+use crate::config::TrainConfig;
+use crate::dataset::{on_mismatch, Dataset, LoadSettings};
+use crate::error::{Error, Result};
+use crate::model::TrainLlama;
+use crate::projector::{Projector, ProjectorType};
+
+/// How a new vocabulary row is initialised (M6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowInit {
+    /// `[PAD]` under `v0`: the mean of the old rows (`smart_tokenizer_and_embedding_resize`).
+    MeanOfOld,
+    /// `<im_patch>`: HF's default init N(0, initializer_range).
+    Normal,
+    /// `<im_start>`/`<im_end>`: the mean of all preceding rows, `<im_patch>` included.
+    MeanOfPreceding,
+}
+
+/// The frozen vision side of a multimodal run.
+pub struct Vision {
+    pub tower: ClipVisionTower,
+    pub processor: ImageProcessorConfig,
+    pub select: SelectFeature,
+    /// The tower directory as given (recorded in saved configs, canonicalised).
+    pub dir: PathBuf,
+    /// Features of images seen before (the tower is frozen, so they never change), kept while
+    /// they fit in [`FEATURE_CACHE_BYTES`]: small multi-epoch runs decode each image once.
+    cache: std::cell::RefCell<(HashMap<PathBuf, Tensor>, usize)>,
+}
+
+/// Memory the feature cache may hold.
+pub const FEATURE_CACHE_BYTES: usize = 512 << 20;
+
+impl Vision {
+    /// Selected CLIP features `[n, patches, vision_dim]` of image files (no gradient: frozen).
+    pub fn features(&self, paths: &[&Path], device: &Device) -> Result<Tensor> {
+        let mut cache = self.cache.borrow_mut();
+        let missing: Vec<&Path> = paths
+            .iter()
+            .copied()
+            .filter(|p| !cache.0.contains_key(*p))
+            .collect();
+        let mut fresh = HashMap::new();
+        if !missing.is_empty() {
+            let px = missing
+                .iter()
+                .map(|p| {
+                    sightline_vision::preprocess::pixel_values(
+                        p,
+                        &self.processor,
+                        sightline_vision::preprocess::AspectMode::Square,
+                        device,
+                    )
+                })
+                .collect::<sightline_vision::Result<Vec<_>>>()?;
+            let feats = self
+                .tower
+                .features(&Tensor::stack(&px, 0)?, self.select)?
+                .detach();
+            for (i, p) in missing.iter().enumerate() {
+                fresh.insert(p.to_path_buf(), feats.get(i)?);
+            }
+        }
+        let rows = paths
+            .iter()
+            .map(|p| {
+                fresh
+                    .get(*p)
+                    .or_else(|| cache.0.get(*p))
+                    .cloned()
+                    .ok_or_else(|| Error::Batch(format!("no features for {}", p.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (p, t) in fresh {
+            let bytes = t.elem_count() * t.dtype().size_in_bytes();
+            if cache.1 + bytes <= FEATURE_CACHE_BYTES {
+                cache.1 += bytes;
+                cache.0.insert(p, t);
+            }
+        }
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+}
+
+/// Everything a run needs before its first step.
+pub struct Setup {
+    pub model: TrainLlama,
+    pub projector: Option<Projector>,
+    pub vision: Option<Vision>,
+    pub tokenizer: Tokenizer,
+    pub data: Dataset,
+    /// The pad id of the collator (T7).
+    pub pad_id: u32,
+    /// The base config with the grown vocabulary (what saved checkpoints get).
+    pub llm_config: serde_json::Value,
+    pub base_dir: PathBuf,
+}
+
+fn usage(msg: String) -> Error {
+    Error::Config(msg)
+}
+
+/// Loads the base model, grows the vocabulary, opens the tower and the data.
+pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
+    let base_dir = PathBuf::from(&cfg.model_name_or_path);
+    let config_path = base_dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(usage(format!(
+            "model_name_or_path {}: no config.json (expected a local HF LLaMA directory; \
+             sightline never downloads)",
+            base_dir.display()
+        )));
+    }
+    let (layout, mut llm_cfg, raw) = sightline_model::config::read_checkpoint_config(&config_path)?;
+    if layout != CheckpointLayout::Llama {
+        return Err(usage(format!(
+            "{}: a LLaVA checkpoint; training starts from the text LLM (model_name_or_path) \
+             plus a stage-1 projector (pretrain_mm_mlp_adapter), as LLaVA's scripts do",
+            config_path.display()
+        )));
+    }
+    let mut tokenizer = Tokenizer::from_dir(
+        &base_dir,
+        LlamaConfig::token_ids(&llm_cfg.bos_token_id)
+            .first()
+            .copied(),
+        LlamaConfig::token_ids(&llm_cfg.eos_token_id)
+            .first()
+            .copied(),
+    )?;
+    let template = Template::new(&cfg.version)?;
+    let multimodal = cfg.vision_tower.is_some();
+
+    // M6.3: vocabulary growth, in LLaVA's order.
+    let mut added: Vec<(u32, RowInit)> = Vec::new();
+    let mut add = |tok: &mut Tokenizer, t: &str, init: RowInit| {
+        if tok.token_to_id(t).is_none() {
+            added.push((tok.add_special_token(t), init));
+        }
+    };
+    if matches!(template.name(), "v0" | "default") {
+        add(&mut tokenizer, "[PAD]", RowInit::MeanOfOld);
+    }
+    if multimodal {
+        if cfg.mm_use_im_patch_token {
+            add(&mut tokenizer, IM_PATCH, RowInit::Normal);
+        }
+        if cfg.mm_use_im_start_end {
+            add(&mut tokenizer, IM_START, RowInit::MeanOfPreceding);
+            add(&mut tokenizer, IM_END, RowInit::MeanOfPreceding);
+        }
+    }
+    let weights = Weights::from_dir(&base_dir, DType::F32, device)?;
+    let old_vocab = llm_cfg.vocab_size;
+    let new_vocab = tokenizer.id_bound().max(old_vocab);
+    let vision_dim;
+    let vision = match &cfg.vision_tower {
+        None => {
+            vision_dim = 0;
+            None
+        }
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let tower =
+                ClipVisionTower::from_dir(&dir, cfg.mm_vision_select_layer, DType::F32, device)?;
+            let pre = dir.join("preprocessor_config.json");
+            let processor = if pre.is_file() {
+                ImageProcessorConfig::from_file(&pre)?
+            } else {
+                ImageProcessorConfig::clip(tower.config.image_size)
+            };
+            vision_dim = tower.config.hidden_size;
+            let select = match cfg.mm_vision_select_feature.as_str() {
+                "cls_patch" => SelectFeature::ClsPatch,
+                _ => SelectFeature::Patch,
+            };
+            let dir = dir.canonicalize().map_err(|e| Error::io(&dir, e))?;
+            Some(Vision {
+                tower,
+                processor,
+                select,
+                dir,
+                cache: Default::default(),
+            })
+        }
+    };
+    let hidden = llm_cfg.hidden_size;
+    let projector = if multimodal {
+        let kind = ProjectorType::parse(&cfg.mm_projector_type)?;
+        Some(match &cfg.pretrain_mm_mlp_adapter {
+            Some(p) => {
+                let proj = Projector::from_file(Path::new(p), vision_dim, hidden, device)?;
+                if proj.kind != kind {
+                    return Err(usage(format!(
+                        "{p}: a {} projector, but mm_projector_type is {}",
+                        proj.kind.name(),
+                        kind.name()
+                    )));
+                }
+                proj
+            }
+            None => Projector::new_random(kind, vision_dim, hidden, cfg.seed, device)?,
+        })
+    } else {
+        if cfg.pretrain_mm_mlp_adapter.is_some() {
+            return Err(usage(
+                "pretrain_mm_mlp_adapter needs a vision_tower (a text-only run has no projector)"
+                    .into(),
+            ));
+        }
+        None
+    };
+
+    let mut overrides = HashMap::new();
+    if new_vocab > old_vocab {
+        let (h, v) = (hidden, old_vocab);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0e3b);
+        let std = raw
+            .get("initializer_range")
+            .and_then(|x| x.as_f64())
+            .unwrap_or(0.02);
+        let grow = |old: Tensor, rng: &mut ChaCha8Rng| -> Result<Tensor> {
+            let mut rows: Vec<Vec<f32>> = old.to_vec2::<f32>()?;
+            let old_mean = mean_rows(&rows[..v]);
+            for id in v..new_vocab {
+                let init = added
+                    .iter()
+                    .find(|(i, _)| *i as usize == id)
+                    .map(|(_, k)| *k)
+                    .unwrap_or(RowInit::MeanOfOld);
+                let row = match init {
+                    RowInit::MeanOfOld => old_mean.clone(),
+                    RowInit::Normal => (0..h).map(|_| (normal(rng) * std) as f32).collect(),
+                    RowInit::MeanOfPreceding => mean_rows(&rows),
+                };
+                rows.push(row);
+            }
+            Ok(Tensor::from_vec(
+                rows.into_iter().flatten().collect::<Vec<f32>>(),
+                (new_vocab, h),
+                device,
+            )?)
+        };
+        let mut embed = grow(weights.get(&[v, h], "model.embed_tokens.weight")?, &mut rng)?;
+        // M6.4: stage 2 takes the trained <im_start>/<im_end> rows from the stage-1 file.
+        if let (Some(p), true) = (&cfg.pretrain_mm_mlp_adapter, cfg.mm_use_im_start_end) {
+            embed = stage1_rows(Path::new(p), embed, device)?;
+        }
+        overrides.insert("model.embed_tokens.weight".to_string(), embed.clone());
+        if llm_cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
+            // Tied: one matrix.
+        } else {
+            let head = grow(weights.get(&[v, h], "lm_head.weight")?, &mut rng)?;
+            overrides.insert("lm_head.weight".to_string(), head);
+        }
+        llm_cfg.vocab_size = new_vocab;
+    }
+    let weights = if overrides.is_empty() {
+        weights
+    } else {
+        weights.with_overrides(overrides, config_path.clone())
+    };
+    let trainable = cfg.trainable()?;
+    let model = TrainLlama::new(&llm_cfg, &weights, &config_path, &trainable)?;
+
+    let mut opts = Options::for_template(&template, &tokenizer);
+    opts.mm_use_im_start_end = cfg.mm_use_im_start_end;
+    opts.model_max_length = cfg.model_max_length;
+    opts.on_mismatch = on_mismatch(cfg.skip_mismatched_samples);
+    let pad_id = opts.pad_id.ok_or_else(|| {
+        usage(format!(
+            "{}: the tokenizer has no `<unk>` to pad with (template {})",
+            tokenizer.path.display(),
+            template.name()
+        ))
+    })?;
+    let pre = Preprocess::new(&tokenizer, template, opts);
+    let image_folder = cfg.image_folder.as_ref().map(PathBuf::from);
+    let data = Dataset::load(
+        Path::new(&cfg.data_path),
+        &LoadSettings {
+            preprocess: &pre,
+            image_folder: image_folder.as_deref(),
+            multimodal,
+            skip_mismatched: cfg.skip_mismatched_samples,
+        },
+    )?;
+    let mut llm_config = raw;
+    if let Some(o) = llm_config.as_object_mut() {
+        o.insert("vocab_size".into(), new_vocab.into());
+        if let Some(pad) = tokenizer.token_to_id("[PAD]") {
+            o.insert("pad_token_id".into(), pad.into());
+        }
+    }
+    Ok(Setup {
+        model,
+        projector,
+        vision,
+        tokenizer,
+        data,
+        pad_id,
+        llm_config,
+        base_dir,
+    })
+}
+
+/// A standard normal draw (Box–Muller); torch's generator cannot be reproduced anyway.
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+fn mean_rows(rows: &[Vec<f32>]) -> Vec<f32> {
+    let h = rows.first().map_or(0, Vec::len);
+    let mut acc = vec![0f64; h];
+    for r in rows {
+        for (a, x) in acc.iter_mut().zip(r) {
+            *a += *x as f64;
+        }
+    }
+    acc.into_iter()
+        .map(|a| (a / rows.len().max(1) as f64) as f32)
+        .collect()
+}
+
+/// LLaVA's `initialize_vision_tokenizer` with `pretrain_mm_mlp_adapter` (M6.4): copy the last
+/// 2 rows of the saved `model.embed_tokens.weight` when it has the current shape, or its rows
+/// when it has exactly 2; any other shape is an error (stages 1 and 2 grew different vocabs).
+fn stage1_rows(path: &Path, embed: Tensor, device: &Device) -> Result<Tensor> {
+    let w = Weights::from_file(path, DType::F32, device)?;
+    if !w.contains("model.embed_tokens.weight") {
+        return Ok(embed);
+    }
+    let saved = w.get_any_shape("model.embed_tokens.weight")?;
+    let (rows, width) = saved.dims2()?;
+    let (v, h) = embed.dims2()?;
+    let tail = if (rows, width) == (v, h) {
+        saved.narrow(0, v - 2, 2)?
+    } else if (rows, width) == (2, h) {
+        saved
+    } else {
+        return Err(usage(format!(
+            "{}: model.embed_tokens.weight is [{rows}, {width}], this run's vocabulary is \
+             [{v}, {h}] (stage 1 and stage 2 must use templates that grow the vocabulary \
+             alike, e.g. v0_plain then v1/llava_llama_2)",
+            path.display()
+        )));
+    };
+    Ok(Tensor::cat(&[&embed.narrow(0, 0, v - 2)?, &tail], 0)?)
+}
