@@ -41,6 +41,7 @@ Cases:
   lora    r 4, alpha 8, dropout 0 (dropout > 0 draws from torch's RNG, which Rust cannot replay),
           all seven linear projections; B is seeded random instead of zero so A's gradients are
           not zero at step 1; linear schedule; accumulation 1; no clipping
+  stage2  full LLM + mlp2x_gelu projector with its own lr (mm_projector_lr), images spliced in
   stage1  frozen LLM + trainable Linear projector (24 -> 32, bias) on fixed random "CLIP"
           features, spliced in place of a marker token; accumulation 2 ("mean"), cosine, clip 0.5
 """
@@ -84,6 +85,8 @@ CASES = {
                  r=4, alpha=8, dropout=0.0),
     "stage1": dict(lr=2e-2, weight_decay=0.05, warmup_ratio=0.2, total_steps=10, accum=2,
                    max_grad_norm=0.5, scheduler="cosine", accum_loss="mean"),
+    "stage2": dict(lr=1e-2, mm_projector_lr=3e-3, weight_decay=0.1, warmup_ratio=0.2, total_steps=10,
+                   accum=2, max_grad_norm=1.0, scheduler="cosine", accum_loss="tokens"),
 }
 STEPS = 5          # optimizer steps whose losses are recorded
 SNAPSHOT = 3       # weights are recorded after this many optimizer steps
@@ -296,6 +299,73 @@ def main():
         tensors[f"stage1.batch{i}.features"] = m["features"]
     for n, t in snap.items():
         tensors[f"stage1.after.{n}"] = t
+
+    # (d) stage 2: LLM (full) + mlp2x_gelu projector with its own learning rate (LLaVA-1.5's
+    # `mm_projector_lr`: LLaVATrainer puts the projector in separate groups), images spliced in.
+    spec = CASES["stage2"]
+    llm = fresh()
+    torch.manual_seed(5)
+    mlp = torch.nn.Sequential(torch.nn.Linear(CLIP_DIM, 32), torch.nn.GELU(), torch.nn.Linear(32, 32))
+    for i in (0, 2):
+        tensors[f"stage2.init.model.mm_projector.{i}.weight"] = mlp[i].weight.detach().clone()
+        tensors[f"stage2.init.model.mm_projector.{i}.bias"] = mlp[i].bias.detach().clone()
+    mbs = batches(6, n_micro(spec), image=True)
+    gf = torch.Generator().manual_seed(7)
+    for m in mbs:
+        m["features"] = torch.randn(BATCH, N_IMG, CLIP_DIM, generator=gf)
+
+    def splice2(m):
+        emb = llm.get_input_embeddings()(m["input_ids"])
+        feats = mlp(m["features"])
+        rows, labs = [], []
+        for r, p in enumerate(m["image_pos"]):
+            rows.append(torch.cat([emb[r, :p], feats[r], emb[r, p + 1:]]))
+            labs.append(torch.cat([m["labels"][r, :p], torch.full((N_IMG,), -100), m["labels"][r, p + 1:]]))
+        return torch.stack(rows), torch.stack(labs)
+
+    def forward2(m, n_items):
+        embeds, labels = splice2(m)
+        return causal_lm_loss(llm, m, spec, n_items, embeds=embeds, labels=labels)
+
+    holder = torch.nn.Module()
+    holder.model = llm.model
+    holder.lm_head = llm.lm_head
+    holder.model.mm_projector = mlp
+    named = list(holder.named_parameters())
+    decay = set(decay_names(holder))
+    groups = []
+    for is_proj, lr in ((False, spec["lr"]), (True, spec["mm_projector_lr"])):
+        sub = [(n, p) for n, p in named if ("mm_projector" in n) == is_proj]
+        for g in param_groups(sub, decay, spec["weight_decay"]):
+            g["lr"] = lr
+            groups.append(g)
+    opt = torch.optim.AdamW(groups, lr=spec["lr"], betas=(0.9, 0.999), eps=1e-8)
+    sched, warmup = make_sched(opt, spec)
+    losses, lrs, snap = [], [], None
+    it = iter(mbs)
+    for step in range(STEPS):
+        group = [next(it) for _ in range(spec["accum"])]
+        n_items = int(sum((m["labels"] != -100).sum() for m in group))
+        lrs.append(opt.param_groups[0]["lr"])
+        for m in group:
+            loss, mean = forward2(m, n_items)
+            loss.backward()
+            losses.append(mean)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], spec["max_grad_norm"])
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step + 1 == SNAPSHOT:
+            snap = {n: p.detach().clone() for n, p in named}
+    print(f"stage2: warmup {warmup}, losses {[round(x, 5) for x in losses]}", file=sys.stderr)
+    golden["stage2"] = dict(spec, warmup_steps=warmup, losses=losses, lrs=lrs,
+                            clip_dim=CLIP_DIM, image_tokens=N_IMG,
+                            decay=sorted(n for n, _ in named if n in decay))
+    put_batches(tensors, "stage2", mbs)
+    for i, m in enumerate(mbs):
+        tensors[f"stage2.batch{i}.features"] = m["features"]
+    for n, t in snap.items():
+        tensors[f"stage2.after.{n}"] = t
 
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUT / "golden.safetensors",
               metadata={"script": "scripts/reference/make_train_fixtures.py"})

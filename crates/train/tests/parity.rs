@@ -1,6 +1,7 @@
 //! Training parity with PyTorch (transformers 4.46.3 + peft 0.21.2 + torch AdamW, f32):
 //! the per-micro-batch losses of the first 5 optimizer steps and the trainable weights after
-//! 3 steps, for a full fine-tune, LoRA and LLaVA stage 1, on the fixtures written by
+//! 3 steps, for a full fine-tune, LoRA, LLaVA stage 1 and stage 2 (full LLM + `mlp2x_gelu`
+//! projector at `mm_projector_lr`), on the fixtures written by
 //! `scripts/reference/make_train_fixtures.py` (its docstring says what each case exercises).
 //! Plus: gradients reach every trainable tensor and only those; saved checkpoints load back
 //! through sightline-model and give the trained model's logits.
@@ -14,7 +15,7 @@ use sightline_model::{LlamaConfig, LoadOptions, Weights};
 use sightline_train::finetune::{Batch, ImageInput, OptimSettings, Trainer};
 use sightline_train::lora::LoraSpec;
 use sightline_train::model::{TrainLlama, Trainable};
-use sightline_train::projector::Projector;
+use sightline_train::projector::{Projector, ProjectorType};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/train")
@@ -44,7 +45,7 @@ impl Fixture {
         let f = |k: &str| g[k].as_f64().with_context(|| format!("{case}.{k}"));
         Ok(OptimSettings {
             learning_rate: f("lr")?,
-            mm_projector_lr: None,
+            mm_projector_lr: g["mm_projector_lr"].as_f64(),
             weight_decay: f("weight_decay")?,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
@@ -122,6 +123,18 @@ fn trainer(fx: &Fixture, case: &str) -> Result<Trainer> {
                 fx.t("stage1.init.model.mm_projector.bias")?,
             )?;
             Trainer::new(base_model(&Trainable::Frozen)?, Some(proj), settings)
+        }
+        "stage2" => {
+            let layer = |i: usize| -> Result<(Tensor, Tensor)> {
+                Ok((
+                    fx.t(&format!("stage2.init.model.mm_projector.{i}.weight"))?
+                        .clone(),
+                    fx.t(&format!("stage2.init.model.mm_projector.{i}.bias"))?
+                        .clone(),
+                ))
+            };
+            let proj = Projector::from_layers(ProjectorType::Mlp2xGelu, &[layer(0)?, layer(2)?])?;
+            Trainer::new(base_model(&Trainable::Full)?, Some(proj), settings)
         }
         _ => anyhow::bail!("unknown case {case}"),
     })
@@ -219,6 +232,13 @@ fn stage1_projector_matches_pytorch() -> Result<()> {
 
 /// Every trainable tensor gets a non-zero gradient from one group; frozen weights have no
 /// buffer and no optimizer state (the trainer only knows trainable tensors).
+/// Stage 2 with LLaVA-1.5's projector: the full LLM and an `mlp2x_gelu` projector at its own
+/// learning rate (`mm_projector_lr`), images spliced in.
+#[test]
+fn stage2_mlp2x_projector_matches_pytorch() -> Result<()> {
+    check_case("stage2")
+}
+
 #[test]
 fn gradients_reach_exactly_the_trainable_tensors() -> Result<()> {
     let fx = fixture()?;
