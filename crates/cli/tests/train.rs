@@ -66,6 +66,7 @@ fn train(config: &str, out: &Path, extra: &[&str]) -> String {
             assert!(l.get(k).is_some(), "{config}: log line without {k}: {l}");
         }
         assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+        assert!(l["tokens"].as_u64().is_some_and(|t| t > 0), "{l}");
     }
     stdout
 }

@@ -31,8 +31,10 @@ pub struct StepLog {
     pub step: usize,
     /// Fractional epoch at the end of the step (HF's `epoch` in logs).
     pub epoch: f64,
-    /// Mean of the micro-batch losses of the step.
-    pub loss: f64,
+    /// Mean of the micro-batch losses of the step; None when no micro-batch had a trained
+    /// token (every label −100, e.g. answers truncated away): HF would log NaN, and nothing
+    /// was back-propagated.
+    pub loss: Option<f64>,
     pub lr: f64,
     pub grad_norm: f64,
     /// Positions processed (spliced image rows included).
@@ -64,7 +66,9 @@ pub struct Summary {
     pub skipped_mismatch: usize,
     pub tokens: usize,
     pub seconds: f64,
-    pub final_loss: f64,
+    pub final_loss: Option<f64>,
+    /// Optimizer steps in which no micro-batch had a trained token.
+    pub empty_steps: usize,
     pub output_dir: PathBuf,
 }
 
@@ -171,7 +175,8 @@ pub fn run(
     let mut orders: Vec<Vec<usize>> = (0..=epoch).map(|e| epoch_order(n, cfg.seed, e)).collect();
     write_order(&out, cfg.seed, &orders, &data)?;
     let started = Instant::now();
-    let (mut tokens_total, mut last_loss, mut done_here) = (0usize, f64::NAN, 0usize);
+    let (mut tokens_total, mut last_loss, mut done_here) = (0usize, None, 0usize);
+    let mut empty_steps = 0;
     'epochs: while trainer.step() < total_steps {
         let order = &orders[epoch];
         while group_in_epoch < groups_per_epoch {
@@ -202,7 +207,11 @@ pub fn run(
                 .copied()
                 .filter(|l| l.is_finite())
                 .collect();
-            let loss = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+            let loss =
+                (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64);
+            if loss.is_none() {
+                empty_steps += 1;
+            }
             last_loss = loss;
             tokens_total += report.tokens;
             let log = StepLog {
@@ -267,6 +276,7 @@ pub fn run(
         tokens: tokens_total,
         seconds: started.elapsed().as_secs_f64(),
         final_loss: last_loss,
+        empty_steps,
         output_dir: out,
     })
 }

@@ -61,8 +61,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Event::Step(s) => {
             bar.set_position(s.step as u64);
             bar.set_prefix(format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
-                s.loss,
+                "loss {} lr {:.2e} {:.0} tok/s",
+                s.loss.map_or("-".to_string(), |l| format!("{l:.4}")),
                 s.lr,
                 s.tokens as f64 / s.seconds.max(1e-9)
             ));
@@ -81,15 +81,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     .with_context(|| format!("training run {}", a.config.display()))?;
     bar.finish_and_clear();
     println!(
-        "{} steps, {} samples, {} tokens in {:.1} s ({:.0} tok/s); last loss {:.4}; output in {}",
+        "{} steps, {} samples, {} tokens in {:.1} s ({:.0} tok/s); last loss {}; output in {}",
         summary.steps,
         summary.samples,
         summary.tokens,
         summary.seconds,
         summary.tokens as f64 / summary.seconds.max(1e-9),
-        summary.final_loss,
+        summary
+            .final_loss
+            .map_or("- (no trained tokens)".to_string(), |l| format!("{l:.4}")),
         summary.output_dir.display()
     );
+    if summary.empty_steps > 0 {
+        eprintln!(
+            "warning: {} optimizer steps had no trained token (every label masked, e.g. the \
+             answers were cut by model_max_length = {}); nothing was learned in them",
+            summary.empty_steps, cfg.model_max_length
+        );
+    }
     if summary.skipped_mismatch > 0 {
         println!(
             "{} samples skipped for tokenization mismatches (skip_mismatched_samples)",
