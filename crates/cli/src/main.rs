@@ -41,8 +41,8 @@ enum Command {
     /// Convert foreign checkpoints to Hugging Face layout.
     #[command(subcommand)]
     Convert(cmd::convert::Command),
-    /// Build and check training data: validate, stats, strip-images, convert, sample, groups,
-    /// preview.
+    /// Build and check training data (validate, stats, strip-images, convert, sample, groups,
+    /// preview) and corrupt images (ImageNet-C).
     #[command(subcommand)]
     Data(cmd::data::Command),
     /// Train: LLaVA stage 1 / stage 2 (full or LoRA) or text-only, from a TOML run file.

@@ -25,10 +25,12 @@ use sightline_model::Tokenizer;
 use crate::io::Output;
 
 mod convert;
+mod corrupt;
 mod preview;
 mod stats;
 
 use convert::{run_convert, ConvertArgs};
+use corrupt::{run_corrupt, CorruptArgs};
 use preview::{run_preview, PreviewArgs};
 use stats::{run_stats, StatsArgs};
 
@@ -49,6 +51,9 @@ pub enum Command {
     Groups(GroupsArgs),
     /// Show records as the model sees them in training, trained tokens marked.
     Preview(PreviewArgs),
+    /// ImageNet-C corruptions (19, severities 1–5) of an image or a folder of images,
+    /// as OUT_DIR/<corruption>/<severity>/<image>.png, with an optional contact sheet.
+    Corrupt(CorruptArgs),
 }
 
 pub fn run(cmd: Command) -> Result<()> {
@@ -60,6 +65,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Sample(a) => run_sample(a),
         Command::Groups(a) => run_groups(a),
         Command::Preview(a) => run_preview(a),
+        Command::Corrupt(a) => run_corrupt(a),
     };
     match result {
         // `sightline data sample ... | head`: the reader has seen enough; not an error.
