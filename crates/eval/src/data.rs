@@ -1,4 +1,5 @@
-//! Benchmark data shipped inside the binary (TruthfulQA, ETHICS test splits: see
+//! Benchmark data shipped inside the binary (TruthfulQA, ETHICS test splits, POPE and Unicorn
+//! sketchy-VQA questions, the bundled sketches: see
 //! `data/*/SOURCES.md` for provenance and licences), or read from `--data-dir` with the same
 //! layout.
 
@@ -24,7 +25,55 @@ static EMBEDDED: &[(&str, &[u8])] = embed![
     "ethics/justice/justice_test.csv",
     "ethics/utilitarianism/util_test.csv",
     "ethics/virtue/virtue_test.csv",
+    "pope/coco_pope_random.json",
+    "pope/coco_pope_popular.json",
+    "pope/coco_pope_adversarial.json",
+    "unicorn/sketchy-vqa/sketchy-vqa.json",
+    "unicorn/sketchy-vqa/sketchy-challenging.json",
+    "unicorn/oodcv-vqa/oodcv-vqa.json",
+    "unicorn/oodcv-vqa/oodcv-counterfactual.json",
 ];
+
+/// The bundled sketches (`data/unicorn/SOURCES.md`), so the sketchy-VQA tasks run offline from
+/// any working directory; looked up by [`bundled_image`].
+static EMBEDDED_IMAGES: &[(&str, &[u8])] = embed![
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/bed/1293.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/blimp/1909.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/book/1942.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/bulldozer/2609.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/bush/2749.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/camera/3350.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/church/4185.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/dog/5291.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/face/6246.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/hand/7883.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/head/8087.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/horse/8535.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/house/8811.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/key/9257.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/lightbulb/9692.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/megaphone/10168.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/present/12981.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/radio/13467.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/rollerblades/13815.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/ship/14931.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/streetlight/16543.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/sun/16778.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/table/17242.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/telephone/17666.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/tree/18625.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/tv/19013.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/wheelbarrow/19582.png",
+    "unicorn/sketchy-vqa/images/skechydata/sketchespng/wineglass/19791.png",
+];
+
+/// A bundled image by its path under `data/`.
+pub fn bundled_image(rel: &str) -> Option<&'static [u8]> {
+    EMBEDDED_IMAGES
+        .iter()
+        .find(|(name, _)| *name == rel)
+        .map(|(_, bytes)| *bytes)
+}
 
 /// Which TruthfulQA release the tasks read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,6 +107,20 @@ pub struct DataSource {
     /// A directory laid out like the repository's `data/`; `None` = the embedded copies.
     pub dir: Option<PathBuf>,
     pub truthfulqa: TruthfulQaVersion,
+    /// `--image-root`: where image tasks find their images (overrides a task's bundled ones).
+    pub image_root: Option<PathBuf>,
+    /// How image tasks prompt and decode.
+    pub protocol: crate::mm::Protocol,
+    /// VQAv2's user-supplied `v2_OpenEnded_mscoco_val2014_questions.json`.
+    pub vqav2_questions: Option<PathBuf>,
+    /// VQAv2's user-supplied `v2_mscoco_val2014_annotations.json`.
+    pub vqav2_annotations: Option<PathBuf>,
+    /// The user's MME copy (`MME_Benchmark_release_version`, one folder per sub-task).
+    pub mme_dir: Option<PathBuf>,
+    /// SBT's COCO caption files (`mscoco_{train,test}.json`, `test_images/`).
+    pub coco_caption_dir: Option<PathBuf>,
+    /// SBT's Flickr30k caption files (`flickr30k_{train,test}.json`, `test_images/`).
+    pub flickr30k_caption_dir: Option<PathBuf>,
 }
 
 impl DataSource {

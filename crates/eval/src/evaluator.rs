@@ -10,7 +10,8 @@ use sightline_metrics::aggregate::{mean, mean_stderr};
 use crate::cache::{self, RequestCache};
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::lm::LanguageModel;
+use crate::lm::{ImageGen, LanguageModel};
+use crate::mm;
 use crate::pyrandom::PyRandom;
 use crate::task::{Aggregation, Request, Response, Task};
 
@@ -24,6 +25,9 @@ pub struct EvalOptions {
     pub data: DataSource,
     /// Keep per-document records for `samples_<task>.jsonl`.
     pub log_samples: bool,
+    /// Image tasks: drop records whose image is missing (before the shuffle and `limit`, so
+    /// `limit` counts records that have images) instead of failing.
+    pub skip_missing_images: bool,
 }
 
 impl Default for EvalOptions {
@@ -33,6 +37,7 @@ impl Default for EvalOptions {
             shuffle_seed: 42,
             data: DataSource::default(),
             log_samples: false,
+            skip_missing_images: false,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct TaskResult {
     pub doc_ids: Vec<usize>,
     /// Per-document records (with `log_samples`).
     pub samples: Vec<Value>,
+    /// Image tasks: records dropped by `skip_missing_images` (`None` for text tasks).
+    pub skipped_missing_images: Option<usize>,
 }
 
 /// Which phase a progress report is about.
@@ -72,26 +79,84 @@ pub enum Phase {
 
 /// The documents a task evaluates, as `(dataset index, doc)` in evaluation order.
 pub fn select_docs(task: &dyn Task, opts: &EvalOptions) -> Result<(usize, Vec<(usize, Value)>)> {
+    let s = select(task, opts)?;
+    Ok((s.n_original, s.docs))
+}
+
+/// What [`select`] chose.
+pub struct Selection {
+    pub n_original: usize,
+    /// Records dropped for a missing image (`skip_missing_images`).
+    pub skipped: usize,
+    pub docs: Vec<(usize, Value)>,
+}
+
+/// A document's image reference; `None` when the task has no image root (needs
+/// `--image-root`).
+fn image_ref_of(doc: &Value) -> Option<&str> {
+    doc.get("image_ref").and_then(Value::as_str)
+}
+
+/// [`select_docs`], dropping image records whose image is missing when `skip_missing_images`
+/// is set (before the shuffle, so `limit` counts records that have images).
+pub fn select(task: &dyn Task, opts: &EvalOptions) -> Result<Selection> {
     let docs = task.docs(&opts.data)?;
     let n = docs.len();
     let mut order: Vec<usize> = (0..n).collect();
+    if task.needs_images() && opts.skip_missing_images {
+        order.retain(|&i| image_ref_of(&docs[i]).is_some_and(mm::image_available));
+    }
+    let skipped = n - order.len();
     PyRandom::from_int(opts.shuffle_seed).shuffle(&mut order);
     order.truncate(opts.limit.unwrap_or(n));
     let mut docs: Vec<Option<Value>> = docs.into_iter().map(Some).collect();
-    Ok((
-        n,
-        order
+    Ok(Selection {
+        n_original: n,
+        skipped,
+        docs: order
             .into_iter()
             .map(|i| (i, docs[i].take().unwrap_or(Value::Null)))
             .collect(),
-    ))
+    })
 }
 
-/// SHA-256 of a task's requests, in evaluation order.
+/// Fails on the first selected image record whose image cannot be found, naming the task, the
+/// record (1-based, in the data file's order) and the path.
+fn check_images(task: &dyn Task, docs: &[(usize, Value)], skipping: bool) -> Result<()> {
+    for (i, doc) in docs {
+        match image_ref_of(doc) {
+            None => {
+                return Err(Error::Config(format!(
+                    "{}: the images are not bundled: pass --image-root DIR (the folder holding `{}`)",
+                    task.name(),
+                    doc["image"].as_str().unwrap_or("the images")
+                )))
+            }
+            Some(r) if !skipping && !mm::image_available(r) => {
+                return Err(Error::data(
+                    task.name(),
+                    i + 1,
+                    format!(
+                        "image {r} not found (check --image-root, or pass --skip-missing-images to skip records without their image)"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of a task's requests, in evaluation order. Image requests are hashed without their
+/// `image_ref`, so the hash names the prompts and images, not where this machine keeps them.
 pub fn requests_hash(requests: &[Vec<Request>]) -> String {
     let mut h = Sha256::new();
     for r in requests.iter().flatten() {
-        h.update(serde_json::to_string(r).unwrap_or_default().as_bytes());
+        let mut r = r.clone();
+        if let Request::GenerateImage { image_ref, .. } = &mut r {
+            image_ref.clear();
+        }
+        h.update(serde_json::to_string(&r).unwrap_or_default().as_bytes());
         h.update(b"\n");
     }
     format!("{:x}", h.finalize())
@@ -100,6 +165,7 @@ pub fn requests_hash(requests: &[Vec<Request>]) -> String {
 struct Prepared<'a> {
     task: &'a dyn Task,
     n_original: usize,
+    skipped: usize,
     docs: Vec<(usize, Value)>,
     requests: Vec<Vec<Request>>,
 }
@@ -114,7 +180,24 @@ pub fn evaluate(
 ) -> Result<Vec<TaskResult>> {
     let mut prepared = Vec::new();
     for task in tasks {
-        let (n_original, docs) = select_docs(task.as_ref(), opts)?;
+        let Selection {
+            n_original,
+            skipped,
+            docs,
+        } = select(task.as_ref(), opts)?;
+        if task.needs_images() {
+            if skipped == n_original && n_original > 0 {
+                // Nothing has an image: say why instead of scoring nothing.
+                let first: Vec<(usize, Value)> = task
+                    .docs(&opts.data)?
+                    .into_iter()
+                    .take(1)
+                    .map(|d| (0, d))
+                    .collect();
+                check_images(task.as_ref(), &first, false)?;
+            }
+            check_images(task.as_ref(), &docs, opts.skip_missing_images)?;
+        }
         let requests = docs
             .iter()
             .map(|(_, d)| task.requests(d))
@@ -122,6 +205,7 @@ pub fn evaluate(
         prepared.push(Prepared {
             task: task.as_ref(),
             n_original,
+            skipped,
             docs,
             requests,
         });
@@ -161,7 +245,7 @@ pub fn evaluate(
                 context,
                 continuation,
             } => (context.clone(), continuation.clone()),
-            Request::GenerateUntil { .. } => (String::new(), String::new()),
+            _ => (String::new(), String::new()),
         })
         .collect();
     let total_ll = ll_slots.len();
@@ -212,12 +296,56 @@ pub fn evaluate(
         }
     }
 
+    // Image generations: one call, batched by the model.
+    let img_slots: Vec<usize> = (0..slots.len())
+        .filter(|&i| {
+            responses[i].is_none() && matches!(request_of(&slots[i]), Request::GenerateImage { .. })
+        })
+        .collect();
+    if !img_slots.is_empty() {
+        let reqs: Vec<ImageGen> = img_slots
+            .iter()
+            .filter_map(|&i| match request_of(&slots[i]) {
+                Request::GenerateImage {
+                    context,
+                    image_ref,
+                    decoding,
+                    ..
+                } => Some(ImageGen {
+                    context: context.clone(),
+                    image: image_ref.clone(),
+                    decoding: decoding.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let total = img_slots.len();
+        let mut done = 0;
+        progress(Phase::Generate, done, total);
+        lm.generate_images(&reqs, &mut |unit| {
+            let mut fresh = Vec::new();
+            for (j, text) in unit {
+                let slot = img_slots[*j];
+                let r = Response::Generated(text.clone());
+                fresh.push((keys[slot].clone(), r.clone()));
+                responses[slot] = Some(r);
+                done += 1;
+            }
+            if let Some(c) = cache.as_mut() {
+                c.put_all(fresh)?;
+            }
+            progress(Phase::Generate, done, total);
+            Ok(())
+        })?;
+    }
+
     // Route responses back and aggregate.
     let mut cursor = 0;
     let mut results = Vec::new();
     for p in &prepared {
         let metrics = p.task.metrics();
         let mut per_doc: Vec<Vec<f64>> = Vec::with_capacity(p.docs.len());
+        let mut all_resps: Vec<Vec<Response>> = Vec::with_capacity(p.docs.len());
         let mut samples = Vec::new();
         for ((doc_id, doc), reqs) in p.docs.iter().zip(&p.requests) {
             let resps: Vec<Response> = responses[cursor..cursor + reqs.len()]
@@ -229,17 +357,39 @@ pub fn evaluate(
                 .collect::<Result<_>>()?;
             cursor += reqs.len();
             let values = p.task.process_results(doc, &resps)?;
+            if values.len() != metrics.len() {
+                return Err(Error::Config(format!(
+                    "internal: {} gave {} values for {} metrics",
+                    p.task.name(),
+                    values.len(),
+                    metrics.len()
+                )));
+            }
             if opts.log_samples {
                 let mut rec = json!({
                     "doc_id": doc_id, "doc": doc, "arguments": reqs, "resps": resps,
                 });
+                if let Some(x) = p.task.extracted(doc, &resps) {
+                    rec["filtered_resps"] = json!([x]);
+                }
                 for (m, v) in metrics.iter().zip(&values) {
-                    rec[m.name] = json!(v);
+                    if m.aggregation != Aggregation::Corpus {
+                        rec[m.name] = json!(v);
+                    }
                 }
                 samples.push(rec);
             }
             per_doc.push(values);
+            all_resps.push(resps);
         }
+        let corpus = if metrics.iter().any(|m| m.aggregation == Aggregation::Corpus) {
+            let docs: Vec<&Value> = p.docs.iter().map(|(_, d)| d).collect();
+            let resps: Vec<&[Response]> = all_resps.iter().map(Vec::as_slice).collect();
+            p.task.corpus_metrics(&docs, &resps)?
+        } else {
+            Vec::new()
+        };
+        let mut corpus_values = corpus.into_iter();
         let mut out = Vec::new();
         for (k, m) in metrics.iter().enumerate() {
             let xs: Vec<f64> = per_doc.iter().map(|v| v[k]).collect();
@@ -253,6 +403,15 @@ pub fn evaluate(
                         .collect();
                     (group_exact_match(&groups, &xs, group_size), None)
                 }
+                Aggregation::Corpus => (
+                    corpus_values.next().ok_or_else(|| {
+                        Error::Config(format!(
+                            "internal: {} returned too few corpus metrics",
+                            p.task.name()
+                        ))
+                    })?,
+                    None,
+                ),
             };
             out.push(MetricResult {
                 name: m.name,
@@ -270,6 +429,7 @@ pub fn evaluate(
             hash: requests_hash(&p.requests),
             doc_ids: p.docs.iter().map(|(i, _)| *i).collect(),
             samples,
+            skipped_missing_images: p.task.needs_images().then_some(p.skipped),
         });
     }
     Ok(results)

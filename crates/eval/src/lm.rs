@@ -13,6 +13,19 @@ use crate::error::{Error, Result};
 /// Receives finished log-likelihood results as `(request index, result)` pairs.
 pub type DoneSink<'a> = dyn FnMut(&[(usize, Scored)]) -> Result<()> + 'a;
 
+/// Receives finished image generations as `(request index, raw text)` pairs.
+pub type TextSink<'a> = dyn FnMut(&[(usize, String)]) -> Result<()> + 'a;
+
+/// One image-task generation request ([`crate::task::Request::GenerateImage`]).
+#[derive(Debug, Clone)]
+pub struct ImageGen {
+    /// The full prompt, with `<image>` where the image goes.
+    pub context: String,
+    /// An [`crate::mm`] image reference (a path, or `bundled:...`).
+    pub image: String,
+    pub decoding: crate::mm::MmDecoding,
+}
+
 /// A model answering log-likelihood and generation requests.
 pub trait LanguageModel {
     /// Everything that changes the model's answers (for cache keys).
@@ -29,6 +42,16 @@ pub trait LanguageModel {
 
     /// Greedy generation until one of `until` (or EOS); the text is cut before the stop.
     fn generate_until(&self, context: &str, until: &[String]) -> Result<String>;
+
+    /// Generates for image requests (in any order, batched as the model likes), passing each
+    /// finished group to `on_done`. Text-only models cannot.
+    fn generate_images(&self, requests: &[ImageGen], on_done: &mut TextSink<'_>) -> Result<()> {
+        let _ = (requests, on_done);
+        Err(Error::Config(format!(
+            "{}: a text-only model cannot run image tasks (they need a LLaVA checkpoint, or --mm-projector on a LLaMA one)",
+            self.identity()
+        )))
+    }
 }
 
 /// A candle model with lm-eval's request semantics (`HFLM(add_bos_token=False)`).

@@ -1,6 +1,7 @@
 //! CPython's `random.Random` (MT19937), reproduced bit for bit where the harness depends on it:
-//! the seed-42 document shuffle that decides which docs `--limit` takes, and ETHICS
-//! utilitarianism's `random.Random(activity_string)` scenario order.
+//! the seed-42 document shuffle that decides which docs `--limit` takes, ETHICS
+//! utilitarianism's `random.Random(activity_string)` scenario order, and (for VQAv2) numpy's
+//! legacy `RandomState` seeding and `choice(n, k, replace=False)` plus `random.sample`.
 //!
 //! Reference: CPython 3.11 `Modules/_randommodule.c` (`init_by_array`, `genrand_uint32`,
 //! `random_seed` for int and str/bytes seeds, version 2) and `Lib/random.py`
@@ -127,6 +128,67 @@ impl PyRandom {
         }
     }
 
+    /// numpy's legacy `np.random.seed(s)` (`RandomState`): MT19937 `init_genrand(s)`, not
+    /// CPython's `init_by_array` (`spec/multimodal-eval.md` E2.1).
+    pub fn numpy_legacy(seed: u32) -> Self {
+        Self {
+            mt: Self::init_genrand(seed),
+            index: N,
+        }
+    }
+
+    /// numpy `random_interval(max)`: mask to the smallest `2^b - 1 >= max`, redraw above `max`.
+    fn numpy_interval(&mut self, max: u32) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mut mask = max;
+        for shift in [1, 2, 4, 8, 16] {
+            mask |= mask >> shift;
+        }
+        loop {
+            let v = self.next_u32() & mask;
+            if v <= max {
+                return v;
+            }
+        }
+    }
+
+    /// numpy legacy `choice(n, k, replace=False)` = `permutation(n)[:k]`: shuffle `0..n` from
+    /// the end with [`Self::numpy_interval`]. `n` must fit in `u32`.
+    pub fn numpy_choice(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut a: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.numpy_interval(i as u32) as usize;
+            a.swap(i, j);
+        }
+        a.truncate(k);
+        a
+    }
+
+    /// numpy legacy `randint(0, n)` / `choice(list_of_n)` for `1 <= n <= 2^32`: the masked
+    /// rejection draw of `random_bounded_uint64_fill` on 32-bit outputs.
+    pub fn numpy_randint(&mut self, n: usize) -> usize {
+        self.numpy_interval((n.max(1) - 1) as u32) as usize
+    }
+
+    /// `random.sample(range(n), k)` for `n > 21` and `k <= 5` (CPython's set-selection branch:
+    /// `randbelow(n)`, redrawn on repeats); other sizes take the pool branch, not reproduced.
+    pub fn sample_indices(&mut self, n: usize, k: usize) -> Option<Vec<usize>> {
+        if n <= 21 || k > 5 || n > u32::MAX as usize {
+            return None;
+        }
+        let mut out: Vec<usize> = Vec::with_capacity(k);
+        for _ in 0..k {
+            let mut j = self.randbelow(n as u32) as usize;
+            while out.contains(&j) {
+                j = self.randbelow(n as u32) as usize;
+            }
+            out.push(j);
+        }
+        Some(out)
+    }
+
     /// `shuffle(x)`: Fisher–Yates from the end.
     pub fn shuffle<T>(&mut self, x: &mut [T]) {
         for i in (1..x.len()).rev() {
@@ -151,6 +213,38 @@ mod tests {
         let mut v: Vec<u32> = (0..10).collect();
         PyRandom::from_int(42).shuffle(&mut v);
         assert_eq!(v, [7, 3, 2, 8, 5, 6, 9, 4, 0, 1]);
+    }
+
+    /// Test vectors of `spec/multimodal-eval.md` E2.
+    #[test]
+    fn numpy_choice_and_python_sample_match_the_spec_vectors() {
+        let a = PyRandom::numpy_legacy(42).numpy_choice(214_354, 7048);
+        assert_eq!(a.len(), 7048);
+        assert_eq!(
+            &a[..8],
+            &[69992, 184029, 131715, 5308, 62682, 4210, 58099, 198231]
+        );
+        assert_eq!(
+            &a[2048..2054],
+            &[97523, 35728, 173064, 45734, 169516, 193443]
+        );
+        let mut r = PyRandom::from_int(42);
+        let three: Vec<Vec<usize>> = (0..3).map(|_| r.sample_indices(2048, 3).unwrap()).collect();
+        assert_eq!(
+            three,
+            vec![
+                vec![456, 102, 1126],
+                vec![1003, 914, 571],
+                vec![419, 356, 1728]
+            ]
+        );
+        assert!(r.sample_indices(10, 3).is_none());
+        // numpy 2.x: np.random.seed(42); np.random.choice(20000, 5000, replace=False)[:3], then
+        // eight np.random.choice(['a','b','c','d','e']).
+        let mut np = PyRandom::numpy_legacy(42);
+        assert_eq!(&np.numpy_choice(20_000, 5000)[..3], &[10650, 2041, 8668]);
+        let picks: Vec<usize> = (0..8).map(|_| np.numpy_randint(5)).collect();
+        assert_eq!(picks, [4, 3, 2, 4, 1, 0, 0, 0]);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct RunInfo {
     pub add_bos: bool,
     pub empty_context_prefix: String,
     pub max_length: usize,
+    /// Image tasks only: the protocol ([`crate::mm::Protocol::describe`]) plus the image
+    /// settings, recorded as `config.multimodal`; `None` leaves text-only results unchanged.
+    pub multimodal: Option<Value>,
 }
 
 /// `results.json` for `results`.
@@ -51,10 +54,11 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
         versions.insert(r.name.into(), json!(r.version));
         n_shot.insert(r.name.into(), json!(0));
         higher.insert(r.name.into(), Value::Object(hib));
-        n_samples.insert(
-            r.name.into(),
-            json!({"original": r.n_original, "effective": r.n_effective}),
-        );
+        let mut counts = json!({"original": r.n_original, "effective": r.n_effective});
+        if let Some(k) = r.skipped_missing_images {
+            counts["skipped_missing_images"] = json!(k);
+        }
+        n_samples.insert(r.name.into(), counts);
         hashes.insert(r.name.into(), json!(r.hash));
     }
     let present = |t: &str| results.iter().any(|r| r.name == t);
@@ -66,7 +70,7 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
             (g.to_string(), json!(m))
         })
         .collect();
-    json!({
+    let mut out = json!({
         "results": res,
         "group_subtasks": group_subtasks,
         "versions": versions,
@@ -95,7 +99,11 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
         "total_evaluation_time_seconds": format!("{}", info.total_seconds),
         "cached_requests": info.cache_hits,
         "sightline_version": env!("CARGO_PKG_VERSION"),
-    })
+    });
+    if let Some(mm) = &info.multimodal {
+        out["config"]["multimodal"] = mm.clone();
+    }
+    out
 }
 
 /// JSON number, or the string "NaN" where the value is not finite (JSON has no NaN).

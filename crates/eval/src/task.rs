@@ -22,6 +22,16 @@ pub enum Request {
     },
     /// Greedy text after `context` until a stop string or EOS (lm-eval `generate_until`).
     GenerateUntil { context: String, until: Vec<String> },
+    /// Text a vision-language model writes after `context` (a full prompt with one `<image>`)
+    /// about an image, decoded as `decoding` says. `image` is the dataset's name for it (what
+    /// the task hash covers); `image_ref` where this run reads it (a path under `--image-root`,
+    /// or `bundled:...`; part of the cache key, not of the task hash).
+    GenerateImage {
+        context: String,
+        image: String,
+        image_ref: String,
+        decoding: crate::mm::MmDecoding,
+    },
 }
 
 /// The model's answer to a [`Request`].
@@ -58,6 +68,9 @@ pub enum Aggregation {
     /// ETHICS `calc_em`: documents sorted by `doc["group_id"]` (stable), cut into blocks of
     /// `group_size`; a block counts when every document in it is correct. No stderr.
     GroupExactMatch { group_size: usize },
+    /// A corpus-level number (precision, F1, ...) that is not a mean of per-document values:
+    /// computed by [`Task::corpus_metrics`]; no stderr.
+    Corpus,
 }
 
 /// One reported metric.
@@ -73,6 +86,14 @@ impl Metric {
         Self {
             name,
             aggregation: Aggregation::Mean,
+            higher_is_better: true,
+        }
+    }
+
+    pub const fn corpus(name: &'static str) -> Self {
+        Self {
+            name,
+            aggregation: Aggregation::Corpus,
             higher_is_better: true,
         }
     }
@@ -92,6 +113,23 @@ pub trait Task: Send + Sync {
     fn process_results(&self, doc: &Value, responses: &[Response]) -> Result<Vec<f64>>;
     /// The metrics this task reports.
     fn metrics(&self) -> &'static [Metric];
+    /// Whether documents carry an image (`image_ref`): the task needs a vision-language model,
+    /// and missing images are checked (or skipped) before any request runs.
+    fn needs_images(&self) -> bool {
+        false
+    }
+    /// The values of the [`Aggregation::Corpus`] metrics, in [`Task::metrics`] order, from all
+    /// evaluated documents and their responses. (`process_results` puts NaN in those columns.)
+    fn corpus_metrics(&self, _docs: &[&Value], _responses: &[&[Response]]) -> Result<Vec<f64>> {
+        Err(crate::error::Error::Config(format!(
+            "internal: task {} has corpus metrics but no corpus_metrics",
+            self.name()
+        )))
+    }
+    /// The answer extracted from the responses, logged as `filtered_resps` in the samples.
+    fn extracted(&self, _doc: &Value, _responses: &[Response]) -> Option<Value> {
+        None
+    }
 }
 
 /// A string field of a document (documents are built by the task itself, so a missing field

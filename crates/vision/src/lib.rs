@@ -1,4 +1,5 @@
 //! `sightline-vision`: LLaVA-style vision-language models.
+pub mod batch_generate;
 pub mod clip;
 pub mod error;
 pub use error::{Error, Result};
@@ -6,3 +7,6 @@ pub mod conversation;
 pub mod llava;
 pub mod preprocess;
 pub mod projector;
+
+/// The decoded RGB image type that image hooks (corruptions) transform.
+pub use image::RgbImage;

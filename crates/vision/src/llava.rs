@@ -26,9 +26,12 @@ use sightline_model::llama::logprob_and_greedy;
 use sightline_model::score::{Request, ScoreOptions, Scored};
 use sightline_model::{assemble, LlamaConfig, LoadOptions, Tokenizer, Weights};
 
+use crate::batch_generate::{generate_batched, BatchPrompt, Decoding, OutputSink};
 use crate::clip::{ClipVisionConfig, ClipVisionTower, SelectFeature};
 use crate::error::{Error, Result};
-use crate::preprocess::{pixel_values, AspectMode, ImageProcessorConfig};
+use crate::preprocess::{
+    normalization_table, pixel_values, resize_and_crop, AspectMode, ImageProcessorConfig,
+};
 use crate::projector::{Projector, ProjectorKind};
 
 /// LLaVA's `IMAGE_TOKEN_INDEX`: the id that marks the image in a tokenized prompt. Never a
@@ -414,6 +417,45 @@ impl Llava {
     pub fn load_pixels(&self, path: &Path) -> Result<Tensor> {
         let px = pixel_values(path, &self.processor, self.aspect, &Device::Cpu)?;
         Ok(px.to_device(self.llm.device())?)
+    }
+
+    /// Preprocesses an already decoded RGB image into `[3, S, S]` pixel values, exactly as
+    /// [`Llava::load_pixels`] does after decoding; `name` only names the image in errors.
+    /// Evaluation decodes images itself so that one function can transform the decoded image
+    /// (a corruption, say) before this step.
+    pub fn pixels_from_rgb(&self, img: &crate::RgbImage, name: &Path) -> Result<Tensor> {
+        let crop = resize_and_crop(img, &self.processor, self.aspect).map_err(|e| match e {
+            Error::Request(msg) => Error::format(name, msg),
+            e => e,
+        })?;
+        let (w, h) = (crop.width() as usize, crop.height() as usize);
+        let table = normalization_table(&self.processor);
+        let n = w * h;
+        let mut values = vec![0f32; 3 * n];
+        for (i, px) in crop.as_raw().chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                values[c * n + i] = table[c][px[c] as usize];
+            }
+        }
+        Ok(Tensor::from_vec(values, (3, h, w), &Device::Cpu)?.to_device(self.llm.device())?)
+    }
+
+    /// Generates for spliced prompts in equal-length batches (see [`crate::batch_generate`]).
+    pub fn generate_batched(
+        &self,
+        prompts: &[BatchPrompt],
+        decoding: &Decoding,
+        batch_size: usize,
+        on_done: &mut OutputSink<'_>,
+    ) -> Result<()> {
+        generate_batched(
+            &self.llm,
+            &self.tokenizer,
+            prompts,
+            decoding,
+            batch_size,
+            on_done,
+        )
     }
 
     /// Projected image features `[b, rows, hidden]` of pixel values `[b, 3, S, S]`.

@@ -1,5 +1,7 @@
-//! `sightline eval`: TruthfulQA / ETHICS with lm-evaluation-harness semantics, results in its
-//! `results.json` schema.
+//! `sightline eval`: TruthfulQA / ETHICS with lm-evaluation-harness semantics, and the image
+//! tasks (POPE, MME, COCO/Flickr30k captions, Unicorn sketchy-VQA and OODCV-VQA, VQAv2) on a LLaVA model with Sight-Beyond-Text's protocol or a
+//! greedy one; results in lm-eval's `results.json` schema either way. Text and image tasks run
+//! in separate calls: a LLaVA model is loaded for image tasks, the decoder alone for text.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -10,7 +12,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sightline_eval::cache::RequestCache;
 use sightline_eval::data::{DataSource, TruthfulQaVersion};
 use sightline_eval::evaluator::{evaluate, EvalOptions, Phase};
-use sightline_eval::lm::CandleLm;
+use sightline_eval::lm::{CandleLm, LanguageModel};
+use sightline_eval::mm::Protocol;
+use sightline_eval::mm_lm::LlavaLm;
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
 
 use super::model_args::ModelArgs;
@@ -23,6 +27,14 @@ enum TqaData {
     V0,
     /// The 2021-10-10 release with extra reference answers.
     Current,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    /// The paper's: `v0` prompt with its canned example, sampling (T 0.2, top-k 50, seeded).
+    Sbt,
+    /// Deterministic: greedy decoding, "Answer the question using a single word or phrase."
+    Greedy,
 }
 
 #[derive(ClapArgs)]
@@ -60,6 +72,34 @@ pub struct Args {
     /// TruthfulQA release.
     #[arg(long, value_enum, default_value = "v0")]
     truthfulqa_data: TqaData,
+    /// Image tasks: the folder holding the task's images (POPE: the COCO val2014 images;
+    /// sketchy-VQA: a full copy of the sketches, default the bundled ones).
+    #[arg(long, value_name = "DIR")]
+    image_root: Option<PathBuf>,
+    /// Image tasks: skip records whose image is missing (counted in results.json and on
+    /// stderr) instead of failing; --limit then counts records that have their image.
+    #[arg(long)]
+    skip_missing_images: bool,
+    /// vqav2: the val2014 questions file (`v2_OpenEnded_mscoco_val2014_questions.json`).
+    #[arg(long, value_name = "FILE")]
+    vqav2_questions: Option<PathBuf>,
+    /// vqav2: the val2014 annotations file (`v2_mscoco_val2014_annotations.json`).
+    #[arg(long, value_name = "FILE")]
+    vqav2_annotations: Option<PathBuf>,
+    /// mme: your MME copy (`MME_Benchmark_release_version`, one folder per sub-task); MME may
+    /// not be redistributed, so it is not bundled.
+    #[arg(long, value_name = "DIR")]
+    mme_dir: Option<PathBuf>,
+    /// coco_caption: SBT's files (`mscoco_train.json`, `mscoco_test.json`, `test_images/`).
+    #[arg(long, value_name = "DIR")]
+    coco_caption_dir: Option<PathBuf>,
+    /// flickr30k_caption: SBT's files (`flickr30k_train.json`, `flickr30k_test.json`,
+    /// `test_images/`).
+    #[arg(long, value_name = "DIR")]
+    flickr30k_caption_dir: Option<PathBuf>,
+    /// Image tasks: how prompts are built and answers decoded.
+    #[arg(long, value_enum, default_value = "sbt")]
+    protocol: ProtocolArg,
 }
 
 fn bar(multi: &MultiProgress, label: &str) -> ProgressBar {
@@ -85,6 +125,34 @@ pub fn run(a: Args) -> Result<()> {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let tasks = sightline_eval::tasks::resolve(&a.tasks)?;
+    let image_tasks: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.needs_images())
+        .map(|t| t.name())
+        .collect();
+    let multimodal = !image_tasks.is_empty();
+    if multimodal && image_tasks.len() != tasks.len() {
+        bail!(
+            "image tasks ({}) and text tasks run in separate `sightline eval` calls",
+            image_tasks.join(", ")
+        );
+    }
+    if multimodal && !a.model.is_multimodal()? {
+        bail!(
+            "{} is a text-only model: image tasks ({}) need a LLaVA checkpoint, or --mm-projector (and --vision-tower) on a LLaMA one",
+            a.model.model,
+            image_tasks.join(", ")
+        );
+    }
+    if let Some(root) = &a.image_root {
+        if !root.is_dir() {
+            bail!("--image-root {}: not a directory", root.display());
+        }
+    }
+    let protocol = match a.protocol {
+        ProtocolArg::Sbt => Protocol::Sbt,
+        ProtocolArg::Greedy => Protocol::Greedy,
+    };
     if let Some(dir) = &a.output {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -102,28 +170,64 @@ pub fn run(a: Args) -> Result<()> {
             TqaData::V0 => TruthfulQaVersion::V0,
             TqaData::Current => TruthfulQaVersion::Current,
         },
+        image_root: a.image_root.clone(),
+        protocol,
+        vqav2_questions: a.vqav2_questions.clone(),
+        vqav2_annotations: a.vqav2_annotations.clone(),
+        mme_dir: a.mme_dir.clone(),
+        coco_caption_dir: a.coco_caption_dir.clone(),
+        flickr30k_caption_dir: a.flickr30k_caption_dir.clone(),
     };
     let opts = EvalOptions {
         limit: a.limit,
         shuffle_seed: a.seed,
         data: data.clone(),
         log_samples: a.log_samples,
+        skip_missing_images: a.skip_missing_images,
     };
-    let loaded = a.model.load()?;
-    let max_length = a
-        .scoring
-        .max_length
-        .unwrap_or(loaded.model.config.max_position_embeddings);
     let adapter = a.model.adapter.as_ref().map(|p| p.display().to_string());
-    let lm = CandleLm {
-        loaded,
-        score: a.scoring.options(),
-        max_gen_toks: 256,
-        tag: format!(
-            "adapter={}|dtype={}",
-            adapter.clone().unwrap_or_default(),
-            a.model.dtype
-        ),
+    let tag = format!(
+        "adapter={}|dtype={}",
+        adapter.clone().unwrap_or_default(),
+        a.model.dtype
+    );
+    let (lm, max_length): (Box<dyn LanguageModel>, usize) = if multimodal {
+        let llava = a.model.load_llava()?;
+        let max_length = llava.llm.config.max_position_embeddings;
+        let tag = format!(
+            "{}|{tag}|vision_tower={}|mm_projector={}|aspect={:?}",
+            a.model.model,
+            a.model
+                .vision_tower
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
+            a.model
+                .mm_projector
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
+            llava.aspect
+        );
+        let lm = LlavaLm {
+            llava,
+            batch_size: a.scoring.batch_size.max(1),
+            tag,
+        };
+        (Box::new(lm), max_length)
+    } else {
+        let loaded = a.model.load()?;
+        let max_length = a
+            .scoring
+            .max_length
+            .unwrap_or(loaded.model.config.max_position_embeddings);
+        let lm = CandleLm {
+            loaded,
+            score: a.scoring.options(),
+            max_gen_toks: 256,
+            tag,
+        };
+        (Box::new(lm), max_length)
     };
     let mut cache = match &a.cache {
         Some(dir) => Some(RequestCache::open(dir)?),
@@ -134,7 +238,7 @@ pub fn run(a: Args) -> Result<()> {
     let ll_bar = bar(&multi, "loglikelihood");
     let gen_bar = bar(&multi, "generate");
     let results = evaluate(
-        &lm,
+        lm.as_ref(),
         &tasks,
         &opts,
         cache.as_mut(),
@@ -165,7 +269,30 @@ pub fn run(a: Args) -> Result<()> {
         add_bos: a.scoring.add_bos,
         empty_context_prefix: format!("{:?}", a.scoring.empty_context_prefix).to_lowercase(),
         max_length,
+        multimodal: multimodal.then(|| {
+            serde_json::json!({
+                "protocol": protocol.describe(),
+                "image_root": a.image_root.as_ref().map(|p| p.display().to_string()),
+                "skip_missing_images": a.skip_missing_images,
+                "generation_batch_size": a.scoring.batch_size.max(1),
+                "batching": "equal-length prompts per batch, no padding (batch-size invariant)",
+            })
+        }),
     };
+    for r in &results {
+        if r.name.ends_with("_caption") {
+            eprintln!(
+                "{}: METEOR and SPICE are absent (they need Java and the pycocoevalcap jars, which sightline does not run)",
+                r.name
+            );
+        }
+        if let Some(k) = r.skipped_missing_images.filter(|&k| k > 0) {
+            eprintln!(
+                "{}: skipped {k} of {} records whose image is missing",
+                r.name, r.n_original
+            );
+        }
+    }
     if let Some(dir) = &a.output {
         let json = serde_json::to_string_pretty(&results_json(&results, &info))?;
         write_file(&dir.join("results.json"), a.overwrite, json.as_bytes())?;

@@ -1,7 +1,13 @@
 //! The task registry: one line per task, one line per group.
 
+pub mod caption;
 pub mod ethics;
+pub mod mme;
+pub mod pope;
 pub mod truthfulqa;
+pub mod unicorn;
+pub mod unicorn_oodcv;
+pub mod vqav2;
 
 use crate::error::{Error, Result};
 use crate::task::Task;
@@ -17,6 +23,17 @@ pub fn all() -> Vec<Box<dyn Task>> {
         Box::new(ethics::EthicsJustice),
         Box::new(ethics::EthicsUtilitarianism),
         Box::new(ethics::EthicsVirtue),
+        Box::new(pope::RANDOM),
+        Box::new(pope::POPULAR),
+        Box::new(pope::ADVERSARIAL),
+        Box::new(unicorn::SKETCHY_VQA),
+        Box::new(unicorn::SKETCHY_CHALLENGING),
+        Box::new(unicorn_oodcv::OODCV_VQA),
+        Box::new(unicorn_oodcv::OODCV_COUNTERFACTUAL),
+        Box::new(vqav2::Vqav2),
+        Box::new(mme::Mme),
+        Box::new(caption::COCO),
+        Box::new(caption::FLICKR30K),
     ]
 }
 
@@ -36,6 +53,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "ethics_virtue",
         ],
     ),
+    ("pope", &["pope_random", "pope_popular", "pope_adversarial"]),
 ];
 
 /// Resolves a comma-separated list of task and group names, keeping first-mention order and

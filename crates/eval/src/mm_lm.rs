@@ -1,0 +1,172 @@
+//! A LLaVA model behind the evaluator's [`LanguageModel`] interface, for image tasks.
+//!
+//! Requests are tokenized first and sorted by (spliced length, image), then handled in windows
+//! of `16 × batch_size`: each window decodes its images (through [`crate::mm::load_image`], the
+//! one hook for transforming decoded images), computes each distinct image's features once,
+//! splices the prompts and hands them to [`sightline_vision::batch_generate`], which batches
+//! equal-length prompts. Sorting first makes nearly every batch full (evaluation prompts differ
+//! by a few question tokens) and keeps the questions about one image together; the window
+//! bounds memory (spliced prompts are `len × hidden` each).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use sightline_vision::batch_generate::{BatchPrompt, Decoding, Sampling};
+use sightline_vision::llava::{Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
+
+use crate::error::{Error, Result};
+use crate::lm::{DoneSink, ImageGen, LanguageModel, TextSink};
+use crate::mm::{load_image, MmDecoding};
+
+/// A loaded LLaVA model answering image requests.
+pub struct LlavaLm {
+    pub llava: Llava,
+    /// Prompts per forward pass.
+    pub batch_size: usize,
+    /// What the model was loaded from (path, vision tower, dtype...), for cache keys.
+    pub tag: String,
+}
+
+fn vision_err(e: sightline_vision::Error) -> Error {
+    Error::Config(e.to_string())
+}
+
+fn decoding_of(d: &MmDecoding) -> Decoding {
+    Decoding {
+        max_new_tokens: d.max_new_tokens,
+        min_new_tokens: d.min_new_tokens,
+        sampling: (d.temperature > 0.0).then_some(Sampling {
+            temperature: d.temperature,
+            top_k: d.top_k,
+        }),
+        stop: d.stop.clone(),
+    }
+}
+
+/// Requests sharing decoding settings (the seed aside) can share a batch.
+fn decoding_key(d: &MmDecoding) -> String {
+    format!(
+        "{}|{}|{}|{}|{:?}",
+        d.max_new_tokens, d.min_new_tokens, d.temperature, d.top_k, d.stop
+    )
+}
+
+impl LlavaLm {
+    /// Token ids of a prompt, `<image>` written the way the checkpoint expects.
+    fn ids(&self, context: &str) -> Result<Vec<i64>> {
+        let token = self.llava.image_prompt_token();
+        let prompt = if token == IMAGE_PLACEHOLDER {
+            context.to_string()
+        } else {
+            context.replace(IMAGE_PLACEHOLDER, &token)
+        };
+        let ids = self.llava.tokenize(&prompt).map_err(vision_err)?;
+        let markers = ids.iter().filter(|&&t| t == IMAGE_TOKEN_INDEX).count();
+        if markers != 1 {
+            return Err(Error::Config(format!(
+                "an image prompt needs exactly one `<image>`, found {markers}: {context:?}"
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Projected features `[rows, hidden]` of the image an `image_ref` names.
+    fn features(&self, image_ref: &str) -> Result<Tensor> {
+        let rgb = load_image(image_ref)?;
+        let px = self
+            .llava
+            .pixels_from_rgb(&rgb, Path::new(image_ref))
+            .map_err(vision_err)?;
+        let f = self
+            .llava
+            .image_features(&px.unsqueeze(0).map_err(|e| Error::Config(e.to_string()))?)
+            .map_err(vision_err)?;
+        f.squeeze(0).map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+impl LanguageModel for LlavaLm {
+    fn identity(&self) -> String {
+        format!("llava|{}", self.tag)
+    }
+
+    fn loglikelihood(
+        &self,
+        requests: &[(String, String)],
+        _skip: &dyn Fn(usize) -> bool,
+        _on_done: &mut DoneSink<'_>,
+    ) -> Result<()> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(
+            "text tasks and image tasks run in separate `sightline eval` calls (a LLaVA model is loaded for image tasks only)".into(),
+        ))
+    }
+
+    fn generate_until(&self, _context: &str, _until: &[String]) -> Result<String> {
+        Err(Error::Config(
+            "text tasks and image tasks run in separate `sightline eval` calls (a LLaVA model is loaded for image tasks only)".into(),
+        ))
+    }
+
+    fn generate_images(&self, requests: &[ImageGen], on_done: &mut TextSink<'_>) -> Result<()> {
+        let ids: Vec<Vec<i64>> = requests
+            .iter()
+            .map(|r| self.ids(&r.context))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|&a, &b| {
+            decoding_key(&requests[a].decoding)
+                .cmp(&decoding_key(&requests[b].decoding))
+                .then(ids[a].len().cmp(&ids[b].len()))
+                .then(requests[a].image.cmp(&requests[b].image))
+                .then(a.cmp(&b))
+        });
+        let bs = self.batch_size.max(1);
+        let mut start = 0;
+        while start < order.len() {
+            // A window: at most 16 batches, all with the same decoding settings.
+            let key = decoding_key(&requests[order[start]].decoding);
+            let mut end = start;
+            while end < order.len()
+                && end - start < 16 * bs
+                && decoding_key(&requests[order[end]].decoding) == key
+            {
+                end += 1;
+            }
+            let window = &order[start..end];
+            let mut features: HashMap<&str, Tensor> = HashMap::new();
+            let mut prompts = Vec::with_capacity(window.len());
+            for &i in window {
+                let r = &requests[i];
+                if !features.contains_key(r.image.as_str()) {
+                    features.insert(r.image.as_str(), self.features(&r.image)?);
+                }
+                let f = features[r.image.as_str()].clone();
+                prompts.push(BatchPrompt {
+                    embeds: self.llava.splice(&ids[i], &[f]).map_err(vision_err)?,
+                    seed: r.decoding.seed,
+                });
+            }
+            let decoding = decoding_of(&requests[window[0]].decoding);
+            let mut inner: Option<Error> = None;
+            self.llava
+                .generate_batched(&prompts, &decoding, bs, &mut |done| {
+                    let unit: Vec<(usize, String)> = done
+                        .iter()
+                        .map(|(k, out)| (window[*k], out.text.clone()))
+                        .collect();
+                    on_done(&unit).map_err(|e| {
+                        let msg = e.to_string();
+                        inner = Some(e);
+                        sightline_vision::Error::Request(msg)
+                    })
+                })
+                .map_err(|e| inner.take().unwrap_or_else(|| vision_err(e)))?;
+            start = end;
+        }
+        Ok(())
+    }
+}
