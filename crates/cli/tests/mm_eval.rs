@@ -543,3 +543,74 @@ fn captions_score_without_meteor_and_spice() {
         .any(|k| k.contains("METEOR") || k.contains("SPICE")));
     assert_eq!(r["n-samples"]["flickr30k_caption"]["effective"], 3);
 }
+
+/// `--corrupt NAME:S`: results and samples are named by the corruption, the run records it,
+/// and bad specs or text tasks are one-line errors.
+#[test]
+fn corrupt_flag_names_results_and_records_the_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("coco");
+    std::fs::create_dir(&images).unwrap();
+    pope_image_root(&images);
+    let out = tmp.path().join("out");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "eval",
+            "--model",
+            &path("tests/fixtures/mm_eval/tiny-llava-hf-2k"),
+            "--tasks",
+            "pope_random",
+            "--image-root",
+            images.to_str().unwrap(),
+            "--limit",
+            "3",
+            "--protocol",
+            "greedy",
+            "--output",
+            out.to_str().unwrap(),
+            "--log-samples",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    for spec in ["gaussian_noise:5", "snow:1"] {
+        let a = args(&["--corrupt", spec]);
+        let o = sightline(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (name, sev) = spec.split_once(':').unwrap();
+        let r = read_json(&out.join(format!("results_{name}_{sev}.json")));
+        let c = &r["config"]["multimodal"]["corruption"];
+        assert_eq!(c["name"], name);
+        assert_eq!(c["severity"].as_u64(), Some(sev.parse().unwrap()));
+        assert!(out
+            .join(format!("samples_pope_random_{name}_{sev}.jsonl"))
+            .is_file());
+    }
+    assert!(!out.join("results.json").exists());
+    for (bad, want) in [
+        ("gaussian_nois:3", "unknown corruption"),
+        ("snow:6", "1 to 5"),
+        ("snow", "NAME:SEVERITY"),
+    ] {
+        let a = args(&["--corrupt", bad]);
+        let o = sightline(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(err.contains(want), "{bad}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1);
+    }
+    let o = sightline(&[
+        "eval",
+        "--tasks",
+        "ethics_cm",
+        "--limit",
+        "1",
+        "--corrupt",
+        "snow:1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("image tasks only"), "{}", stderr(&o));
+}

@@ -19,6 +19,42 @@ use crate::error::{Error, Result};
 use crate::lm::{DoneSink, ImageGen, LanguageModel, TextSink};
 use crate::mm::{load_image, MmDecoding};
 
+/// An ImageNet-C corruption applied to every image of a run (`--corrupt NAME:S`).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageCorruption {
+    pub kind: sightline_corrupt::Corruption,
+    pub severity: u8,
+    /// Base seed; each image draws from `derive_seed(seed, file name, kind, severity)`.
+    pub seed: u64,
+}
+
+impl ImageCorruption {
+    /// Spec E8.1 (its ASSUMPTION for SBT's unpublished script): resize the shortest side to 224
+    /// (bicubic) and center-crop 224, CLIP's own geometry, then corrupt. The model's processor
+    /// then sees a 224×224 image, as it would see SBT's saved PNGs.
+    pub fn apply(
+        &self,
+        rgb: &sightline_vision::RgbImage,
+        image_ref: &str,
+    ) -> Result<sightline_vision::RgbImage> {
+        use sightline_vision::preprocess::{resize_and_crop, AspectMode, ImageProcessorConfig};
+        let cfg = ImageProcessorConfig::clip(sightline_corrupt::SIZE as usize);
+        let square = resize_and_crop(rgb, &cfg, AspectMode::Square).map_err(vision_err)?;
+        let name = Path::new(image_ref)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(image_ref);
+        let seed = sightline_corrupt::derive_seed(self.seed, name, self.kind, self.severity);
+        sightline_corrupt::corrupt(&square, self.kind, self.severity, seed)
+            .map_err(|e| Error::Config(format!("{image_ref}: {}: {e}", self.kind.name())))
+    }
+
+    /// `gaussian_noise:3`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.kind.name(), self.severity)
+    }
+}
+
 /// A loaded LLaVA model answering image requests.
 pub struct LlavaLm {
     pub llava: Llava,
@@ -26,6 +62,8 @@ pub struct LlavaLm {
     pub batch_size: usize,
     /// What the model was loaded from (path, vision tower, dtype...), for cache keys.
     pub tag: String,
+    /// Applied to every decoded image before the model's preprocessing.
+    pub corruption: Option<ImageCorruption>,
 }
 
 fn vision_err(e: sightline_vision::Error) -> Error {
@@ -73,7 +111,10 @@ impl LlavaLm {
 
     /// Projected features `[rows, hidden]` of the image an `image_ref` names.
     fn features(&self, image_ref: &str) -> Result<Tensor> {
-        let rgb = load_image(image_ref)?;
+        let mut rgb = load_image(image_ref)?;
+        if let Some(c) = &self.corruption {
+            rgb = c.apply(&rgb, image_ref)?;
+        }
         let px = self
             .llava
             .pixels_from_rgb(&rgb, Path::new(image_ref))
@@ -88,7 +129,10 @@ impl LlavaLm {
 
 impl LanguageModel for LlavaLm {
     fn identity(&self) -> String {
-        format!("llava|{}", self.tag)
+        match &self.corruption {
+            Some(c) => format!("llava|{}|corrupt={}|seed={}", self.tag, c.label(), c.seed),
+            None => format!("llava|{}", self.tag),
+        }
     }
 
     fn loglikelihood(
@@ -167,6 +211,47 @@ impl LanguageModel for LlavaLm {
                 .map_err(|e| inner.take().unwrap_or_else(|| vision_err(e)))?;
             start = end;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The corruption sees the 224×224 CLIP crop, is seeded per image name, and changes it.
+    #[test]
+    fn corruption_applies_to_the_224_crop_with_a_per_image_seed() -> Result<()> {
+        let sketch = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/unicorn/sketchy-vqa/images/skechydata/sketchespng/dog/5291.png"
+        );
+        let rgb = crate::mm::load_image(sketch)?;
+        let c = ImageCorruption {
+            kind: sightline_corrupt::Corruption::GaussianNoise,
+            severity: 3,
+            seed: 7,
+        };
+        let a = c.apply(&rgb, sketch)?;
+        assert_eq!(a.dimensions(), (224, 224));
+        assert_eq!(a, c.apply(&rgb, sketch)?, "same image, same noise");
+        assert_ne!(
+            a,
+            c.apply(&rgb, "/elsewhere/other.png")?,
+            "another name, other noise"
+        );
+        let cfg = sightline_vision::preprocess::ImageProcessorConfig::clip(224);
+        let clean = sightline_vision::preprocess::resize_and_crop(
+            &rgb,
+            &cfg,
+            sightline_vision::preprocess::AspectMode::Square,
+        )
+        .map_err(vision_err)?;
+        assert_ne!(a, clean);
+        let seed = sightline_corrupt::derive_seed(7, "5291.png", c.kind, 3);
+        let want = sightline_corrupt::corrupt(&clean, c.kind, 3, seed)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        assert_eq!(a, want);
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use sightline_eval::data::{DataSource, TruthfulQaVersion};
 use sightline_eval::evaluator::{evaluate, EvalOptions, Phase};
 use sightline_eval::lm::{CandleLm, LanguageModel};
 use sightline_eval::mm::Protocol;
-use sightline_eval::mm_lm::LlavaLm;
+use sightline_eval::mm_lm::{ImageCorruption, LlavaLm};
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
 
 use super::model_args::ModelArgs;
@@ -100,6 +100,34 @@ pub struct Args {
     /// Image tasks: how prompts are built and answers decoded.
     #[arg(long, value_enum, default_value = "sbt")]
     protocol: ProtocolArg,
+    /// Image tasks: apply an ImageNet-C corruption at a severity (1-5) to every image, e.g.
+    /// `gaussian_noise:3` (after resizing/center-cropping to 224, spec E8.1). Results go to
+    /// results_<name>_<severity>.json (samples likewise) so runs can share --output.
+    #[arg(long, value_name = "NAME:S")]
+    corrupt: Option<String>,
+    /// Base seed of the corruptions' noise (each image gets its own, derived from this, its
+    /// file name, the corruption and the severity).
+    #[arg(long, default_value_t = 0)]
+    corrupt_seed: u64,
+}
+
+/// `gaussian_noise:3` → the corruption and its severity.
+fn parse_corruption(spec: &str, seed: u64) -> Result<ImageCorruption> {
+    let (name, sev) = spec.split_once(':').with_context(|| {
+        format!("--corrupt {spec}: expected NAME:SEVERITY, e.g. gaussian_noise:3")
+    })?;
+    let kind: sightline_corrupt::Corruption =
+        name.parse().with_context(|| format!("--corrupt {spec}"))?;
+    let severity: u8 = sev
+        .parse()
+        .ok()
+        .filter(|s| (1..=5).contains(s))
+        .with_context(|| format!("--corrupt {spec}: the severity must be 1 to 5"))?;
+    Ok(ImageCorruption {
+        kind,
+        severity,
+        seed,
+    })
 }
 
 fn bar(multi: &MultiProgress, label: &str) -> ProgressBar {
@@ -149,6 +177,22 @@ pub fn run(a: Args) -> Result<()> {
             bail!("--image-root {}: not a directory", root.display());
         }
     }
+    let corruption = a
+        .corrupt
+        .as_deref()
+        .map(|s| parse_corruption(s, a.corrupt_seed))
+        .transpose()?;
+    if corruption.is_some() && !multimodal {
+        bail!(
+            "--corrupt applies to image tasks only ({} has none)",
+            a.tasks
+        );
+    }
+    // Results named by corruption: runs at several corruptions can share --output.
+    let suffix = corruption
+        .map(|c| format!("_{}_{}", c.kind.name(), c.severity))
+        .unwrap_or_default();
+    let results_name = format!("results{suffix}.json");
     let protocol = match a.protocol {
         ProtocolArg::Sbt => Protocol::Sbt,
         ProtocolArg::Greedy => Protocol::Greedy,
@@ -156,7 +200,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(dir) = &a.output {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create", dir.display()))?;
-        let results = dir.join("results.json");
+        let results = dir.join(&results_name);
         if results.exists() && !a.overwrite {
             bail!(
                 "{}: already exists (pass --overwrite to replace it)",
@@ -213,6 +257,7 @@ pub fn run(a: Args) -> Result<()> {
             llava,
             batch_size: a.scoring.batch_size.max(1),
             tag,
+            corruption,
         };
         (Box::new(lm), max_length)
     } else {
@@ -276,6 +321,12 @@ pub fn run(a: Args) -> Result<()> {
                 "skip_missing_images": a.skip_missing_images,
                 "generation_batch_size": a.scoring.batch_size.max(1),
                 "batching": "equal-length prompts per batch, no padding (batch-size invariant)",
+                "corruption": corruption.map(|c| serde_json::json!({
+                    "name": c.kind.name(),
+                    "severity": c.severity,
+                    "seed": c.seed,
+                    "geometry": "shortest side resized to 224 (bicubic), center crop 224, then corrupted (spec E8.1)",
+                })),
             })
         }),
     };
@@ -295,7 +346,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(dir) = &a.output {
         let json = serde_json::to_string_pretty(&results_json(&results, &info))?;
-        write_file(&dir.join("results.json"), a.overwrite, json.as_bytes())?;
+        write_file(&dir.join(&results_name), a.overwrite, json.as_bytes())?;
         if a.log_samples {
             for r in &results {
                 let mut text = String::new();
@@ -304,7 +355,7 @@ pub fn run(a: Args) -> Result<()> {
                     text.push('\n');
                 }
                 write_file(
-                    &dir.join(format!("samples_{}.jsonl", r.name)),
+                    &dir.join(format!("samples_{}{suffix}.jsonl", r.name)),
                     a.overwrite,
                     text.as_bytes(),
                 )?;
@@ -317,6 +368,9 @@ pub fn run(a: Args) -> Result<()> {
             info.cache_hits,
             a.cache.as_deref().unwrap_or(Path::new("")).display()
         );
+    }
+    if let Some(c) = &corruption {
+        println!("corruption: {} at severity {}", c.kind.name(), c.severity);
     }
     print!("{}", markdown_table(&results));
     Ok(())
