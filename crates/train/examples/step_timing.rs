@@ -1,15 +1,26 @@
-//! Tokens/s of one training step (forward + backward + AdamW) on a random LLaMA, for
-//! comparison with PyTorch in `bench/`. Not a test: timings are printed, never asserted.
+//! Tokens/s and peak memory of the training step (forward + backward + clip + AdamW, f32) for
+//! `bench/train_step_vs_torch.py`, which runs PyTorch on the same checkpoint and batch and
+//! compares. Not a test: timings are printed, never asserted.
 //!
 //! ```sh
-//! cargo run --release -p sightline-train --example step_timing -- [hidden layers heads kv_heads vocab batch seq steps mode]
-//! # mode: full | lora; defaults: 256 4 8 4 4096 4 128 5 full
+//! cargo run --release -p sightline-train --example step_timing -- \
+//!     --model DIR [--batch-file F] [--batch 4] [--seq 256] [--steps 3] [--mode full|lora] \
+//!     [--checkpointing]
 //! ```
+//!
+//! `--model` is an HF LLaMA checkpoint directory (config.json + safetensors); `--batch-file` a
+//! safetensors file with `input_ids` `[batch, seq]` (i64), used as the labels too (the bench
+//! writes it so that both sides see the same tokens); without it the ids are drawn at random.
+//! The last line of output is one JSON object: seconds per step, tokens/s, the losses, and the
+//! process's peak resident memory (`VmHWM`).
+//!
+//! The global allocator is mimalloc, as in the `sightline` binary: candle allocates fresh
+//! tensors per op and the system allocator's page faults cost a third of a step.
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use sightline_model::{LlamaConfig, Weights};
 use sightline_train::finetune::{AccumLoss, Batch, OptimSettings, Trainer};
@@ -17,66 +28,86 @@ use sightline_train::lora::LoraSpec;
 use sightline_train::model::{TrainLlama, Trainable};
 use sightline_train::schedule::SchedulerType;
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let num = |i: usize, d: usize| -> Result<usize> {
-        args.get(i)
-            .map_or(Ok(d), |s| s.parse().context("numeric argument"))
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Args {
+    model: PathBuf,
+    batch_file: Option<PathBuf>,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    mode: String,
+    checkpointing: bool,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        model: PathBuf::new(),
+        batch_file: None,
+        batch: 4,
+        seq: 256,
+        steps: 3,
+        mode: "full".into(),
+        checkpointing: false,
     };
-    let (hs, layers, heads, kvh, vocab) = (
-        num(0, 256)?,
-        num(1, 4)?,
-        num(2, 8)?,
-        num(3, 4)?,
-        num(4, 4096)?,
-    );
-    let (batch, seq, steps) = (num(5, 4)?, num(6, 128)?, num(7, 5)?);
-    let mode = args.get(8).map_or("full", |s| s.as_str());
-    let is = hs * 8 / 3;
-    let cfg_json = serde_json::json!({
-        "hidden_size": hs, "intermediate_size": is, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kvh, "vocab_size": vocab,
-        "max_position_embeddings": seq.max(2048),
-    });
-    let path = std::path::Path::new("random-config.json");
-    let cfg = LlamaConfig::from_json(&cfg_json.to_string(), path)?;
-    let dev = Device::Cpu;
-    let d = cfg.head_dim();
-    let mut t = HashMap::new();
-    let mut put = |name: String, shape: &[usize]| -> Result<()> {
-        let x = if shape.len() == 1 {
-            Tensor::ones(shape, DType::F32, &dev)?
-        } else {
-            Tensor::randn(0f32, 0.02, shape, &dev)?
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--checkpointing" {
+            a.checkpointing = true;
+            continue;
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let num = || {
+            value
+                .parse::<usize>()
+                .with_context(|| format!("{flag} {value}"))
         };
-        t.insert(name, x);
-        Ok(())
-    };
-    put("model.embed_tokens.weight".into(), &[vocab, hs])?;
-    put("lm_head.weight".into(), &[vocab, hs])?;
-    put("model.norm.weight".into(), &[hs])?;
-    for i in 0..layers {
-        let p = format!("model.layers.{i}");
-        put(format!("{p}.self_attn.q_proj.weight"), &[heads * d, hs])?;
-        put(format!("{p}.self_attn.k_proj.weight"), &[kvh * d, hs])?;
-        put(format!("{p}.self_attn.v_proj.weight"), &[kvh * d, hs])?;
-        put(format!("{p}.self_attn.o_proj.weight"), &[hs, heads * d])?;
-        put(format!("{p}.mlp.gate_proj.weight"), &[is, hs])?;
-        put(format!("{p}.mlp.up_proj.weight"), &[is, hs])?;
-        put(format!("{p}.mlp.down_proj.weight"), &[hs, is])?;
-        put(format!("{p}.input_layernorm.weight"), &[hs])?;
-        put(format!("{p}.post_attention_layernorm.weight"), &[hs])?;
+        match flag.as_str() {
+            "--model" => a.model = value.clone().into(),
+            "--batch-file" => a.batch_file = Some(value.clone().into()),
+            "--batch" => a.batch = num()?,
+            "--seq" => a.seq = num()?,
+            "--steps" => a.steps = num()?,
+            "--mode" => a.mode = value.clone(),
+            other => bail!("unknown flag {other}"),
+        }
     }
-    let w = Weights::from_tensors(t, path.into(), DType::F32, &dev);
-    let trainable = match mode {
+    if a.model.as_os_str().is_empty() {
+        bail!("--model DIR is required");
+    }
+    Ok(a)
+}
+
+/// Peak resident set of this process in KiB (`VmHWM` of /proc/self/status; 0 elsewhere).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    let a = parse()?;
+    let dev = Device::Cpu;
+    let cfg_path = a.model.join("config.json");
+    let cfg = LlamaConfig::from_file(&cfg_path)?;
+    let w = Weights::from_dir(&a.model, DType::F32, &dev)?;
+    let trainable = match a.mode.as_str() {
         "full" => Trainable::Full,
         "lora" => Trainable::Lora(LoraSpec {
             dropout: 0.0,
             ..LoraSpec::paper(0)
         }),
-        other => anyhow::bail!("mode `{other}`: expected full or lora"),
+        other => bail!("mode `{other}`: expected full or lora"),
     };
-    let model = TrainLlama::new(&cfg, &w, path, &trainable)?;
+    let model = TrainLlama::new(&cfg, &w, &cfg_path, &trainable)?;
+    drop(w);
     let settings = OptimSettings {
         learning_rate: 1e-4,
         mm_projector_lr: None,
@@ -86,28 +117,53 @@ fn main() -> Result<()> {
         adam_epsilon: 1e-8,
         lr_scheduler_type: SchedulerType::ConstantWithWarmup,
         warmup_steps: 0,
-        total_steps: steps,
+        total_steps: a.steps + 1,
         max_grad_norm: Some(1.0),
-        accum_loss: AccumLoss::Tokens,
+        accum_loss: AccumLoss::Mean,
     };
     let mut tr = Trainer::new(model, None, settings);
-    let ids = Tensor::rand(0f32, vocab as f32, (batch, seq), &dev)?.to_dtype(DType::U32)?;
-    let labels = ids.to_dtype(DType::I64)?;
+    tr.set_gradient_checkpointing(a.checkpointing);
+    let ids = match &a.batch_file {
+        Some(f) => {
+            let t = candle_core::safetensors::load(f, &dev)?;
+            t.get("input_ids")
+                .context("batch file has no input_ids")?
+                .clone()
+        }
+        None => Tensor::rand(0f32, cfg.vocab_size as f32, (a.batch, a.seq), &dev)?
+            .to_dtype(DType::I64)?,
+    };
+    let (b, t) = ids.dims2()?;
     let group = [Batch {
-        input_ids: ids,
-        labels,
+        input_ids: ids.to_dtype(DType::U32)?,
+        labels: ids.to_dtype(DType::I64)?,
         image: None,
     }];
-    tr.train_step(&group)?; // warm-up
+    let mut losses = vec![tr.train_step(&group)?.losses[0]]; // warm-up, not timed
     let start = Instant::now();
-    for _ in 0..steps {
-        tr.train_step(&group)?;
+    for _ in 0..a.steps {
+        losses.push(tr.train_step(&group)?.losses[0]);
     }
-    let secs = start.elapsed().as_secs_f64() / steps as f64;
+    let secs = start.elapsed().as_secs_f64() / a.steps as f64;
+    let tokens_per_s = (b * t) as f64 / secs;
+    eprintln!(
+        "sightline mode {} batch {b} seq {t} checkpointing {}: {secs:.3} s/step, {tokens_per_s:.0} tokens/s",
+        a.mode, a.checkpointing
+    );
     println!(
-        "mode {mode} hidden {hs} layers {layers} vocab {vocab} batch {batch} seq {seq}: {:.3} s/step, {:.0} tokens/s",
-        secs,
-        (batch * seq) as f64 / secs
+        "{}",
+        serde_json::json!({
+            "system": "sightline",
+            "mode": a.mode,
+            "checkpointing": a.checkpointing,
+            "batch": b,
+            "seq": t,
+            "steps": a.steps,
+            "secs_per_step": secs,
+            "tokens_per_s": tokens_per_s,
+            "losses": losses,
+            "peak_rss_kib": peak_rss_kib(),
+        })
     );
     Ok(())
 }

@@ -161,9 +161,19 @@ impl TrainConfig {
                 .unwrap_or_else(|| toml::Value::String(value.to_string()));
             table.insert(key.to_string(), parsed);
         }
-        let cfg: TrainConfig = toml::Value::Table(table)
+        let mut cfg: TrainConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        // TOML has no null: an empty string unsets an optional path (`vision_tower=""`).
+        for opt in [
+            &mut cfg.image_folder,
+            &mut cfg.vision_tower,
+            &mut cfg.pretrain_mm_mlp_adapter,
+        ] {
+            if opt.as_deref() == Some("") {
+                *opt = None;
+            }
+        }
         cfg.validate(path)?;
         Ok(cfg)
     }

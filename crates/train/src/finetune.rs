@@ -88,6 +88,8 @@ pub struct Trainer {
     /// LLaVA's stage-1 splice branch (`tune_mm_mlp_adapter` with `mm_use_im_start_end`, see
     /// [`splice`]); off by default.
     pub stage1_branch: bool,
+    /// Per-layer gradient checkpointing (`gradient_checkpointing` of the run config).
+    checkpointing: bool,
 }
 
 impl Trainer {
@@ -137,6 +139,7 @@ impl Trainer {
             opt,
             settings,
             stage1_branch: false,
+            checkpointing: false,
         }
     }
 
@@ -198,6 +201,11 @@ impl Trainer {
                     splice(&embeds, &feats, &img.positions, &labels, self.stage1_branch)?;
             }
             tokens += embeds.dim(0)? * embeds.dim(1)?;
+            if self.checkpointing {
+                let n = group.len();
+                losses.push(self.backward_checkpointed(&embeds, &labels, n, group_labels)?);
+                continue;
+            }
             let hidden = self.model.forward_hidden(&embeds, true)?;
             let parts = causal_lm_loss(&self.model, &hidden, &labels)?;
             if parts.targets == 0 {
@@ -287,6 +295,61 @@ impl Trainer {
         }
         var.set(&value.to_dtype(var.dtype())?)?;
         Ok(())
+    }
+}
+
+/// Gradient checkpointing (see [`TrainLlama::checkpointed_backward`]): same losses and
+/// gradients as the plain path, activation memory of one layer instead of all of them.
+impl Trainer {
+    /// Turns per-decoder-layer gradient checkpointing on or off (off by default).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    /// Whether gradient checkpointing is on.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// The checkpointed forward + backward of one micro-batch: the plain path's loss and
+    /// scaling, gradients added into the buffers. Returns the micro-batch's mean loss.
+    fn backward_checkpointed(
+        &mut self,
+        embeds: &Tensor,
+        labels: &[Vec<i64>],
+        micro_batches: usize,
+        group_labels: usize,
+    ) -> Result<f64> {
+        let accum_loss = self.settings.accum_loss;
+        let model = &self.model;
+        let (params, grads) = (&self.params, &mut self.grads);
+        let mut loss = f64::NAN;
+        model.checkpointed_backward(
+            embeds,
+            true,
+            |hidden| {
+                let parts = causal_lm_loss(model, hidden, labels)?;
+                if parts.targets == 0 {
+                    return Ok(None);
+                }
+                loss = parts.sum.to_scalar::<f32>()? as f64 / parts.targets as f64;
+                let denom = match accum_loss {
+                    AccumLoss::Tokens => group_labels as f64,
+                    AccumLoss::Mean => (parts.targets * micro_batches) as f64,
+                };
+                Ok(Some((parts.sum / denom)?))
+            },
+            |store| {
+                for (p, buf) in params.iter().zip(grads.iter_mut()) {
+                    let Some(var) = p.param.var() else { continue };
+                    if let Some(g) = store.get(var.as_tensor()) {
+                        add_into(buf, g)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(loss)
     }
 }
 

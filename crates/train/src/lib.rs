@@ -6,7 +6,14 @@
 //!   and the splice of image features.
 //! - [`loss`]: transformers' shifted cross-entropy; [`optim`]: torch AdamW and
 //!   `clip_grad_norm_`; [`schedule`]: HF's warmup + linear/cosine schedules.
-//! - [`finetune::Trainer`]: one HF-Trainer optimizer step (accumulate, clip, AdamW, schedule).
+//! - [`finetune::Trainer`]: one HF-Trainer optimizer step (accumulate, clip, AdamW, schedule);
+//!   [`finetune::Trainer::set_gradient_checkpointing`] recomputes each decoder layer in the
+//!   backward instead of keeping its activations (same losses and gradients, bit for bit in
+//!   the tests; activation memory of one layer plus each layer's input).
+//! - [`fused`]: CPU ops with hand-written backward passes (RMSNorm, RoPE, causal softmax,
+//!   SwiGLU, cross-entropy, a matmul that skips the frozen weight's gradient) that replace
+//!   chains of generic autograd ops; AdamW updates parameters in place. Speed and memory
+//!   against PyTorch: `bench/train_step_vs_torch.py`, figures in BENCHMARKS.md.
 //! - [`checkpoint`]: full weights, `mm_projector.safetensors`, PEFT adapters, atomically.
 //! - [`config::TrainConfig`]: the run settings with HF-Trainer / LLaVA field names.
 //!
@@ -40,6 +47,7 @@ pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod finetune;
+pub mod fused;
 pub mod lora;
 pub mod loss;
 pub mod merge;

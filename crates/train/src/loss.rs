@@ -6,7 +6,7 @@
 //! Only the rows that have a target go through the LM head: the loss is the same and a long
 //! padded batch does not materialise `[b·t, vocab]` logits it never uses.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::TrainLlama;
@@ -78,11 +78,11 @@ pub fn causal_lm_loss(
     let idx = Tensor::from_vec(rows, n, dev)?;
     let h = hidden.reshape((b * t, hs))?.index_select(&idx, 0)?;
     let logits = model.logits(&h)?.to_dtype(DType::F32)?; // [n, vocab]
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let tgt = Tensor::from_vec(targets, (n, 1), dev)?;
-    let picked = logp.gather(&tgt, 1)?; // [n, 1]
+
+    // One pass per row forward and back, no [n, vocab] log-probabilities kept (fused.rs).
+    let nll = crate::fused::cross_entropy_rows(&logits, &targets)?; // [n]
     Ok(LossParts {
-        sum: picked.sum_all()?.neg()?,
+        sum: nll.sum_all()?,
         targets: n,
         labels: n_labels,
     })

@@ -2,9 +2,13 @@
 //!
 //! Computes what transformers 4.46.3 `modeling_llama.py` computes (pre-norm RMSNorm, GQA
 //! self-attention with rotate-half RoPE, SwiGLU), like `sightline_model::llama`, but from ops
-//! whose backward candle implements: the fused `rms_norm`, `rope` and `softmax_last_dim`
-//! kernels the inference model uses silently drop gradients (spec/candle-autograd.md), so this
-//! file composes them from elementwise ops, reductions and matmuls.
+//! that have a backward: the fused `rms_norm`, `rope` and `softmax_last_dim` kernels the
+//! inference model uses silently drop gradients (spec/candle-autograd.md). RMSNorm, RoPE, the
+//! causal softmax, SwiGLU and the frozen-weight matmul are this crate's own fused ops with
+//! hand-written backward passes ([`crate::fused`]); the matmuls are candle's.
+//!
+//! [`TrainLlama::checkpointed_backward`] is the same forward and backward with per-layer
+//! gradient checkpointing.
 //!
 //! Which weights train is decided at construction ([`Trainable`]): trainable ones are `Var`s,
 //! frozen ones plain tensors ([`Param`]). There is no attention mask beyond the causal one:
@@ -13,10 +17,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
 use sightline_model::{LlamaConfig, Weights};
 
 use crate::error::{Error, Result};
+use crate::fused;
 use crate::lora::{self, LoraLayer, LoraSpec};
 use crate::param::{NamedParam, Param};
 
@@ -43,7 +50,10 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = xs.matmul(&self.weight.tensor().t()?)?;
+        let ys = match &self.weight {
+            Param::Frozen(w) => fused::frozen_linear(xs, w)?,
+            Param::Trainable(w) => xs.matmul(&w.as_tensor().t()?)?,
+        };
         let ys = match &self.bias {
             Some(b) => ys.broadcast_add(b.tensor())?,
             None => ys,
@@ -55,20 +65,15 @@ impl Linear {
     }
 }
 
-/// transformers' `LlamaRMSNorm`: `w · x / sqrt(mean(x²) + eps)`, from differentiable ops.
+/// transformers' `LlamaRMSNorm`: `w · x / sqrt(mean(x²) + eps)` ([`fused::rms_norm`]: one pass
+/// forward and backward instead of six elementwise ops and their gradients).
 fn rms_norm(xs: &Tensor, w: &Param, eps: f64) -> Result<Tensor> {
-    let var = xs.sqr()?.mean_keepdim(D::Minus1)?;
-    let xs = xs.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(xs.broadcast_mul(w.tensor())?)
+    Ok(fused::rms_norm(xs, w.tensor(), eps)?)
 }
 
-/// `x·cos + rotate_half(x)·sin` on `[b, heads, t, d]` with tables `[t, d]`.
+/// `x·cos + rotate_half(x)·sin` on `[b, heads, t, d]` with tables `[t, d]` ([`fused::rope`]).
 fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = xs.dim(D::Minus1)?;
-    let x1 = xs.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = xs.narrow(D::Minus1, d / 2, d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((xs.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+    Ok(fused::rope(xs, cos, sin)?)
 }
 
 struct Layer {
@@ -81,6 +86,48 @@ struct Layer {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+}
+
+/// What every layer of one forward shares: shapes and the RoPE tables cut to `t`.
+pub(crate) struct LayerCtx {
+    b: usize,
+    t: usize,
+    h: usize,
+    kvh: usize,
+    d: usize,
+    n_rep: usize,
+    cos: Tensor,
+    sin: Tensor,
+    scale: f64,
+    eps: f64,
+}
+
+impl Layer {
+    /// One pre-norm decoder layer on rows `[b·t, hidden]` → `[b·t, hidden]`.
+    fn forward(&self, xs: &Tensor, c: &LayerCtx, train: bool) -> Result<Tensor> {
+        let (b, t, h, kvh, d) = (c.b, c.t, c.h, c.kvh, c.d);
+        let x = rms_norm(xs, &self.input_layernorm, c.eps)?;
+        let q = self.q_proj.forward(&x, train)?.reshape((b, t, h, d))?;
+        let k = self.k_proj.forward(&x, train)?.reshape((b, t, kvh, d))?;
+        let v = self.v_proj.forward(&x, train)?.reshape((b, t, kvh, d))?;
+        let q = rope(&q.transpose(1, 2)?.contiguous()?, &c.cos, &c.sin)?; // [b, h, t, d]
+        let k = rope(&k.transpose(1, 2)?.contiguous()?, &c.cos, &c.sin)?; // [b, kvh, t, d]
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = (q * c.scale)?.reshape((b, kvh, c.n_rep * t, d))?;
+        // Mask and softmax in one pass each way ([`fused::causal_softmax`]).
+        let att = fused::causal_softmax(&q.matmul(&k.t()?)?)?; // [b, kvh, n_rep*t, t]
+        let ys = att
+            .matmul(&v)? // [b, kvh, n_rep*t, d]
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, h * d))?;
+        let xs = (xs + self.o_proj.forward(&ys, train)?)?;
+        let x = rms_norm(&xs, &self.post_attention_layernorm, c.eps)?;
+        let gate = self.gate_proj.forward(&x, train)?;
+        let up = self.up_proj.forward(&x, train)?;
+        let act = fused::swiglu(&gate, &up)?; // silu(gate) · up
+        Ok((&xs + self.down_proj.forward(&act, train)?)?)
+    }
 }
 
 /// The trainable LLaMA decoder.
@@ -97,6 +144,9 @@ pub struct TrainLlama {
     /// LoRA matrices by module path, in layer order.
     loras: Vec<(String, LoraLayer)>,
     lora_spec: Option<LoraSpec>,
+    /// The stream LoRA dropout draws from: gradient checkpointing rewinds it so that a
+    /// recomputed layer sees the masks of its first forward.
+    lora_rng: Option<lora::SharedRng>,
     pub config: LlamaConfig,
 }
 
@@ -207,6 +257,7 @@ impl TrainLlama {
             base,
             loras,
             lora_spec,
+            lora_rng: rng,
             config: cfg.clone(),
         })
     }
@@ -271,6 +322,20 @@ impl TrainLlama {
     /// Final-norm hidden states `[b, t, hidden]` for input embeddings `[b, t, hidden]`
     /// (transformers' `inputs_embeds=`), positions `0..t`. `train` turns LoRA dropout on.
     pub fn forward_hidden(&self, embeds: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t, hs) = self.check_embeds(embeds)?;
+        let cfg = &self.config;
+        let ctx = self.layer_ctx(b, t)?;
+        let eps = cfg.rms_norm_eps;
+        let mut xs = embeds.reshape((b * t, hs))?;
+        for l in &self.layers {
+            xs = l.forward(&xs, &ctx, train)?;
+        }
+        let xs = rms_norm(&xs, &self.norm, eps)?;
+        Ok(xs.reshape((b, t, hs))?)
+    }
+
+    /// `[b, t, hidden]` of input embeddings, checked against the config.
+    fn check_embeds(&self, embeds: &Tensor) -> Result<(usize, usize, usize)> {
         let (b, t, hs) = embeds.dims3()?;
         let cfg = &self.config;
         if hs != cfg.hidden_size {
@@ -285,45 +350,108 @@ impl TrainLlama {
                 cfg.max_position_embeddings
             )));
         }
+        Ok((b, t, hs))
+    }
+
+    fn layer_ctx(&self, b: usize, t: usize) -> Result<LayerCtx> {
+        let cfg = &self.config;
         let (h, kvh, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
         let n_rep = h / kvh;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
         // Query heads sharing a KV head are folded into the row dimension (no K/V copies):
         // q [b, kvh, n_rep*t, d] against k [b, kvh, t, d]; row r is position r % t.
-        let mask = causal_mask(n_rep, t, embeds.device())?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let eps = cfg.rms_norm_eps;
-        let mut xs = embeds.reshape((b * t, hs))?;
+        Ok(LayerCtx {
+            b,
+            t,
+            h,
+            kvh,
+            d,
+            n_rep,
+            cos: self.cos.narrow(0, 0, t)?,
+            sin: self.sin.narrow(0, 0, t)?,
+            scale: 1.0 / (d as f64).sqrt(),
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    /// Forward and backward with gradient checkpointing per decoder layer: the memory of a
+    /// step holds each layer's input instead of every layer's activations, for one extra
+    /// forward of the decoder.
+    ///
+    /// The forward runs layer by layer on detached inputs, keeping only those inputs. `head`
+    /// gets the final-norm hidden states `[b, t, hidden]` and returns the scalar to
+    /// differentiate (None: nothing to backpropagate). The backward then goes down the layers:
+    /// each is recomputed from its kept input as a fresh `Var`, `Σ out · g` is differentiated,
+    /// and the input's gradient becomes the next `g`; finally `Σ embeds · g` carries the
+    /// gradient into whatever built `embeds` (`embed_tokens`, a projector). Every partial
+    /// gradient store goes to `on_grads`, which must add (not assign) what it reads: a tied
+    /// `embed_tokens`/`lm_head` gets a share from the head and one from the embeddings.
+    ///
+    /// LoRA dropout draws its masks again in the recomputation, so the dropout stream is
+    /// rewound to where each layer's first forward started and left where the forward ended:
+    /// gradients and later steps are the same as without checkpointing.
+    pub fn checkpointed_backward(
+        &self,
+        embeds: &Tensor,
+        train: bool,
+        head: impl FnOnce(&Tensor) -> Result<Option<Tensor>>,
+        mut on_grads: impl FnMut(&GradStore) -> Result<()>,
+    ) -> Result<()> {
+        let (b, t, hs) = self.check_embeds(embeds)?;
+        let ctx = self.layer_ctx(b, t)?;
+        let rng_state = || -> Result<Option<ChaCha8Rng>> {
+            match &self.lora_rng {
+                Some(r) => Ok(Some(lock_rng(r)?.clone())),
+                None => Ok(None),
+            }
+        };
+        let rewind = |state: &Option<ChaCha8Rng>| -> Result<()> {
+            if let (Some(r), Some(s)) = (&self.lora_rng, state) {
+                *lock_rng(r)? = s.clone();
+            }
+            Ok(())
+        };
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut xs = embeds.reshape((b * t, hs))?.detach();
         for l in &self.layers {
-            let x = rms_norm(&xs, &l.input_layernorm, eps)?;
-            let q = l.q_proj.forward(&x, train)?.reshape((b, t, h, d))?;
-            let k = l.k_proj.forward(&x, train)?.reshape((b, t, kvh, d))?;
-            let v = l.v_proj.forward(&x, train)?.reshape((b, t, kvh, d))?;
-            let q = rope(&q.transpose(1, 2)?.contiguous()?, &cos, &sin)?; // [b, h, t, d]
-            let k = rope(&k.transpose(1, 2)?.contiguous()?, &cos, &sin)?; // [b, kvh, t, d]
-            let v = v.transpose(1, 2)?.contiguous()?;
-            let q = (q * scale)?.reshape((b, kvh, n_rep * t, d))?;
-            let att = q.matmul(&k.t()?)?.broadcast_add(&mask)?; // [b, kvh, n_rep*t, t]
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-            let ys = att
-                .matmul(&v)? // [b, kvh, n_rep*t, d]
-                .reshape((b, h, t, d))?
-                .transpose(1, 2)?
-                .reshape((b * t, h * d))?;
-            xs = (xs + l.o_proj.forward(&ys, train)?)?;
-            let x = rms_norm(&xs, &l.post_attention_layernorm, eps)?;
-            let gate = l.gate_proj.forward(&x, train)?.silu()?;
-            let up = l.up_proj.forward(&x, train)?;
-            xs = (xs + l.down_proj.forward(&(gate * up)?, train)?)?;
+            let state = rng_state()?;
+            let out = l.forward(&xs, &ctx, train)?.detach();
+            inputs.push((std::mem::replace(&mut xs, out), state));
         }
-        let xs = rms_norm(&xs, &self.norm, eps)?;
-        Ok(xs.reshape((b, t, hs))?)
+        let after_forward = rng_state()?;
+        let top = Var::from_tensor(&xs)?;
+        drop(xs);
+        let hidden = rms_norm(top.as_tensor(), &self.norm, ctx.eps)?.reshape((b, t, hs))?;
+        let Some(loss) = head(&hidden)? else {
+            return Ok(());
+        };
+        drop(hidden);
+        let store = loss.backward()?;
+        on_grads(&store)?;
+        let mut g = input_grad(&store, &top)?;
+        drop((store, top));
+        while let Some((input, state)) = inputs.pop() {
+            rewind(&state)?;
+            let x = Var::from_tensor(&input)?;
+            drop(input);
+            let out = self.layers[inputs.len()].forward(x.as_tensor(), &ctx, train)?;
+            let store = (out * &g)?.sum_all()?.backward()?;
+            on_grads(&store)?;
+            g = input_grad(&store, &x)?;
+        }
+        rewind(&after_forward)?;
+        if embeds.track_op() {
+            let store = (embeds.reshape((b * t, hs))? * g)?.sum_all()?.backward()?;
+            on_grads(&store)?;
+        }
+        Ok(())
     }
 
     /// LM-head logits for hidden rows `[n, hidden]` → `[n, vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden.matmul(&self.lm_head.tensor().t()?)?)
+        Ok(match &self.lm_head {
+            Param::Frozen(w) => fused::frozen_linear(hidden, w)?,
+            Param::Trainable(w) => hidden.matmul(&w.as_tensor().t()?)?,
+        })
     }
 
     /// Full forward without dropout: `ids: [b, t]` → logits `[b, t, vocab]` (for checks).
@@ -335,17 +463,16 @@ impl TrainLlama {
     }
 }
 
-/// Additive mask `[n_rep*t, t]`: row `r` (position `r % t`) sees keys `0..=r % t`.
-/// transformers adds `finfo(f32).min`; any value that makes `exp` underflow to 0 is equal.
-fn causal_mask(n_rep: usize, t: usize, dev: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; n_rep * t * t];
-    for r in 0..n_rep * t {
-        let i = r % t;
-        for v in &mut m[r * t + i + 1..(r + 1) * t] {
-            *v = f32::NEG_INFINITY;
-        }
-    }
-    Ok(Tensor::from_vec(m, (n_rep * t, t), dev)?)
+fn lock_rng(r: &lora::SharedRng) -> Result<std::sync::MutexGuard<'_, ChaCha8Rng>> {
+    r.lock()
+        .map_err(|_| Error::Config("LoRA RNG poisoned".into()))
+}
+
+/// The gradient a backward pass gave the checkpointed activation `x` (a detached copy).
+fn input_grad(store: &GradStore, x: &Var) -> Result<Tensor> {
+    store.get(x.as_tensor()).map(Tensor::detach).ok_or_else(|| {
+        Error::Config("checkpointed backward: no gradient reached a layer input".into())
+    })
 }
 
 /// cos/sin `[max_positions, head_dim]`: angles `pos · inv_freq` in f32 as transformers

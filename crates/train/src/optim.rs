@@ -9,10 +9,14 @@
 //! ```
 //!
 //! Scalars are formed in f64 (Python floats) and the elementwise work is f32, as torch does.
-//! Each step reads the parameter once and writes it once (`Var::set`); no per-step tensors
-//! beyond those two.
+//! On the CPU each step updates the parameter in its own storage (a candle in-place op), in
+//! parallel chunks, with no per-step allocation; elsewhere it reads the parameter out and
+//! writes it back with `Var::set`.
 
-use candle_core::{Tensor, Var};
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -128,33 +132,133 @@ impl AdamW {
         let (one_minus_b1, b2f, one_minus_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
         let bc2 = bias_correction2_sqrt as f32;
         let eps = self.eps as f32;
+        let consts = Consts {
+            one_minus_b1,
+            b2: b2f,
+            one_minus_b2,
+            bc2,
+            eps,
+        };
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let lr = slot.base_lr * lr_scale;
             let decay = (1.0 - lr * slot.weight_decay) as f32;
             let step_size = (lr / bias_correction1) as f32;
-            let shape = slot.var.shape().clone();
-            let mut p = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            if g.len() != p.len() {
+            if g.len() != slot.m.len() {
                 return Err(Error::Config(format!(
                     "gradient of {} values for a parameter of {}",
                     g.len(),
-                    p.len()
+                    slot.m.len()
                 )));
             }
+            let t = slot.var.as_tensor();
+            if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
+                // In place in the parameter's own storage: no copy out, no new tensor.
+                t.inplace_op1(&InPlace {
+                    g,
+                    m: RefCell::new(&mut slot.m),
+                    v: RefCell::new(&mut slot.v),
+                    decay,
+                    step_size,
+                    c: consts,
+                })?;
+                continue;
+            }
+            let shape = slot.var.shape().clone();
+            let mut p = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            update(
+                &mut p,
+                g,
+                &mut slot.m,
+                &mut slot.v,
+                decay,
+                step_size,
+                &consts,
+            );
+            let dev = slot.var.device().clone();
+            let p = Tensor::from_vec(p, shape, &dev)?.to_dtype(slot.var.dtype())?;
+            slot.var.set(&p)?;
+        }
+        Ok(())
+    }
+}
+
+/// The per-step scalars shared by every parameter.
+#[derive(Clone, Copy)]
+struct Consts {
+    one_minus_b1: f32,
+    b2: f32,
+    one_minus_b2: f32,
+    bc2: f32,
+    eps: f32,
+}
+
+/// torch's single-tensor AdamW update of one parameter, element by element (see the module
+/// docs), in parallel chunks: each element's arithmetic is independent, so the result is the
+/// same for any split.
+fn update(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    decay: f32,
+    step_size: f32,
+    c: &Consts,
+) {
+    const CHUNK: usize = 1 << 14;
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .for_each(|((p, g), (m, v))| {
             for i in 0..p.len() {
                 let gi = g[i];
                 let mut pi = p[i] * decay;
-                let m = slot.m[i] + (gi - slot.m[i]) * one_minus_b1;
-                let v = slot.v[i] * b2f + one_minus_b2 * gi * gi;
-                let denom = v.sqrt() / bc2 + eps;
-                pi += -step_size * m / denom;
-                slot.m[i] = m;
-                slot.v[i] = v;
+                let mi = m[i] + (gi - m[i]) * c.one_minus_b1;
+                let vi = v[i] * c.b2 + c.one_minus_b2 * gi * gi;
+                let denom = vi.sqrt() / c.bc2 + c.eps;
+                pi += -step_size * mi / denom;
+                m[i] = mi;
+                v[i] = vi;
                 p[i] = pi;
             }
-            let dev = slot.var.device().clone();
-            slot.var.set(&Tensor::from_vec(p, shape, &dev)?)?;
+        });
+}
+
+/// [`update`] as a candle in-place op on the parameter's CPU storage.
+struct InPlace<'a> {
+    g: &'a [f32],
+    m: RefCell<&'a mut Vec<f32>>,
+    v: RefCell<&'a mut Vec<f32>>,
+    decay: f32,
+    step_size: f32,
+    c: Consts,
+}
+
+impl InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adamw: non-contiguous parameter".into()))?;
+        let CpuStorage::F32(p) = s else {
+            candle_core::bail!("adamw: parameter is not f32");
+        };
+        let (mut m, mut v) = (self.m.borrow_mut(), self.v.borrow_mut());
+        let p = &mut p[a..b];
+        if p.len() != self.g.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!("adamw: {} values, gradient of {}", p.len(), self.g.len());
         }
+        update(
+            p,
+            self.g,
+            &mut m,
+            &mut v,
+            self.decay,
+            self.step_size,
+            &self.c,
+        );
         Ok(())
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Only `Var`s are leaves of candle's autograd that the trainer reads gradients of, keeps
 //! accumulation buffers for and gives optimizer state to; a frozen weight is an ordinary tensor
-//! and costs nothing beyond its storage. (candle's matmul backward still computes a transient
-//! gradient for a frozen operand inside the backward pass: see spec/candle-autograd.md.)
+//! and costs nothing beyond its storage. (candle's own matmul backward would still compute a
+//! transient gradient for a frozen operand; the model's linear layers use
+//! [`crate::fused::frozen_linear`], whose backward skips it.)
 
 use candle_core::{Tensor, Var};
 

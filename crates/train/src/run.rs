@@ -147,6 +147,7 @@ pub fn run(
     let groups_per_epoch = micro_per_epoch.div_ceil(accum);
     let mut trainer = Trainer::new(model, projector, cfg.optim_settings(total_steps));
     trainer.stage1_branch = cfg.tune_mm_mlp_adapter && cfg.mm_use_im_start_end;
+    trainer.set_gradient_checkpointing(cfg.gradient_checkpointing);
     let saver = artifacts::Saver {
         cfg,
         llm_config: &llm_config,

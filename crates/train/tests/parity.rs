@@ -332,3 +332,176 @@ fn saved_checkpoints_load_back() -> Result<()> {
     }
     Ok(())
 }
+
+/// max |a - b| over buffers, relative to max(|b|, floor).
+fn max_rel_vec(a: &[f32], b: &[f32], floor: f32) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(floor))
+        .fold(0.0, f32::max)
+}
+
+/// Accumulates two micro-batches with and without gradient checkpointing and compares the
+/// losses and every gradient buffer; then one more group after an optimizer step, which also
+/// checks that the LoRA dropout stream is left where the plain path leaves it.
+fn checkpointing_matches(case: &str, lora_dropout: Option<f32>) -> Result<()> {
+    let fx = fixture()?;
+    let build = |on: bool| -> Result<Trainer> {
+        let mut tr = match lora_dropout {
+            Some(p) => {
+                let spec = LoraSpec {
+                    dropout: p,
+                    ..lora_spec(&fx)?
+                };
+                Trainer::new(
+                    base_model(&Trainable::Lora(spec))?,
+                    None,
+                    fx.settings(case)?,
+                )
+            }
+            None => trainer(&fx, case)?,
+        };
+        if lora_dropout.is_some() {
+            // B = 0 at init would hide A's gradient and the dropout masks behind zeros.
+            for p in tr.trainable().to_vec() {
+                if let Some(v) = fx.tensors.get(&format!("lora.after.{}", p.name)) {
+                    tr.set_param(&p.name, v)?;
+                }
+            }
+        }
+        tr.set_gradient_checkpointing(on);
+        Ok(tr)
+    };
+    let (mut plain, mut ckpt) = (build(false)?, build(true)?);
+    assert!(ckpt.gradient_checkpointing() && !plain.gradient_checkpointing());
+    for round in 0..2 {
+        let group = (0..2)
+            .map(|m| fx.batch(case, 2 * round + m))
+            .collect::<Result<Vec<_>>>()?;
+        let (l1, t1) = plain.accumulate(&group)?;
+        let (l2, t2) = ckpt.accumulate(&group)?;
+        assert_eq!(t1, t2);
+        for (a, b) in l2.iter().zip(&l1) {
+            assert!((a - b).abs() <= 1e-6 * b.abs(), "{case}: loss {a} vs {b}");
+        }
+        let mut worst = (0.0f32, String::new());
+        for ((p, a), b) in plain
+            .trainable()
+            .iter()
+            .zip(ckpt.gradients())
+            .zip(plain.gradients())
+        {
+            let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            if scale == 0.0 {
+                // LoRA A while B is still 0: the gradient is exactly zero either way.
+                assert!(a.iter().all(|&x| x == 0.0), "{case}: {} not zero", p.name);
+                continue;
+            }
+            let d = max_rel_vec(a, b, 1e-3 * scale);
+            if d > worst.0 {
+                worst = (d, p.name.clone());
+            }
+        }
+        eprintln!(
+            "{case} (dropout {lora_dropout:?}) round {round}: worst gradient rel diff {:.2e} ({})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 <= 1e-5,
+            "{case}: {} differs by {:.2e}",
+            worst.1,
+            worst.0
+        );
+        plain.apply()?;
+        ckpt.apply()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn checkpointing_full_matches_plain() -> Result<()> {
+    checkpointing_matches("full", None)
+}
+
+#[test]
+fn checkpointing_lora_matches_plain() -> Result<()> {
+    checkpointing_matches("lora", None)?;
+    checkpointing_matches("lora", Some(0.3))
+}
+
+#[test]
+fn checkpointing_stage1_matches_plain() -> Result<()> {
+    checkpointing_matches("stage1", None)
+}
+
+/// With dropout the comparison above is only meaningful if the masks matter: a different
+/// dropout stream must change the gradients (so equal gradients mean equal masks).
+#[test]
+fn lora_dropout_masks_change_gradients() -> Result<()> {
+    let fx = fixture()?;
+    let grads = |seed: u64| -> Result<Vec<Vec<f32>>> {
+        let spec = LoraSpec {
+            dropout: 0.3,
+            seed,
+            ..lora_spec(&fx)?
+        };
+        let mut tr = Trainer::new(
+            base_model(&Trainable::Lora(spec))?,
+            None,
+            fx.settings("lora")?,
+        );
+        for p in tr.trainable().to_vec() {
+            tr.set_param(&p.name, fx.t(&format!("lora.after.{}", p.name))?)?;
+        }
+        tr.accumulate(&[fx.batch("lora", 0)?])?;
+        Ok(tr.gradients().to_vec())
+    };
+    let (a, b) = (grads(1)?, grads(2)?);
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| max_rel_vec(x, y, 1e-6))
+        .fold(0.0, f32::max);
+    assert!(d > 1e-2, "dropout seed changed gradients by only {d:.2e}");
+    Ok(())
+}
+
+/// Tied `embed_tokens`/`lm_head` (one parameter used at both ends): checkpointing must add the
+/// head's share and the embeddings' share, as the plain path does.
+#[test]
+fn checkpointing_tied_embeddings_matches_plain() -> Result<()> {
+    let fx = fixture()?;
+    let dir = fixtures().join("base");
+    let cfg_path = dir.join("config.json");
+    let mut cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)?;
+    cfg_json["tie_word_embeddings"] = serde_json::Value::Bool(true);
+    let cfg = LlamaConfig::from_json(&cfg_json.to_string(), &cfg_path)?;
+    let mut tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
+    tensors.remove("lm_head.weight");
+    let build = |on: bool| -> Result<Trainer> {
+        let w = Weights::from_tensors(tensors.clone(), cfg_path.clone(), DType::F32, &Device::Cpu);
+        let model = TrainLlama::new(&cfg, &w, &cfg_path, &Trainable::Full)?;
+        let mut tr = Trainer::new(model, None, fx.settings("full")?);
+        tr.set_gradient_checkpointing(on);
+        Ok(tr)
+    };
+    let (mut plain, mut ckpt) = (build(false)?, build(true)?);
+    assert!(plain.trainable().iter().all(|p| p.name != "lm_head.weight"));
+    let group = vec![fx.batch("full", 0)?, fx.batch("full", 1)?];
+    let (l1, _) = plain.accumulate(&group)?;
+    let (l2, _) = ckpt.accumulate(&group)?;
+    assert_eq!(l1, l2);
+    for ((p, a), b) in plain
+        .trainable()
+        .iter()
+        .zip(ckpt.gradients())
+        .zip(plain.gradients())
+    {
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let d = max_rel_vec(a, b, 1e-3 * scale);
+        assert!(d <= 1e-5, "{}: {d:.2e}", p.name);
+    }
+    Ok(())
+}

@@ -150,3 +150,48 @@ fn refuses_to_reuse_an_output_dir_and_bad_settings() -> Result<()> {
     assert!(err.to_string().contains("checkpoint"), "{err}");
     Ok(())
 }
+
+/// `gradient_checkpointing = true` through the run config: the same losses and gradient norms
+/// as without (the recomputation is exact), on a multimodal LoRA run with dropout.
+#[test]
+fn gradient_checkpointing_from_the_config_changes_no_number() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let r = root();
+    let s = |p: &str| format!("{:?}", r.join(p).display().to_string());
+    let extra = |out: &Path, ckpt: bool| -> Vec<String> {
+        vec![
+            format!("model_name_or_path={}", s("tests/fixtures/train/base")),
+            format!("vision_tower={}", s("tests/fixtures/llava/tiny-clip")),
+            format!(
+                "data_path={}",
+                s("data/training/sketch/sketch_instruct.json")
+            ),
+            format!("image_folder={}", s("data/unicorn/sketchy-vqa/images")),
+            format!("output_dir={:?}", out.display().to_string()),
+            "max_steps=2".into(),
+            "lora_enable=true".into(),
+            "lora_r=4".into(),
+            "lora_dropout=0.2".into(),
+            "learning_rate=1e-2".into(),
+            format!("gradient_checkpointing={ckpt}"),
+            "pretrain_mm_mlp_adapter=\"\"".into(),
+        ]
+    };
+    let mut logs = Vec::new();
+    for ckpt in [false, true] {
+        let out = dir.path().join(format!("run-{ckpt}"));
+        let cfg = TrainConfig::from_toml(&r.join("configs/stage2-lora.toml"), &extra(&out, ckpt))?;
+        go(&cfg, false, None)?;
+        logs.push(losses(&out)?);
+    }
+    assert_eq!(logs[0].len(), 2);
+    for (a, b) in logs[0].iter().zip(&logs[1]) {
+        assert_eq!(
+            (a.loss, a.grad_norm),
+            (b.loss, b.grad_norm),
+            "step {}",
+            a.step
+        );
+    }
+    Ok(())
+}
