@@ -177,3 +177,34 @@ fn bad_input_gives_one_clean_error() {
         "nothing written after an error"
     );
 }
+
+/// `--protocol imagenet-c`: Resize(256) + CenterCrop(224), JPEG q85 outputs named `.jpg`.
+#[test]
+fn imagenet_c_protocol_writes_224_jpegs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let photo =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/llava/examples/waterview.jpg");
+    let o = Command::new(env!("CARGO_BIN_EXE_sightline"))
+        .args([
+            "data",
+            "corrupt",
+            "--corruption",
+            "brightness",
+            "--severity",
+            "2",
+            "--protocol",
+            "imagenet-c",
+            photo.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = out.join("brightness/2/waterview.jpg");
+    let bytes = std::fs::read(&f).unwrap();
+    assert_eq!(&bytes[..2], &[0xFF, 0xD8], "a JPEG");
+    let img = sightline_corrupt::image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (224, 224));
+    assert!(!out.join("brightness/2/waterview.png").exists());
+}

@@ -127,24 +127,43 @@ pub fn pixelate(img: &RgbImage, s: usize) -> RgbImage {
     RgbImage::from_raw(SIZE, SIZE, up).expect("pixelate keeps the size")
 }
 
+/// Baseline JPEG bytes of a 224×224 image at `quality`, 4:2:0 chroma (Pillow's default) and
+/// IJG tables: what `jpeg_compression` round-trips through, and the ImageNet-C protocol's q85
+/// output of `sightline data corrupt --protocol imagenet-c`.
+pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut buf, quality);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    let (w, h) = img.dimensions();
+    let side = |v: u32| {
+        u16::try_from(v).map_err(|_| Error::Codec {
+            what: "jpeg",
+            msg: format!("{v} pixels is too large for JPEG"),
+        })
+    };
+    enc.encode(
+        img.as_raw(),
+        side(w)?,
+        side(h)?,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .map_err(|e| Error::Codec {
+        what: "jpeg",
+        msg: e.to_string(),
+    })?;
+    Ok(buf)
+}
+
 /// JPEG at quality 25…7 with 4:2:0 chroma (Pillow's default) and IJG tables, decoded again.
 /// Encoder and decoder are not libjpeg's, so pixels differ from Pillow's by a few levels.
 pub fn jpeg(img: &RgbImage, s: usize) -> Result<RgbImage> {
-    let codec = |msg: String| Error::Codec {
-        what: "jpeg_compression",
-        msg,
-    };
-    let mut buf = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut buf, JPEG_QUALITY[s]);
-    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
-    enc.encode(
-        img.as_raw(),
-        SIZE as u16,
-        SIZE as u16,
-        jpeg_encoder::ColorType::Rgb,
-    )
-    .map_err(|e| codec(e.to_string()))?;
-    let decoded = image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg)
-        .map_err(|e| codec(e.to_string()))?;
+    let buf = encode_jpeg(img, JPEG_QUALITY[s])?;
+    let decoded =
+        image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg).map_err(|e| {
+            Error::Codec {
+                what: "jpeg_compression",
+                msg: e.to_string(),
+            }
+        })?;
     Ok(decoded.to_rgb8())
 }

@@ -36,9 +36,29 @@ pub mod sheet;
 mod spatter;
 mod weather;
 
+pub use digital::encode_jpeg;
 /// The `image` crate this API speaks (its `RgbImage`), for callers that do not depend on it.
 pub use image;
 pub use rng::RandomState;
+
+/// The ImageNet-C protocol's geometry (spec E8.1, `create_c/make_imagenet_c.py`): torchvision
+/// `Resize(256)` (short side to 256, bilinear with antialiasing, here the `image` crate's
+/// triangle filter) then `CenterCrop(224)`. The default geometry of sightline's corruption
+/// tools is CLIP's instead (bicubic short side 224, center crop), the spec's assumption for SBT.
+pub fn imagenet_c_geometry(img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let short = w.min(h).max(1);
+    let (nw, nh) = if w <= h {
+        (256, ((h as u64 * 256) / short as u64).max(256) as u32)
+    } else {
+        (((w as u64 * 256) / short as u64).max(256) as u32, 256)
+    };
+    let resized = image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle);
+    // torchvision: top = int(round((h - 224) / 2.0)), likewise left.
+    let left = ((nw - SIZE) as f64 / 2.0).round() as u32;
+    let top = ((nh - SIZE) as f64 / 2.0).round() as u32;
+    image::imageops::crop_imm(&resized, left, top, SIZE, SIZE).to_image()
+}
 
 /// Side of the square images the corruptions work on.
 pub const SIZE: u32 = 224;

@@ -2,7 +2,9 @@
 //! as `OUT_DIR/<corruption>/<severity>/<image stem>.png` (the layout of ImageNet-C and of SBT's
 //! `val2014-c/{name}/{s}/…`, with PNG as the spec's assumption for SBT), plus an optional contact
 //! sheet. Images are first brought to 224×224 the way CLIP's processor does (resize the short
-//! side with Pillow BICUBIC, center crop), since every corruption expects that size.
+//! side with Pillow BICUBIC, center crop), since every corruption expects that size;
+//! `--protocol imagenet-c` uses the ImageNet-C protocol instead (Resize(256), CenterCrop(224),
+//! JPEG quality 85, `<image stem>.jpg`).
 
 use std::ffi::OsStr;
 
@@ -36,6 +38,28 @@ pub struct CorruptArgs {
     /// Replace outputs that already exist.
     #[arg(long)]
     overwrite: bool,
+    /// Geometry and file format: `clip` (default; CLIP's bicubic resize + center crop to 224,
+    /// PNG: the spec's assumption for SBT) or `imagenet-c` (the ImageNet-C protocol: Resize(256),
+    /// CenterCrop(224), JPEG quality 85).
+    #[arg(long, value_enum, default_value = "clip")]
+    protocol: CorruptProtocol,
+}
+
+/// How inputs are brought to 224×224 and how outputs are stored.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CorruptProtocol {
+    Clip,
+    #[value(name = "imagenet-c")]
+    ImagenetC,
+}
+
+impl CorruptProtocol {
+    fn extension(self) -> &'static str {
+        match self {
+            Self::Clip => "png",
+            Self::ImagenetC => "jpg",
+        }
+    }
 }
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
@@ -67,7 +91,7 @@ pub fn run_corrupt(a: CorruptArgs) -> Result<()> {
         Ok(a.output_dir
             .join(c.name())
             .join(s.to_string())
-            .join(format!("{stem}.png")))
+            .join(format!("{stem}.{}", a.protocol.extension())))
     };
 
     // Everything that can fail before a file is written: names, existing outputs, the input.
@@ -116,7 +140,12 @@ pub fn run_corrupt(a: CorruptArgs) -> Result<()> {
     // The first image and its corruptions, kept for the contact sheet.
     let mut first: Option<(RgbImage, Vec<(Corruption, RgbImage)>)> = None;
     for (k, input) in inputs.iter().enumerate() {
-        let img = load_224(input, &cfg)?;
+        let img = match a.protocol {
+            CorruptProtocol::Clip => load_224(input, &cfg)?,
+            CorruptProtocol::ImagenetC => {
+                sightline_corrupt::imagenet_c_geometry(&vp::load_rgb(input)?)
+            }
+        };
         let name = input
             .file_name()
             .and_then(OsStr::to_str)
@@ -131,7 +160,14 @@ pub fn run_corrupt(a: CorruptArgs) -> Result<()> {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("{}: cannot create", dir.display()))?;
                 }
-                write_png(&t, &out, a.overwrite)?;
+                match a.protocol {
+                    CorruptProtocol::Clip => write_png(&t, &out, a.overwrite)?,
+                    CorruptProtocol::ImagenetC => {
+                        let bytes = sightline_corrupt::encode_jpeg(&out, 85)
+                            .with_context(|| format!("{}: cannot encode JPEG", t.display()))?;
+                        write_bytes(&t, &bytes, a.overwrite)?;
+                    }
+                }
                 if k == 0 && a.contact_sheet.is_some() {
                     outs.push((c, out));
                 }
@@ -227,9 +263,14 @@ fn write_png(path: &Path, img: &RgbImage, overwrite: bool) -> Result<()> {
         image::ImageFormat::Png,
     )
     .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
+    write_bytes(path, &bytes, overwrite)
+}
+
+/// Moves `bytes` into place at `path` through a temporary file.
+fn write_bytes(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     let mut out = Output::create(Some(path), overwrite)?;
     out.writer()
-        .write_all(&bytes)
+        .write_all(bytes)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     out.finish()
 }
