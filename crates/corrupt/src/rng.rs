@@ -15,29 +15,18 @@ const MATRIX_A: u32 = 0x9908_b0df;
 const UPPER_MASK: u32 = 0x8000_0000;
 const LOWER_MASK: u32 = 0x7fff_ffff;
 
-/// numpy's `RandomState` (MT19937 and the legacy distributions).
+/// The MT19937 generator with the two seeding routines that numpy's legacy `RandomState` and
+/// CPython's `random.Random` both build on (`init_genrand`, `init_by_array`). sightline's
+/// Python-equal streams (`sightline_eval::pyrandom`) use it too.
 #[derive(Clone)]
-pub struct RandomState {
+pub struct Mt19937 {
     key: [u32; N],
     pos: usize,
-    /// The second normal of the last polar Box–Muller pair, returned by the next call.
-    gauss: Option<f64>,
 }
 
-impl RandomState {
-    /// `np.random.seed(seed)`: a seed that fits in 32 bits goes through `mt19937_seed`, as numpy
-    /// does for an integer; a larger one is split into its low and high 32-bit words and goes
-    /// through `init_by_array`, which is what `np.random.seed([lo, hi])` does (numpy itself
-    /// rejects integers of 2³² and more).
-    pub fn new(seed: u64) -> Self {
-        match u32::try_from(seed) {
-            Ok(s) => Self::from_u32(s),
-            Err(_) => Self::from_array(&[seed as u32, (seed >> 32) as u32]),
-        }
-    }
-
-    /// `mt19937_seed` (Knuth's initialiser), used by `np.random.seed(int)`.
-    pub fn from_u32(seed: u32) -> Self {
+impl Mt19937 {
+    /// `init_genrand` / numpy's `mt19937_seed` (Knuth's initialiser).
+    pub fn init_genrand(seed: u32) -> Self {
         let mut key = [0u32; N];
         key[0] = seed;
         for i in 1..N {
@@ -45,16 +34,12 @@ impl RandomState {
                 .wrapping_mul(key[i - 1] ^ (key[i - 1] >> 30))
                 .wrapping_add(i as u32);
         }
-        Self {
-            key,
-            pos: N,
-            gauss: None,
-        }
+        Self { key, pos: N }
     }
 
-    /// `mt19937_init_by_array`, used by `np.random.seed(array_of_uint32)`.
-    pub fn from_array(init: &[u32]) -> Self {
-        let mut s = Self::from_u32(19_650_218);
+    /// `init_by_array` (numpy's `mt19937_init_by_array`, CPython's `init_by_array`).
+    pub fn init_by_array(init: &[u32]) -> Self {
+        let mut s = Self::init_genrand(19_650_218);
         let mt = &mut s.key;
         let len = init.len().max(1);
         let (mut i, mut j) = (1usize, 0usize);
@@ -97,7 +82,7 @@ impl RandomState {
         self.pos = 0;
     }
 
-    /// One tempered 32-bit output.
+    /// One tempered 32-bit output (`genrand_uint32`).
     pub fn next_u32(&mut self) -> u32 {
         if self.pos >= N {
             self.generate();
@@ -108,6 +93,48 @@ impl RandomState {
         y ^= (y << 7) & 0x9d2c_5680;
         y ^= (y << 15) & 0xefc6_0000;
         y ^ (y >> 18)
+    }
+}
+
+/// numpy's `RandomState` (MT19937 and the legacy distributions).
+#[derive(Clone)]
+pub struct RandomState {
+    mt: Mt19937,
+    /// The second normal of the last polar Box–Muller pair, returned by the next call.
+    gauss: Option<f64>,
+}
+
+impl RandomState {
+    /// `np.random.seed(seed)`: a seed that fits in 32 bits goes through `mt19937_seed`, as numpy
+    /// does for an integer; a larger one is split into its low and high 32-bit words and goes
+    /// through `init_by_array`, which is what `np.random.seed([lo, hi])` does (numpy itself
+    /// rejects integers of 2³² and more).
+    pub fn new(seed: u64) -> Self {
+        match u32::try_from(seed) {
+            Ok(s) => Self::from_u32(s),
+            Err(_) => Self::from_array(&[seed as u32, (seed >> 32) as u32]),
+        }
+    }
+
+    /// `mt19937_seed` (Knuth's initialiser), used by `np.random.seed(int)`.
+    pub fn from_u32(seed: u32) -> Self {
+        Self {
+            mt: Mt19937::init_genrand(seed),
+            gauss: None,
+        }
+    }
+
+    /// `mt19937_init_by_array`, used by `np.random.seed(array_of_uint32)`.
+    pub fn from_array(init: &[u32]) -> Self {
+        Self {
+            mt: Mt19937::init_by_array(init),
+            gauss: None,
+        }
+    }
+
+    /// One tempered 32-bit output.
+    pub fn next_u32(&mut self) -> u32 {
+        self.mt.next_u32()
     }
 
     /// `random_sample()`: a 53-bit double in [0, 1) from two outputs.
@@ -221,6 +248,21 @@ impl RandomState {
                 return low + i64::from(v);
             }
         }
+    }
+}
+
+impl RandomState {
+    /// Legacy `choice(n, k, replace=False)` = `permutation(n)[:k]`: `shuffle` of `0..n` from the
+    /// end, each swap partner drawn by `random_interval(i)`, the same masked rejection as
+    /// [`RandomState::randint`]`(0, i + 1)`.
+    pub fn choice_without_replacement(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut a: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.randint(0, i as i64 + 1) as usize;
+            a.swap(i, j);
+        }
+        a.truncate(k);
+        a
     }
 }
 

@@ -1,63 +1,26 @@
 //! CPython's `random.Random` (MT19937), reproduced bit for bit where the harness depends on it:
 //! the seed-42 document shuffle that decides which docs `--limit` takes, ETHICS
-//! utilitarianism's `random.Random(activity_string)` scenario order, and (for VQAv2) numpy's
-//! legacy `RandomState` seeding and `choice(n, k, replace=False)` plus `random.sample`.
+//! utilitarianism's `random.Random(activity_string)` scenario order, and (for VQAv2 and the
+//! caption tasks) `random.sample`. numpy's legacy `RandomState`, which those tasks also draw from,
+//! is [`sightline_corrupt::rng::RandomState`]; both share its [`Mt19937`].
 //!
 //! Reference: CPython 3.11 `Modules/_randommodule.c` (`init_by_array`, `genrand_uint32`,
 //! `random_seed` for int and str/bytes seeds, version 2) and `Lib/random.py`
 //! (`_randbelow_with_getrandbits`, `shuffle`).
 
 use sha2::{Digest, Sha512};
-
-const N: usize = 624;
-const M: usize = 397;
+use sightline_corrupt::rng::Mt19937;
 
 /// A Mersenne Twister seeded exactly as `random.Random(seed)`.
 pub struct PyRandom {
-    mt: [u32; N],
-    index: usize,
+    mt: Mt19937,
 }
 
 impl PyRandom {
-    fn init_genrand(s: u32) -> [u32; N] {
-        let mut mt = [0u32; N];
-        mt[0] = s;
-        for i in 1..N {
-            mt[i] = 1_812_433_253u32
-                .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
-                .wrapping_add(i as u32);
-        }
-        mt
-    }
-
     fn from_key(key: &[u32]) -> Self {
-        let mut mt = Self::init_genrand(19_650_218);
-        let (mut i, mut j) = (1usize, 0usize);
-        for _ in 0..N.max(key.len()) {
-            mt[i] = (mt[i] ^ (mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_mul(1_664_525))
-                .wrapping_add(key[j])
-                .wrapping_add(j as u32);
-            i += 1;
-            j += 1;
-            if i >= N {
-                mt[0] = mt[N - 1];
-                i = 1;
-            }
-            if j >= key.len() {
-                j = 0;
-            }
+        Self {
+            mt: Mt19937::init_by_array(key),
         }
-        for _ in 0..N - 1 {
-            mt[i] = (mt[i] ^ (mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_mul(1_566_083_941))
-                .wrapping_sub(i as u32);
-            i += 1;
-            if i >= N {
-                mt[0] = mt[N - 1];
-                i = 1;
-            }
-        }
-        mt[0] = 0x8000_0000;
-        Self { mt, index: N }
     }
 
     /// `random.Random(n)` for a non-negative int: the key is `n` in 32-bit words, least
@@ -90,26 +53,7 @@ impl PyRandom {
 
     /// `genrand_uint32`: the next tempered 32-bit output.
     pub fn next_u32(&mut self) -> u32 {
-        if self.index >= N {
-            self.twist();
-        }
-        let mut y = self.mt[self.index];
-        self.index += 1;
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c_5680;
-        y ^= (y << 15) & 0xefc6_0000;
-        y ^ (y >> 18)
-    }
-
-    fn twist(&mut self) {
-        const UPPER: u32 = 0x8000_0000;
-        const LOWER: u32 = 0x7fff_ffff;
-        let mag = |y: u32| if y & 1 == 1 { 0x9908_b0df } else { 0 };
-        for k in 0..N {
-            let y = (self.mt[k] & UPPER) | (self.mt[(k + 1) % N] & LOWER);
-            self.mt[k] = self.mt[(k + M) % N] ^ (y >> 1) ^ mag(y);
-        }
-        self.index = 0;
+        self.mt.next_u32()
     }
 
     /// `getrandbits(k)` for `1 <= k <= 32`.
@@ -126,50 +70,6 @@ impl PyRandom {
                 return r;
             }
         }
-    }
-
-    /// numpy's legacy `np.random.seed(s)` (`RandomState`): MT19937 `init_genrand(s)`, not
-    /// CPython's `init_by_array` (`spec/multimodal-eval.md` E2.1).
-    pub fn numpy_legacy(seed: u32) -> Self {
-        Self {
-            mt: Self::init_genrand(seed),
-            index: N,
-        }
-    }
-
-    /// numpy `random_interval(max)`: mask to the smallest `2^b - 1 >= max`, redraw above `max`.
-    fn numpy_interval(&mut self, max: u32) -> u32 {
-        if max == 0 {
-            return 0;
-        }
-        let mut mask = max;
-        for shift in [1, 2, 4, 8, 16] {
-            mask |= mask >> shift;
-        }
-        loop {
-            let v = self.next_u32() & mask;
-            if v <= max {
-                return v;
-            }
-        }
-    }
-
-    /// numpy legacy `choice(n, k, replace=False)` = `permutation(n)[:k]`: shuffle `0..n` from
-    /// the end with [`Self::numpy_interval`]. `n` must fit in `u32`.
-    pub fn numpy_choice(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let mut a: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            let j = self.numpy_interval(i as u32) as usize;
-            a.swap(i, j);
-        }
-        a.truncate(k);
-        a
-    }
-
-    /// numpy legacy `randint(0, n)` / `choice(list_of_n)` for `1 <= n <= 2^32`: the masked
-    /// rejection draw of `random_bounded_uint64_fill` on 32-bit outputs.
-    pub fn numpy_randint(&mut self, n: usize) -> usize {
-        self.numpy_interval((n.max(1) - 1) as u32) as usize
     }
 
     /// `random.sample(range(n), k)` for `n > 21` and `k <= 5` (CPython's set-selection branch:
@@ -201,6 +101,7 @@ impl PyRandom {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sightline_corrupt::rng::RandomState;
 
     // Test vectors: shared spec lm-eval-scoring.md item 29 and ethics.md item 14 (CPython 3.x).
     #[test]
@@ -218,7 +119,7 @@ mod tests {
     /// Test vectors of `spec/multimodal-eval.md` E2.
     #[test]
     fn numpy_choice_and_python_sample_match_the_spec_vectors() {
-        let a = PyRandom::numpy_legacy(42).numpy_choice(214_354, 7048);
+        let a = RandomState::from_u32(42).choice_without_replacement(214_354, 7048);
         assert_eq!(a.len(), 7048);
         assert_eq!(
             &a[..8],
@@ -241,9 +142,12 @@ mod tests {
         assert!(r.sample_indices(10, 3).is_none());
         // numpy 2.x: np.random.seed(42); np.random.choice(20000, 5000, replace=False)[:3], then
         // eight np.random.choice(['a','b','c','d','e']).
-        let mut np = PyRandom::numpy_legacy(42);
-        assert_eq!(&np.numpy_choice(20_000, 5000)[..3], &[10650, 2041, 8668]);
-        let picks: Vec<usize> = (0..8).map(|_| np.numpy_randint(5)).collect();
+        let mut np = RandomState::from_u32(42);
+        assert_eq!(
+            &np.choice_without_replacement(20_000, 5000)[..3],
+            &[10650, 2041, 8668]
+        );
+        let picks: Vec<usize> = (0..8).map(|_| np.randint(0, 5) as usize).collect();
         assert_eq!(picks, [4, 3, 2, 4, 1, 0, 0, 0]);
     }
 

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::mm::{image_request, Protocol};
 use crate::pyrandom::PyRandom;
 use crate::task::{field, int_field, Metric, Request, Response, Task};
+use sightline_corrupt::rng::RandomState;
 
 /// SBT's `max_generation_length` default (captions are capped too).
 const SBT_MAX_NEW_TOKENS: usize = 10;
@@ -157,8 +158,8 @@ impl Task for Caption {
             .image_root
             .clone()
             .unwrap_or_else(|| dir.join("test_images"));
-        let mut np = PyRandom::numpy_legacy(42);
-        let pool = np.numpy_choice(train.len(), POOL);
+        let mut np = RandomState::from_u32(42);
+        let pool = np.choice_without_replacement(train.len(), POOL);
         let mut py = PyRandom::from_int(42);
         test.iter()
             .enumerate()
@@ -170,7 +171,10 @@ impl Task for Caption {
                     .iter()
                     .map(|&j| {
                         let caps = &train[pool[j]].captions;
-                        json!([QUERY, caps[np.numpy_randint(caps.len())].trim()])
+                        json!([
+                            QUERY,
+                            caps[np.randint(0, caps.len() as i64) as usize].trim()
+                        ])
                     })
                     .collect();
                 Ok(json!({
@@ -276,7 +280,7 @@ mod tests {
         assert_eq!(docs.len(), 2);
         // Pool = numpy choice(20000, 5000) (starts 10650, 2041, 8668); the first test image's
         // demos are Python's seed-42 `sample(range(5000), 3)` of it.
-        let pool = PyRandom::numpy_legacy(42).numpy_choice(20_000, POOL);
+        let pool = RandomState::from_u32(42).choice_without_replacement(20_000, POOL);
         let picks = PyRandom::from_int(42).sample_indices(POOL, 3).unwrap();
         // CPython 3.11: random.seed(42); random.sample(range(5000), 3)
         assert_eq!(picks, [912, 204, 2253]);

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::mm::{image_ref, image_request, Protocol};
 use crate::pyrandom::PyRandom;
 use crate::task::{field, int_field, Metric, Request, Response, Task};
+use sightline_corrupt::rng::RandomState;
 
 /// SBT's `max_generation_length` default.
 const SBT_MAX_NEW_TOKENS: usize = 10;
@@ -180,7 +181,7 @@ impl Task for Vqav2 {
                 EVAL + POOL
             )));
         }
-        let idx = PyRandom::numpy_legacy(42).numpy_choice(all.len(), EVAL + POOL);
+        let idx = RandomState::from_u32(42).choice_without_replacement(all.len(), EVAL + POOL);
         let (pool, eval) = idx.split_at(POOL);
         let mut py = PyRandom::from_int(42);
         eval.iter()
@@ -305,7 +306,7 @@ mod tests {
         assert_eq!(ids, [97523, 35728, 173064, 45734, 169516, 193443]);
         // E2.2 vector: the first question's demos are pool items 456, 102, 1126; the pool
         // starts 69992, 184029, ... so check through the first demo's pool position.
-        let pool = PyRandom::numpy_legacy(42).numpy_choice(214_354, 2048);
+        let pool = RandomState::from_u32(42).choice_without_replacement(214_354, 2048);
         let want: Vec<String> = [456, 102, 1126]
             .iter()
             .map(|&j| format!("q{}?", pool[j]))
