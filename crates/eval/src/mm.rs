@@ -202,6 +202,29 @@ pub fn load_image(image_ref: &str) -> Result<RgbImage> {
     decode_rgb(&bytes, &path).map_err(|e| Error::Config(e.to_string()))
 }
 
+/// The protocol an image document was built under (its `protocol` field).
+pub fn doc_protocol(doc: &Value) -> Result<Protocol> {
+    Protocol::parse(crate::task::field(doc, "protocol")?)
+        .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))
+}
+
+/// A document's demonstration turns (`demos`: `[[question, answer], ...]`); none when absent.
+pub fn doc_demos(doc: &Value) -> Vec<(String, String)> {
+    doc["demos"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    (
+                        d[0].as_str().unwrap_or("").to_string(),
+                        d[1].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The generation request of an image document (`image` and `image_ref` fields) for `context`.
 pub fn image_request(doc: &Value, context: String, decoding: MmDecoding) -> Result<Request> {
     Ok(Request::GenerateImage {

@@ -27,9 +27,9 @@ use sightline_metrics::caption::score;
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::mm::{image_request, Protocol};
+use crate::mm::{doc_demos, doc_protocol, image_request};
 use crate::pyrandom::PyRandom;
-use crate::task::{field, int_field, Metric, Request, Response, Task};
+use crate::task::{int_field, Metric, Request, Response, Task};
 use sightline_corrupt::rng::RandomState;
 
 /// SBT's `max_generation_length` default (captions are capped too).
@@ -111,8 +111,7 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>> {
 }
 
 fn prediction(doc: &Value, r: &[Response]) -> Result<String> {
-    let p = Protocol::parse(field(doc, "protocol")?)
-        .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))?;
+    let p = doc_protocol(doc)?;
     let raw = r.first().map(Response::text).unwrap_or("");
     Ok(p.answer_text(raw).replace('"', ""))
 }
@@ -189,21 +188,8 @@ impl Task for Caption {
             .collect()
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let p = Protocol::parse(field(doc, "protocol")?)
-            .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))?;
-        let demos: Vec<(String, String)> = doc["demos"]
-            .as_array()
-            .map(|ds| {
-                ds.iter()
-                    .map(|d| {
-                        (
-                            d[0].as_str().unwrap_or("").to_string(),
-                            d[1].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let p = doc_protocol(doc)?;
+        let demos = doc_demos(doc);
         let record = int_field(doc, "record")? as usize;
         Ok(vec![image_request(
             doc,
@@ -247,6 +233,7 @@ impl Task for Caption {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mm::Protocol;
 
     pub(crate) fn write_split(dir: &Path, prefix: &str, n_train: usize, n_test: usize) {
         let train: Vec<Value> = (0..n_train)

@@ -24,7 +24,7 @@ use sightline_metrics::mme::{score_task, COGNITION, PERCEPTION};
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::mm::{image_request, Protocol};
+use crate::mm::{doc_protocol, image_request, Protocol};
 use crate::task::{field, int_field, Metric, Request, Response, Task};
 
 /// SBT's `max_generation_length` default.
@@ -182,8 +182,7 @@ impl Task for Mme {
         Ok(docs)
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let p = Protocol::parse(field(doc, "protocol")?)
-            .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))?;
+        let p = doc_protocol(doc)?;
         let record = int_field(doc, "record")? as usize;
         Ok(vec![image_request(
             doc,
@@ -204,8 +203,7 @@ impl Task for Mme {
         let mut by_image: HashMap<(&str, &str), Vec<String>> = HashMap::new();
         let mut image_order: Vec<(&str, &str)> = Vec::new();
         for &i in &order {
-            let p = Protocol::parse(field(docs[i], "protocol")?)
-                .ok_or_else(|| Error::Config("document has an unknown protocol".into()))?;
+            let p = doc_protocol(docs[i])?;
             let raw = responses[i].first().map(Response::text).unwrap_or("");
             let key = (field(docs[i], "task")?, field(docs[i], "image")?);
             if !by_image.contains_key(&key) {

@@ -14,7 +14,7 @@ use sightline_metrics::pope::{parse_answer, parse_label, score};
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::mm::{image_ref, image_request, read_records, str_field, Protocol};
+use crate::mm::{doc_protocol, image_ref, image_request, read_records, str_field};
 use crate::task::{field, int_field, Metric, Request, Response, Task};
 
 /// SBT's `max_generation_length` default.
@@ -52,14 +52,9 @@ pub const ADVERSARIAL: Pope = Pope {
     file: "pope/coco_pope_adversarial.json",
 };
 
-fn protocol(doc: &Value) -> Result<Protocol> {
-    Protocol::parse(field(doc, "protocol")?)
-        .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))
-}
-
 fn answer(doc: &Value, r: &[Response]) -> Result<bool> {
     let text = r.first().map(Response::text).unwrap_or("");
-    Ok(parse_answer(&protocol(doc)?.answer_text(text)))
+    Ok(parse_answer(&doc_protocol(doc)?.answer_text(text)))
 }
 
 impl Task for Pope {
@@ -93,7 +88,7 @@ impl Task for Pope {
             .collect()
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let p = protocol(doc)?;
+        let p = doc_protocol(doc)?;
         let record = int_field(doc, "record")? as usize;
         Ok(vec![image_request(
             doc,
@@ -115,7 +110,7 @@ impl Task for Pope {
         let mut labels = Vec::with_capacity(docs.len());
         for (doc, r) in docs.iter().zip(responses) {
             let text = r.first().map(Response::text).unwrap_or("");
-            preds.push(protocol(doc)?.answer_text(text));
+            preds.push(doc_protocol(doc)?.answer_text(text));
             labels.push(parse_label(field(doc, "label")?));
         }
         let s = score(&preds, &labels).map_err(|e| Error::Config(e.to_string()))?;

@@ -17,8 +17,8 @@
 use serde_json::{json, Value};
 
 use crate::data::DataSource;
-use crate::error::{Error, Result};
-use crate::mm::{image_ref, image_request, read_records, str_field, Protocol, STOP};
+use crate::error::Result;
+use crate::mm::{doc_protocol, image_ref, image_request, read_records, str_field, Protocol, STOP};
 use crate::task::{field, int_field, Metric, Request, Response, Task};
 
 /// `max_new_tokens` of the Unicorn LLaVA wrapper.
@@ -73,8 +73,7 @@ pub fn unicorn_strip(raw: &str) -> &str {
 /// The answer text a protocol's output gives for Unicorn scoring.
 fn answer_text(doc: &Value, r: &[Response]) -> Result<String> {
     let raw = r.first().map(Response::text).unwrap_or("");
-    let p = Protocol::parse(field(doc, "protocol")?)
-        .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))?;
+    let p = doc_protocol(doc)?;
     Ok(match p {
         Protocol::Sbt => unicorn_strip(raw).to_string(),
         Protocol::Greedy => p.answer_text(raw),
@@ -148,8 +147,7 @@ impl Task for Sketchy {
             .collect()
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let p = Protocol::parse(field(doc, "protocol")?)
-            .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))?;
+        let p = doc_protocol(doc)?;
         let record = int_field(doc, "record")? as usize;
         Ok(vec![image_request(
             doc,

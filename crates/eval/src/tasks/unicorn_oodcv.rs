@@ -24,7 +24,7 @@ use sightline_metrics::vqa::process_punctuation;
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::mm::{image_ref, image_request, read_records, str_field, Protocol};
+use crate::mm::{doc_protocol, image_ref, image_request, read_records, str_field, Protocol};
 use crate::task::{field, int_field, Aggregation, Metric, Request, Response, Task};
 use crate::tasks::unicorn::unicorn_strip;
 
@@ -211,11 +211,6 @@ pub const OODCV_COUNTERFACTUAL: Oodcv = Oodcv {
     counterfactual: true,
 };
 
-fn protocol(doc: &Value) -> Result<Protocol> {
-    Protocol::parse(field(doc, "protocol")?)
-        .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))
-}
-
 /// A scored record: the post-processed prediction and whether it is correct.
 struct Scored {
     prediction: String,
@@ -225,7 +220,7 @@ struct Scored {
 impl Oodcv {
     fn score(&self, doc: &Value, r: &[Response]) -> Result<Scored> {
         let raw = r.first().map(Response::text).unwrap_or("");
-        let p = protocol(doc)?;
+        let p = doc_protocol(doc)?;
         let text = match p {
             Protocol::Sbt => unicorn_strip(raw).to_string(),
             Protocol::Greedy => p.answer_text(raw),
@@ -304,7 +299,7 @@ impl Task for Oodcv {
             .collect()
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let p = protocol(doc)?;
+        let p = doc_protocol(doc)?;
         let record = int_field(doc, "record")? as usize;
         Ok(vec![image_request(
             doc,

@@ -26,7 +26,7 @@ use sightline_metrics::vqa::{accuracy, postprocess_generation};
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::mm::{image_ref, image_request, Protocol};
+use crate::mm::{doc_demos, doc_protocol, image_ref, image_request};
 use crate::pyrandom::PyRandom;
 use crate::task::{field, int_field, Metric, Request, Response, Task};
 use sightline_corrupt::rng::RandomState;
@@ -139,8 +139,7 @@ fn items(qpath: &Path, apath: &Path) -> Result<Vec<Item>> {
 }
 
 fn answer_of(doc: &Value, r: &[Response]) -> Result<String> {
-    let p = Protocol::parse(field(doc, "protocol")?)
-        .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))?;
+    let p = doc_protocol(doc)?;
     let raw = r.first().map(Response::text).unwrap_or("");
     Ok(postprocess_generation(&p.answer_text(raw)))
 }
@@ -215,21 +214,8 @@ impl Task for Vqav2 {
             .collect()
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let p = Protocol::parse(field(doc, "protocol")?)
-            .ok_or_else(|| Error::Config(format!("document has an unknown protocol: {doc}")))?;
-        let demos: Vec<(String, String)> = doc["demos"]
-            .as_array()
-            .map(|ds| {
-                ds.iter()
-                    .map(|d| {
-                        (
-                            d[0].as_str().unwrap_or("").to_string(),
-                            d[1].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let p = doc_protocol(doc)?;
+        let demos = doc_demos(doc);
         let record = int_field(doc, "record")? as usize;
         Ok(vec![image_request(
             doc,
