@@ -14,7 +14,7 @@ use std::path::Path;
 
 use sightline_model::Tokenizer;
 
-use crate::checkpoint::{atomic_write, save_safetensors, COPIED_FILES};
+use crate::checkpoint::{atomic_write, copy_base_files, save_safetensors, COPIED_FILES};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::finetune::Trainer;
@@ -28,6 +28,8 @@ pub struct Saver<'a> {
     pub llm_config: &'a serde_json::Value,
     pub tokenizer: &'a Tokenizer,
     pub base_dir: &'a Path,
+    /// The base model's vocabulary before LLaVA's growth.
+    pub base_vocab: usize,
     /// The CLIP tower directory (absolute), for multimodal runs.
     pub vision_dir: Option<&'a Path>,
 }
@@ -79,8 +81,7 @@ impl Saver<'_> {
     /// LLaVA `config.json` that tells the loader the projector type and tower.
     fn save_stage1(&self, dir: &Path, trainer: &Trainer, proj: Vec<NamedParam>) -> Result<()> {
         let mut tensors = proj;
-        let base_vocab = self.base_vocab()?;
-        if trainer.model.config.vocab_size > base_vocab {
+        if trainer.model.config.vocab_size > self.base_vocab {
             if let Some(e) = trainer
                 .model
                 .base_params()
@@ -92,13 +93,6 @@ impl Saver<'_> {
         }
         save_safetensors(&dir.join("mm_projector.safetensors"), &tensors)?;
         write_json(&dir.join("config.json"), &self.llava_config())
-    }
-
-    /// The base model's vocabulary before growth.
-    fn base_vocab(&self) -> Result<usize> {
-        let path = self.base_dir.join("config.json");
-        let (_, cfg, _) = sightline_model::config::read_checkpoint_config(&path)?;
-        Ok(cfg.vocab_size)
     }
 
     /// The decoder config as an original-layout LLaVA config (spec M9.1).
@@ -144,17 +138,12 @@ impl Saver<'_> {
             &dir.join("tokenizer.json"),
             self.tokenizer.to_json()?.as_bytes(),
         )?;
-        for f in COPIED_FILES {
-            if matches!(*f, "config.json" | "tokenizer.json") {
-                continue;
-            }
-            let src = self.base_dir.join(f);
-            if src.is_file() {
-                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-                atomic_write(&dir.join(f), &bytes)?;
-            }
-        }
-        Ok(())
+        let others: Vec<&str> = COPIED_FILES
+            .iter()
+            .copied()
+            .filter(|f| !matches!(*f, "config.json" | "tokenizer.json"))
+            .collect();
+        copy_base_files(self.base_dir, dir, &others)
     }
 }
 

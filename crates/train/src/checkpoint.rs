@@ -36,6 +36,29 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// A fresh, empty temporary sibling of `dir` (`.<name>.tmp-<pid>`), for writing a whole
+/// directory and renaming it into place.
+pub fn temp_dir_for(dir: &Path) -> Result<PathBuf> {
+    let tmp = temp_path(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    create_dir(&tmp)?;
+    Ok(tmp)
+}
+
+/// Copies those of `files` that exist in `base` into `dir`, each atomically.
+pub fn copy_base_files(base: &Path, dir: &Path, files: &[&str]) -> Result<()> {
+    for f in files {
+        let src = base.join(f);
+        if src.is_file() {
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            atomic_write(&dir.join(f), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` via a temp file in the same directory and a rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
@@ -70,13 +93,7 @@ pub fn save_full(dir: &Path, model: &TrainLlama, base_dir: Option<&Path>) -> Res
     }
     save_safetensors(&dir.join("model.safetensors"), model.base_params())?;
     if let Some(base) = base_dir {
-        for f in COPIED_FILES {
-            let src = base.join(f);
-            if src.is_file() {
-                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-                atomic_write(&dir.join(f), &bytes)?;
-            }
-        }
+        copy_base_files(base, dir, COPIED_FILES)?;
     }
     Ok(())
 }

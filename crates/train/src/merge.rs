@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use sightline_model::lora::LoraAdapter;
 use sightline_model::{LoadOptions, Weights};
 
-use crate::checkpoint::{atomic_write, COPIED_FILES};
+use crate::checkpoint::{copy_base_files, temp_dir_for, COPIED_FILES};
 use crate::error::{Error, Result};
 
 /// What the merge did.
@@ -71,24 +71,10 @@ pub fn merge_lora(base: &Path, adapter: &Path, out: &Path, tolerance: f32) -> Re
         };
         merged.insert(name, t);
     }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = temp_dir_for(out)?;
     let result = (|| -> Result<(f32, usize)> {
         candle_core::safetensors::save(&merged, tmp.join("model.safetensors"))?;
-        for f in COPIED_FILES {
-            let src = base.join(f);
-            if src.is_file() {
-                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-                atomic_write(&tmp.join(f), &bytes)?;
-            }
-        }
+        copy_base_files(base, &tmp, COPIED_FILES)?;
         probe_diff(base, adapter, &tmp)
     })();
     match result {

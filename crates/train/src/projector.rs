@@ -132,6 +132,17 @@ impl Projector {
     /// tensors decide the type, and must be `[hidden, vision_dim]`(, `[hidden, hidden]`).
     pub fn from_file(path: &Path, vision_dim: usize, hidden: usize, dev: &Device) -> Result<Self> {
         let w = sightline_model::Weights::from_file(path, DType::F32, dev)?;
+        Self::from_weights(&w, path, vision_dim, hidden)
+    }
+
+    /// [`Projector::from_file`] on a stage-1 file that is already open (`path` names it in
+    /// errors).
+    pub fn from_weights(
+        w: &sightline_model::Weights,
+        path: &Path,
+        vision_dim: usize,
+        hidden: usize,
+    ) -> Result<Self> {
         let kind = if w.contains(WEIGHT) {
             ProjectorType::Linear
         } else if w.contains("model.mm_projector.0.weight") {

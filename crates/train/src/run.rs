@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts;
-use crate::checkpoint::atomic_write;
+use crate::checkpoint::{atomic_write, temp_dir_for};
 use crate::config::TrainConfig;
 use crate::dataset::{collate, epoch_order};
 use crate::error::{Error, Result};
@@ -137,6 +137,7 @@ pub fn run(
         pad_id,
         llm_config,
         base_dir,
+        base_vocab,
     } = build(cfg, &opts.device)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let n = data.len();
@@ -153,6 +154,7 @@ pub fn run(
         llm_config: &llm_config,
         tokenizer: &tokenizer,
         base_dir: &base_dir,
+        base_vocab,
         vision_dir: vision.as_ref().map(|v| v.dir.as_path()),
     };
 
@@ -228,17 +230,14 @@ pub fn run(
             on_event(Event::Step(&log));
             let step = trainer.step();
             if step.is_multiple_of(cfg.save_steps) && step < total_steps {
-                let dir = out.join(format!("checkpoint-{step}"));
-                let state = LoopState {
-                    global_step: step,
-                    epoch,
-                    group_in_epoch,
-                    lora_rng: lora_position(&trainer)?.map(|p| p.to_string()),
-                    seed: cfg.seed,
+                let dir = write_checkpoint(
+                    &out,
+                    cfg,
+                    &saver,
+                    &trainer,
+                    (epoch, group_in_epoch),
                     total_steps,
-                };
-                save_checkpoint(&dir, &saver, &trainer, &state)?;
-                rotate(&out, cfg.save_total_limit)?;
+                )?;
                 on_event(Event::Saved(&dir));
             }
         }
@@ -254,19 +253,15 @@ pub fn run(
         saver.save(&out, &trainer)?;
     } else {
         // Interrupted on purpose (stop_after): leave a checkpoint to resume from.
-        let step = trainer.step();
-        let dir = out.join(format!("checkpoint-{step}"));
-        if !dir.exists() {
-            let state = LoopState {
-                global_step: step,
-                epoch,
-                group_in_epoch,
-                lora_rng: lora_position(&trainer)?.map(|p| p.to_string()),
-                seed: cfg.seed,
+        if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
+            let dir = write_checkpoint(
+                &out,
+                cfg,
+                &saver,
+                &trainer,
+                (epoch, group_in_epoch),
                 total_steps,
-            };
-            save_checkpoint(&dir, &saver, &trainer, &state)?;
-            rotate(&out, cfg.save_total_limit)?;
+            )?;
             on_event(Event::Saved(&dir));
         }
     }
@@ -377,6 +372,31 @@ fn rotate(out: &Path, limit: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// `output_dir/checkpoint-<step>` for the trainer's state at this loop position, then
+/// `save_total_limit`'s rotation; returns the directory.
+fn write_checkpoint(
+    out: &Path,
+    cfg: &TrainConfig,
+    saver: &artifacts::Saver,
+    trainer: &Trainer,
+    (epoch, group_in_epoch): (usize, usize),
+    total_steps: usize,
+) -> Result<PathBuf> {
+    let step = trainer.step();
+    let dir = out.join(format!("checkpoint-{step}"));
+    let state = LoopState {
+        global_step: step,
+        epoch,
+        group_in_epoch,
+        lora_rng: lora_position(trainer)?.map(|p| p.to_string()),
+        seed: cfg.seed,
+        total_steps,
+    };
+    save_checkpoint(&dir, saver, trainer, &state)?;
+    rotate(out, cfg.save_total_limit)?;
+    Ok(dir)
+}
+
 /// Writes a checkpoint into a temporary sibling directory and renames it into place, so a
 /// run killed mid-save leaves no half-written `checkpoint-N`.
 fn save_checkpoint(
@@ -385,15 +405,7 @@ fn save_checkpoint(
     trainer: &Trainer,
     state: &LoopState,
 ) -> Result<()> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = temp_dir_for(dir)?;
     saver.save(&tmp, trainer)?;
     let mut tensors = std::collections::HashMap::new();
     let dev = Device::Cpu;

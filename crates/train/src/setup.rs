@@ -109,6 +109,8 @@ pub struct Setup {
     /// The base config with the grown vocabulary (what saved checkpoints get).
     pub llm_config: serde_json::Value,
     pub base_dir: PathBuf,
+    /// The base model's vocabulary before growth.
+    pub base_vocab: usize,
 }
 
 fn usage(msg: String) -> Error {
@@ -200,14 +202,23 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         }
     };
     let hidden = llm_cfg.hidden_size;
+    // The stage-1 file, opened once for its projector and its embedding rows.
+    let stage1 = match &cfg.pretrain_mm_mlp_adapter {
+        Some(p) if multimodal => Some((
+            Path::new(p),
+            Weights::from_file(Path::new(p), DType::F32, device)?,
+        )),
+        _ => None,
+    };
     let projector = if multimodal {
         let kind = ProjectorType::parse(&cfg.mm_projector_type)?;
-        Some(match &cfg.pretrain_mm_mlp_adapter {
-            Some(p) => {
-                let proj = Projector::from_file(Path::new(p), vision_dim, hidden, device)?;
+        Some(match &stage1 {
+            Some((p, w)) => {
+                let proj = Projector::from_weights(w, p, vision_dim, hidden)?;
                 if proj.kind != kind {
                     return Err(usage(format!(
-                        "{p}: a {} projector, but mm_projector_type is {}",
+                        "{}: a {} projector, but mm_projector_type is {}",
+                        p.display(),
                         proj.kind.name(),
                         kind.name()
                     )));
@@ -258,8 +269,8 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         };
         let mut embed = grow(weights.get(&[v, h], "model.embed_tokens.weight")?, &mut rng)?;
         // M6.4: stage 2 takes the trained <im_start>/<im_end> rows from the stage-1 file.
-        if let (Some(p), true) = (&cfg.pretrain_mm_mlp_adapter, cfg.mm_use_im_start_end) {
-            embed = stage1_rows(Path::new(p), embed, device)?;
+        if let (Some((p, w)), true) = (&stage1, cfg.mm_use_im_start_end) {
+            embed = stage1_rows(p, w, embed)?;
         }
         overrides.insert("model.embed_tokens.weight".to_string(), embed.clone());
         if llm_cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
@@ -316,6 +327,7 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         pad_id,
         llm_config,
         base_dir,
+        base_vocab: old_vocab,
     })
 }
 
@@ -342,8 +354,7 @@ fn mean_rows(rows: &[Vec<f32>]) -> Vec<f32> {
 /// LLaVA's `initialize_vision_tokenizer` with `pretrain_mm_mlp_adapter` (M6.4): copy the last
 /// 2 rows of the saved `model.embed_tokens.weight` when it has the current shape, or its rows
 /// when it has exactly 2; any other shape is an error (stages 1 and 2 grew different vocabs).
-fn stage1_rows(path: &Path, embed: Tensor, device: &Device) -> Result<Tensor> {
-    let w = Weights::from_file(path, DType::F32, device)?;
+fn stage1_rows(path: &Path, w: &Weights, embed: Tensor) -> Result<Tensor> {
     if !w.contains("model.embed_tokens.weight") {
         return Ok(embed);
     }
