@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "Evaluate, train and compare LLaMA/LLaVA models (Sight Beyond Text)"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -29,7 +29,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
+    /// Run the whole study (data → stage 1 → stage 2 → text-only baselines → eval → report);
+    /// with no arguments, the paper's study at toy scale, offline.
+    Study(cmd::study::Args),
     /// Log-likelihoods of (context, continuation) requests, lm-evaluation-harness style.
     Score(cmd::score::Args),
     /// Generate text from a prompt (greedy or sampled).
@@ -57,7 +60,13 @@ fn run() -> anyhow::Result<()> {
         // candle and rayon read this once, at their first parallel op.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    dispatch(cli)
+}
+
+/// Runs a parsed command line (also how `sightline study` runs its steps in-process).
+pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Study(a) => cmd::study::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),

@@ -23,6 +23,7 @@
 //! assert_eq!((r.image, r.conversations[0].value.as_str()), (None, "What is shown?"));
 //! ```
 
+pub mod bundled;
 pub mod error;
 pub mod formats;
 pub mod groups;

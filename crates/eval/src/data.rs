@@ -67,6 +67,11 @@ static EMBEDDED_IMAGES: &[(&str, &[u8])] = embed![
     "unicorn/sketchy-vqa/images/skechydata/sketchespng/wineglass/19791.png",
 ];
 
+/// Every bundled image: (path under `data/`, bytes).
+pub fn bundled_images() -> impl Iterator<Item = (&'static str, &'static [u8])> {
+    EMBEDDED_IMAGES.iter().copied()
+}
+
 /// A bundled image by its path under `data/`.
 pub fn bundled_image(rel: &str) -> Option<&'static [u8]> {
     EMBEDDED_IMAGES

@@ -148,6 +148,24 @@ fn check_images(task: &dyn Task, docs: &[(usize, Value)], skipping: bool) -> Res
 }
 
 /// SHA-256 of a task's requests, in evaluation order. Image requests are hashed without their
+/// Documents and requests that `tasks` (as `--tasks` takes them) send with `limit`, on the
+/// built-in data: the cost a study plan shows. Tasks whose data the user supplies are an error.
+pub fn count_requests(tasks: &str, limit: Option<usize>) -> Result<(usize, usize)> {
+    let opts = EvalOptions {
+        limit,
+        ..Default::default()
+    };
+    let (mut docs, mut requests) = (0, 0);
+    for t in crate::tasks::resolve(tasks)? {
+        let (_, selected) = select_docs(t.as_ref(), &opts)?;
+        docs += selected.len();
+        for (_, d) in &selected {
+            requests += t.requests(d)?.len();
+        }
+    }
+    Ok((docs, requests))
+}
+
 /// `image_ref`, so the hash names the prompts and images, not where this machine keeps them.
 pub fn requests_hash(requests: &[Vec<Request>]) -> String {
     let mut h = Sha256::new();

@@ -2,7 +2,7 @@
 //! fresh machine: `builtin:stories260k` (llama2.c's 260K-parameter TinyStories model, MIT).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
@@ -57,4 +57,30 @@ pub fn builtin(name: &str) -> Result<BuiltinModel> {
                 .join(", ")
         ))),
     }
+}
+
+/// Writes the named built-in model as an HF directory at `out` (config.json,
+/// model.safetensors, tokenizer.json, tokenizer_config.json), e.g. as the base model of a
+/// training run. `max_position_embeddings` raises the declared context (config and tokenizer
+/// `model_max_length`): LLaMA's rotary positions have no learned table, so the weights are
+/// unchanged and every sequence that fitted before scores the same; longer ones (LLaVA's `v0`
+/// image prompt is ~1,100 tokens on stories260k's 512-piece vocabulary) become possible.
+pub fn write_dir(name: &str, out: &Path, max_position_embeddings: Option<usize>) -> Result<()> {
+    let b = builtin(name)?;
+    let mut config: serde_json::Value = serde_json::from_str(&b.config_json)
+        .map_err(|e| Error::format(&b.origin, e.to_string()))?;
+    let mut tok_config: serde_json::Value = serde_json::from_slice(&b.tokenizer_config_json)
+        .map_err(|e| Error::format(&b.origin, e.to_string()))?;
+    let tokenizer: serde_json::Value = serde_json::from_slice(&b.tokenizer_json)
+        .map_err(|e| Error::format(&b.origin, e.to_string()))?;
+    if let Some(n) = max_position_embeddings {
+        config["max_position_embeddings"] = n.into();
+        tok_config["model_max_length"] = n.into();
+    }
+    let files = [
+        ("config.json", config),
+        ("tokenizer.json", tokenizer),
+        ("tokenizer_config.json", tok_config),
+    ];
+    llama2c::write_hf_dir(out, &files, &b.tensors)
 }

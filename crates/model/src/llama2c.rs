@@ -413,6 +413,31 @@ pub fn convert_to_dir(bin: &Path, tok: &Path, out: &Path) -> Result<()> {
     let tok_bytes = std::fs::read(tok).map_err(|e| Error::io(tok, e))?;
     let conv = convert_checkpoint(&bin_bytes, bin)?;
     let tokenizer = convert_tokenizer(&tok_bytes, conv.header.vocab_size, tok)?;
+    let files = [
+        ("config.json", conv.config.clone()),
+        ("tokenizer.json", tokenizer),
+        (
+            "tokenizer_config.json",
+            tokenizer_config(conv.header.seq_len),
+        ),
+    ];
+    write_hf_dir(out, &files, &conv.tensors)
+}
+
+/// Writes JSON files and `model.safetensors` into a new directory `out`: into a temporary
+/// sibling first, renamed into place at the end, so a failure (or a kill) never leaves a
+/// half-written `out`. Refuses to replace an existing `out`.
+pub fn write_hf_dir(
+    out: &Path,
+    json_files: &[(&str, Value)],
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    if out.exists() {
+        return Err(Error::format(
+            out,
+            "already exists; choose a new output directory",
+        ));
+    }
     let name = out
         .file_name()
         .ok_or_else(|| Error::format(out, "not a directory name"))?
@@ -420,20 +445,14 @@ pub fn convert_to_dir(bin: &Path, tok: &Path, out: &Path) -> Result<()> {
     let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let json_out = |file: &str, v: &Value| -> Result<()> {
+        for (file, v) in json_files {
             let p = tmp.join(file);
             let text =
                 serde_json::to_string_pretty(v).map_err(|e| Error::format(&p, e.to_string()))?;
-            std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
-        };
-        json_out("config.json", &conv.config)?;
-        json_out("tokenizer.json", &tokenizer)?;
-        json_out(
-            "tokenizer_config.json",
-            &tokenizer_config(conv.header.seq_len),
-        )?;
+            std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        }
         let st = tmp.join("model.safetensors");
-        candle_core::safetensors::save(&conv.tensors, &st)
+        candle_core::safetensors::save(tensors, &st)
             .map_err(|e| Error::format(&st, e.to_string()))?;
         std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
     };

@@ -147,7 +147,12 @@ impl TrainConfig {
     /// Unknown keys, in the file or an override, are an error naming them.
     pub fn from_toml(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut table: toml::Table = toml::from_str(&text)
+        Self::from_toml_str(&text, path, overrides)
+    }
+
+    /// [`TrainConfig::from_toml`] on a run file's text; `path` names it in errors.
+    pub fn from_toml_str(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
         for o in overrides {
             let (key, value) = o

@@ -1,5 +1,6 @@
 //! `sightline-vision`: LLaVA-style vision-language models.
 pub mod batch_generate;
+pub mod builtin;
 pub mod clip;
 pub mod error;
 pub use error::{Error, Result};

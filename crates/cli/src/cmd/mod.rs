@@ -8,5 +8,6 @@ pub mod merge_lora;
 pub mod model_args;
 pub mod score;
 pub mod scoring_args;
+pub mod study;
 pub mod tasks;
 pub mod train;

@@ -24,11 +24,13 @@ use sightline_model::Tokenizer;
 
 use crate::io::Output;
 
+mod bundled;
 mod convert;
 mod corrupt;
 mod preview;
 mod stats;
 
+use bundled::{run_bundled, BundledArgs};
 use convert::{run_convert, ConvertArgs};
 use corrupt::{run_corrupt, CorruptArgs};
 use preview::{run_preview, PreviewArgs};
@@ -54,6 +56,9 @@ pub enum Command {
     /// ImageNet-C corruptions (19, severities 1–5) of an image or a folder of images,
     /// as OUT_DIR/<corruption>/<severity>/<image>.png, with an optional contact sheet.
     Corrupt(CorruptArgs),
+    /// Write the training samples, sketches and example run files built into the binary to a
+    /// new folder (the embedded study's inputs).
+    Bundled(BundledArgs),
 }
 
 pub fn run(cmd: Command) -> Result<()> {
@@ -66,6 +71,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Groups(a) => run_groups(a),
         Command::Preview(a) => run_preview(a),
         Command::Corrupt(a) => run_corrupt(a),
+        Command::Bundled(a) => run_bundled(a),
     };
     match result {
         // `sightline data sample ... | head`: the reader has seen enough; not an error.
