@@ -21,7 +21,10 @@ statsmodels):
    first model as baseline: McNemar b, c and p from statsmodels (exact=True) and scipy.binomtest,
    or the paired bootstrap (numpy RandomState(1234).randint(0, n, size=(10000, n))) p and 95% CI
    plus scipy's ttest_rel; the unpaired z-test p; Holm over the paired p-values
-   (statsmodels multipletests); the first bootstrap indices; McNemar on large counts.
+   (statsmodels multipletests); the first bootstrap indices; McNemar on large counts; a synthetic
+   POPE split whose F1 delta is bootstrapped by recomputing F1 on every resample (spec item 7).
+   `--stats-only` recomputes golden.json from the committed lm-eval folders without rerunning
+   lm-eval.
 """
 import csv
 import json
@@ -182,7 +185,35 @@ def compare(base, other):
     return rows
 
 
+def f1(pred, gold):
+    """SBT's get_pope_results F1 (NaN where it would divide by zero)."""
+    tp = int((pred & gold).sum())
+    fp = int((pred & ~gold).sum())
+    fn = int((~pred & gold).sum())
+    p = tp / (tp + fp) if tp + fp else float("nan")
+    r = tp / (tp + fn) if tp + fn else float("nan")
+    return 2 * p * r / (p + r) if p + r else float("nan")
+
+
+def pope_case():
+    """A synthetic POPE split: F1's paired bootstrap, recomputing F1 on every resample."""
+    n = 80
+    rs = np.random.RandomState(7)
+    gold = rs.rand(n) < 0.5
+    base = np.where(rs.rand(n) < 0.75, gold, ~gold)
+    other = np.where(rs.rand(n) < 0.85, gold, ~gold)
+    idx = np.random.RandomState(SEED).randint(0, n, size=(B, n))
+    dk = np.array([f1(other[i], gold[i]) - f1(base[i], gold[i]) for i in idx])
+    p = min(1.0, 2 * min(int((dk <= 0).sum()), int((dk >= 0).sum())) / B)
+    lo, hi = np.quantile(dk, [0.025, 0.975])
+    return dict(gold=gold.astype(int).tolist(), base=base.astype(int).tolist(),
+                other=other.astype(int).tolist(), f1_base=f1(base, gold), f1_other=f1(other, gold),
+                delta=f1(other, gold) - f1(base, gold), p=p, ci=[float(lo), float(hi)])
+
+
 def main():
+    if "--stats-only" in sys.argv:  # reuse the lm-eval folders already written
+        return write_golden()
     tmp = Path(tempfile.mkdtemp(prefix="report-fixtures-"))
     try:
         inc = make_tasks(tmp)
@@ -197,6 +228,10 @@ def main():
     finally:
         os.chdir(ROOT)
         shutil.rmtree(tmp)
+    write_golden()
+
+
+def write_golden():
     runs = {m: load(OUT / "lm-eval" / m) for m in MODELS}
     values = {m: {t: {"acc": e["acc,none"], "acc_stderr": e["acc_stderr,none"]} for t, (e, _) in r.items()}
               for m, r in runs.items()}
@@ -214,10 +249,12 @@ def main():
         "mcnemar_large": [dict(b=b, c=c, p_statsmodels=p1, p_scipy=p2) for b, c, p1, p2 in big],
         "holm_cases": [dict(p=ps, holm=multipletests(ps, method="holm")[1].tolist())
                        for ps in ([0.01, 0.04, 0.03, 0.005, 0.5, 0.2], [0.2, 0.2, 0.01], [0.9])],
+        "pope_f1": pope_case(),
         "randint_1234_n7_first20": np.random.RandomState(SEED).randint(0, 7, size=(3, 7)).ravel()[:20].tolist(),
     }
     (OUT / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
     print(json.dumps(golden["compare"], indent=1))
+    print(json.dumps({k: v for k, v in golden["pope_f1"].items() if k not in ("gold", "base", "other")}))
 
 
 if __name__ == "__main__":

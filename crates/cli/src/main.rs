@@ -49,6 +49,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Merge a LoRA adapter into its base model (checked against the unmerged model).
     MergeLora(cmd::merge_lora::Args),
+    /// Compare runs (sightline, lm-eval, lmms-eval, training logs): tables, paired tests, plots.
+    Report(cmd::report::Args),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -66,6 +68,7 @@ fn run() -> anyhow::Result<()> {
         Command::Data(c) => cmd::data::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::MergeLora(a) => cmd::merge_lora::run(a),
+        Command::Report(a) => cmd::report::run(a),
     }
 }
 

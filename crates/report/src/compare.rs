@@ -101,7 +101,6 @@ fn pair(base: &Samples, other: &Samples, metric: &str) -> Pairing {
             other.docs.len()
         ));
     }
-    let (mut x, mut y, mut nan) = (Vec::new(), Vec::new(), 0u64);
     for ((ib, db), (io, dox)) in base.docs.iter().zip(&other.docs) {
         if ib != io {
             return Pairing::NotPaired(format!("doc_id {ib} is in one run only"));
@@ -111,6 +110,9 @@ fn pair(base: &Samples, other: &Samples, metric: &str) -> Pairing {
                 return Pairing::NotPaired(format!("doc_hash differs for doc_id {ib}"));
             }
         }
+    }
+    let (mut x, mut y, mut nan) = (Vec::new(), Vec::new(), 0u64);
+    for (db, dox) in base.docs.values().zip(other.docs.values()) {
         match (db.values.get(metric), dox.values.get(metric)) {
             (Some(PerDoc::Num(a)), Some(PerDoc::Num(b))) => {
                 if a.is_nan() || b.is_nan() {
@@ -124,6 +126,24 @@ fn pair(base: &Samples, other: &Samples, metric: &str) -> Pairing {
         }
     }
     Pairing::Paired { x, y, nan }
+}
+
+/// Yes/no answers of both runs for a POPE-style corpus metric (precision, recall, F1), in
+/// `doc_id` order; `None` unless every document of both runs has them (the runs are already
+/// known to cover the same documents).
+fn yes_no_pairs(
+    base: &Samples,
+    other: &Samples,
+    metric: &str,
+) -> Option<(Vec<(bool, bool)>, Vec<(bool, bool)>)> {
+    if !matches!(metric, "precision" | "recall" | "f1") {
+        return None;
+    }
+    let x: Option<Vec<_>> = base.docs.values().map(|d| d.yes_no).collect();
+    let y: Option<Vec<_>> = other.docs.values().map(|d| d.yes_no).collect();
+    let (x, y) = (x?, y?);
+    // Both runs must score against the same labels.
+    x.iter().zip(&y).all(|(a, b)| a.1 == b.1).then_some((x, y))
 }
 
 fn is_binary(v: &[f64]) -> bool {
@@ -213,6 +233,25 @@ fn compare(e: &mut Entry, b: &TaskRun, o: &TaskRun, metric: &str, opts: &Options
                 return;
             }
             Pairing::Corpus => {
+                if let Some((x, y)) = yes_no_pairs(bs, os, metric) {
+                    let full: Vec<usize> = (0..x.len()).collect();
+                    let stat = |idx: &[usize]| {
+                        stats::yes_no_metric(&y, idx, metric)
+                            - stats::yes_no_metric(&x, idx, metric)
+                    };
+                    let d = stat(&full);
+                    let bs = stats::bootstrap_with(x.len(), opts.bootstrap_b, opts.seed, d, stat);
+                    e.n_paired = Some(x.len() as u64);
+                    e.delta = finite(d);
+                    e.test = Some(Test::PairedBootstrap);
+                    e.p_value = Some(bs.p_value);
+                    e.ci95 =
+                        (bs.ci.0.is_finite() && bs.ci.1.is_finite()).then_some([bs.ci.0, bs.ci.1]);
+                    e.note = Some(format!(
+                        "{metric} recomputed on each resample from the yes/no answers"
+                    ));
+                    return;
+                }
                 e.delta = finite(o.metrics[metric].value - b.metrics[metric].value);
                 e.note =
                     Some("no paired test: corpus-level metric without per-document values".into());

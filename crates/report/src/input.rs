@@ -67,6 +67,10 @@ pub struct Doc {
     pub hash: Option<String>,
     /// Metric name → value.
     pub values: BTreeMap<String, PerDoc>,
+    /// For yes/no tasks (POPE): (answered yes, label is yes), from sightline's
+    /// `filtered_resps[0]` + `doc.label` or lmms-eval's `{prediction, ground_truth}` items; lets
+    /// the bootstrap recompute precision, recall and F1.
+    pub yes_no: Option<(bool, bool)>,
 }
 
 /// A task's per-document records.
@@ -443,6 +447,7 @@ pub fn read_samples(path: &Path) -> Result<Samples> {
                 .and_then(Value::as_str)
                 .map(String::from),
             values: BTreeMap::new(),
+            yes_no: yes_no(obj),
         });
         for m in names {
             let Some(v) = obj.get(&m) else { continue };
@@ -465,6 +470,32 @@ pub fn read_samples(path: &Path) -> Result<Samples> {
         file: path.to_path_buf(),
         docs,
     })
+}
+
+fn yes_no_word(v: &Value) -> Option<bool> {
+    match v.as_str()?.trim().to_ascii_lowercase().as_str() {
+        "yes" => Some(true),
+        "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// (prediction is yes, label is yes) of a yes/no record, where both are plain yes/no.
+fn yes_no(obj: &serde_json::Map<String, Value>) -> Option<(bool, bool)> {
+    let sightline = || {
+        let pred = obj.get("filtered_resps")?.get(0)?;
+        let label = obj.get("doc")?.get("label")?;
+        Some((yes_no_word(pred)?, yes_no_word(label)?))
+    };
+    let lmms = || {
+        obj.values().find_map(|v| {
+            Some((
+                yes_no_word(v.get("prediction")?)?,
+                yes_no_word(v.get("ground_truth")?)?,
+            ))
+        })
+    };
+    sightline().or_else(lmms)
 }
 
 /// Reads sightline's `train_log.jsonl`.

@@ -146,10 +146,11 @@ fn html_table(t: &Table, out: &mut String) {
     for r in &t.rows {
         out.push_str("<tr>");
         for (i, c) in r.iter().enumerate() {
-            let cls = if c.contains('*') {
-                " class=\"sig\""
-            } else {
-                ""
+            let numeric = c.starts_with(|ch: char| ch.is_ascii_digit() || "+-<[—N".contains(ch));
+            let cls = match (c.contains('*'), numeric) {
+                (true, _) => " class=\"sig\"",
+                (false, true) => "",
+                (false, false) => " class=\"txt\"",
             };
             if i == 0 {
                 out.push_str(&format!("<th{cls}>{}</th>", esc(c)));
@@ -181,7 +182,7 @@ const CSS: &str = "body{font-family:sans-serif;margin:24px;color:#111;max-width:
 table{border-collapse:collapse;margin:8px 0 4px 0;font-size:14px}\
 th,td{border:1px solid #bbb;padding:4px 8px;text-align:right;white-space:nowrap}\
 thead th{background:#eee;text-align:center}tbody th{text-align:left;background:#fafafa}\
-td.sig{background:#fff3c4;font-weight:bold}p.note{font-size:13px;color:#333;max-width:1100px}\
+td.sig{background:#fff3c4;font-weight:bold}td.txt{text-align:left}p.note{font-size:13px;color:#333;max-width:1100px}\
 figure{margin:16px 0}figcaption{font-size:13px;color:#333}svg{max-width:100%;height:auto}\
 .method p{max-width:1100px;line-height:1.4}";
 

@@ -65,11 +65,36 @@ pub fn bootstrap_with(
     let le = deltas.iter().filter(|&&d| d <= 0.0).count();
     let ge = deltas.iter().filter(|&&d| d >= 0.0).count();
     let p_value = (2.0 * le.min(ge) as f64 / b as f64).min(1.0);
-    deltas.sort_by(f64::total_cmp);
+    // A resample where the statistic is undefined (NaN) counts on neither side, and makes the
+    // interval NaN, as numpy's comparisons and quantile do.
+    let ci = if deltas.iter().any(|d| d.is_nan()) {
+        (f64::NAN, f64::NAN)
+    } else {
+        deltas.sort_by(f64::total_cmp);
+        (quantile(&deltas, 0.025), quantile(&deltas, 0.975))
+    };
     Bootstrap {
         delta: full,
         p_value,
-        ci: (quantile(&deltas, 0.025), quantile(&deltas, 0.975)),
+        ci,
+    }
+}
+
+/// Precision, recall or F1 of yes/no answers (`(answered yes, label yes)` per document, taken
+/// at `idx`), by sightline-metrics' POPE scorer (SBT's `get_pope_results`); NaN where undefined.
+pub fn yes_no_metric(docs: &[(bool, bool)], idx: &[usize], metric: &str) -> f64 {
+    let word = |b: bool| if b { "yes" } else { "no" };
+    let preds: Vec<&str> = idx.iter().map(|&i| word(docs[i].0)).collect();
+    let labels: Vec<bool> = idx.iter().map(|&i| docs[i].1).collect();
+    match sightline_metrics::pope::score(&preds, &labels) {
+        Ok(s) => match metric {
+            "precision" => s.precision,
+            "recall" => s.recall,
+            "f1" => s.f1,
+            "acc" => s.accuracy,
+            _ => f64::NAN,
+        },
+        Err(_) => f64::NAN,
     }
 }
 

@@ -249,3 +249,84 @@ fn report_states_tests_b_seed_and_ethics_average() {
         }
     }
 }
+
+/// Writes a sightline POPE run (results.json + samples with `doc.label` and
+/// `filtered_resps`) from 0/1 answers and labels.
+fn write_pope(dir: &Path, preds: &[i64], gold: &[i64], f1: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let word = |b: i64| if b == 1 { "yes" } else { "no" };
+    let acc: Vec<f64> = preds
+        .iter()
+        .zip(gold)
+        .map(|(p, g)| f64::from(u8::from(p == g)))
+        .collect();
+    let mean = acc.iter().sum::<f64>() / acc.len() as f64;
+    let results = serde_json::json!({
+        "results": {"pope_random": {"acc,none": mean, "acc_stderr,none": 0.05,
+                                     "f1,none": f1, "f1_stderr,none": "N/A"}},
+        "n-samples": {"pope_random": {"original": 3000, "effective": preds.len()}},
+    });
+    std::fs::write(dir.join("results.json"), results.to_string()).unwrap();
+    let mut text = String::new();
+    for (i, (p, g)) in preds.iter().zip(gold).enumerate() {
+        let rec = serde_json::json!({"doc_id": i, "doc": {"record": i, "label": word(*g)},
+            "arguments": [], "resps": [[format!("{}.", word(*p))]],
+            "filtered_resps": [word(*p)], "acc": acc[i], "yes_ratio": *p as f64});
+        text.push_str(&rec.to_string());
+        text.push('\n');
+    }
+    std::fs::write(dir.join("samples_pope_random.jsonl"), text).unwrap();
+}
+
+#[test]
+fn pope_f1_bootstrap_recomputes_f1_like_numpy() {
+    let g = golden();
+    let case = &g["pope_f1"];
+    let ints = |k: &str| -> Vec<i64> {
+        case[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("base"), tmp.path().join("other"));
+    write_pope(
+        &a,
+        &ints("base"),
+        &ints("gold"),
+        case["f1_base"].as_f64().unwrap(),
+    );
+    write_pope(
+        &b,
+        &ints("other"),
+        &ints("gold"),
+        case["f1_other"].as_f64().unwrap(),
+    );
+    let r = build(
+        &[(a, "base".into()), (b, "other".into())],
+        None,
+        &Options::default(),
+    )
+    .unwrap();
+    let e = entry(&r.entries, "other", "pope_random", "f1");
+    assert_eq!(e.test, Some(Test::PairedBootstrap));
+    close(
+        e.delta.unwrap(),
+        case["delta"].as_f64().unwrap(),
+        1e-12,
+        "delta",
+    );
+    close(e.p_value.unwrap(), case["p"].as_f64().unwrap(), 1e-6, "p");
+    let ci = e.ci95.unwrap();
+    close(ci[0], case["ci"][0].as_f64().unwrap(), 1e-6, "ci lo");
+    close(ci[1], case["ci"][1].as_f64().unwrap(), 1e-6, "ci hi");
+    // p < 0.05: marked in the POPE block.
+    let md = file(&r, "report.md");
+    assert!(md.contains("## POPE"), "{md}");
+    assert!(
+        md.contains(&format!("{:+.4}* (p=", e.delta.unwrap())),
+        "{md}"
+    );
+}
