@@ -128,14 +128,13 @@ fn pair(base: &Samples, other: &Samples, metric: &str) -> Pairing {
     Pairing::Paired { x, y, nan }
 }
 
+/// Per document: (answered yes, label is yes).
+type YesNo = Vec<(bool, bool)>;
+
 /// Yes/no answers of both runs for a POPE-style corpus metric (precision, recall, F1), in
 /// `doc_id` order; `None` unless every document of both runs has them (the runs are already
 /// known to cover the same documents).
-fn yes_no_pairs(
-    base: &Samples,
-    other: &Samples,
-    metric: &str,
-) -> Option<(Vec<(bool, bool)>, Vec<(bool, bool)>)> {
+fn yes_no_pairs(base: &Samples, other: &Samples, metric: &str) -> Option<(YesNo, YesNo)> {
     if !matches!(metric, "precision" | "recall" | "f1") {
         return None;
     }

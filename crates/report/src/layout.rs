@@ -310,9 +310,17 @@ pub fn delta_text(c: &Cell, is_baseline: bool, alpha: f64) -> String {
     } else {
         ""
     };
+    let p_eq = |p: f64| {
+        let t = fmt_p(p);
+        if t.starts_with('<') {
+            format!("p{t}")
+        } else {
+            format!("p={t}")
+        }
+    };
     match (c.p, c.test) {
-        (Some(p), Some(Test::ZUnpaired)) => format!("{d:+.4}{mark} (p={}, unpaired)", fmt_p(p)),
-        (Some(p), _) => format!("{d:+.4}{mark} (p={})", fmt_p(p)),
+        (Some(p), Some(Test::ZUnpaired)) => format!("{d:+.4}{mark} ({}, unpaired)", p_eq(p)),
+        (Some(p), _) => format!("{d:+.4}{mark} ({})", p_eq(p)),
         (None, _) => format!("{d:+.4} (no test)"),
     }
 }

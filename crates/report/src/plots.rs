@@ -176,6 +176,17 @@ pub fn all(
             out.push(render(&name, &title, &sweep)?);
         }
     }
+    // Labels that differ only in characters the slug replaces would collide: number them.
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &mut out {
+        let mut name = p.name.clone();
+        let mut k = 2;
+        while !seen.insert(name.clone()) {
+            name = format!("{}_{k}", p.name);
+            k += 1;
+        }
+        p.name = name;
+    }
     Ok(out)
 }
 
@@ -251,7 +262,7 @@ impl Figure for Bars {
             .flatten()
             .map(|(v, s)| v - s)
             .fold(0.0f64, f64::min);
-        let top = if hi > 0.0 { hi * 1.15 } else { 1.0 };
+        let top = if hi > 0.0 { hi * 1.3 } else { 1.0 };
         let n = self.groups.len() as f64;
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, text_style(18))
@@ -451,6 +462,7 @@ impl Figure for Training {
             chart
                 .configure_mesh()
                 .x_desc("optimizer step")
+                .x_label_formatter(&|v| format!("{v:.0}"))
                 .y_desc(name)
                 .y_label_formatter(&fmt)
                 .axis_desc_style(text_style(13))
@@ -578,6 +590,8 @@ impl Figure for Sweep {
         chart
             .configure_mesh()
             .x_desc("severity (0 = clean images)")
+            .x_labels(max_sev as usize + 1)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc(self.metric.as_str())
             .axis_desc_style(text_style(13))
             .label_style(text_style(12))
@@ -657,7 +671,8 @@ impl Figure for Sweep {
                 c.filled(),
             )])?;
             let (px, py) = chart.backend_coord(&(dlo, y + 0.5));
-            right.draw(&Text::new(name.clone(), (px - 6, py), label_style.clone()))?;
+            // backend_coord is in the whole image's pixels: draw on the root area.
+            root.draw(&Text::new(name.clone(), (px - 6, py), label_style.clone()))?;
         }
         Ok(())
     }

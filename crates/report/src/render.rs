@@ -138,7 +138,10 @@ fn inline_md(s: &str) -> String {
 }
 
 fn html_table(t: &Table, out: &mut String) {
-    out.push_str(&format!("<h2>{}</h2>\n<table>\n<thead><tr>", esc(&t.title)));
+    out.push_str(&format!(
+        "<h2>{}</h2>\n<div class=\"wide\"><table>\n<thead><tr>",
+        esc(&t.title)
+    ));
     for h in &t.header {
         out.push_str(&format!("<th>{}</th>", esc(h)));
     }
@@ -146,21 +149,24 @@ fn html_table(t: &Table, out: &mut String) {
     for r in &t.rows {
         out.push_str("<tr>");
         for (i, c) in r.iter().enumerate() {
-            let numeric = c.starts_with(|ch: char| ch.is_ascii_digit() || "+-<[—N".contains(ch));
+            let numeric = c == "baseline"
+                || c.starts_with(|ch: char| ch.is_ascii_digit() || "+-<[—N".contains(ch));
             let cls = match (c.contains('*'), numeric) {
                 (true, _) => " class=\"sig\"",
                 (false, true) => "",
                 (false, false) => " class=\"txt\"",
             };
+            // Keep "value ± stderr" on one line; a delta may wrap before its p-value.
+            let text = esc(c).replace(" ± ", "&nbsp;±&nbsp;");
             if i == 0 {
-                out.push_str(&format!("<th{cls}>{}</th>", esc(c)));
+                out.push_str(&format!("<th{cls}>{text}</th>"));
             } else {
-                out.push_str(&format!("<td{cls}>{}</td>", esc(c)));
+                out.push_str(&format!("<td{cls}>{text}</td>"));
             }
         }
         out.push_str("</tr>\n");
     }
-    out.push_str("</tbody>\n</table>\n");
+    out.push_str("</tbody>\n</table></div>\n");
     for n in &t.notes {
         out.push_str(&format!("<p class=\"note\">{}</p>\n", inline_md(n)));
     }
@@ -180,7 +186,7 @@ fn figure(p: &Plot, out: &mut String) {
 
 const CSS: &str = "body{font-family:sans-serif;margin:24px;color:#111;max-width:1400px}\
 table{border-collapse:collapse;margin:8px 0 4px 0;font-size:14px}\
-th,td{border:1px solid #bbb;padding:4px 8px;text-align:right;white-space:nowrap}\
+th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}div.wide{overflow-x:auto}\
 thead th{background:#eee;text-align:center}tbody th{text-align:left;background:#fafafa}\
 td.sig{background:#fff3c4;font-weight:bold}td.txt{text-align:left}p.note{font-size:13px;color:#333;max-width:1100px}\
 figure{margin:16px 0}figcaption{font-size:13px;color:#333}svg{max-width:100%;height:auto}\

@@ -106,7 +106,14 @@ fn directories_with_one_label_are_one_model_and_conflicts_name_both_files() {
     );
     write_run(&base, "", "truthfulqa_mc1", "acc", &bits(10, &[0, 1]), true);
     // Subfolders of an input directory belong to it.
-    write_run(&base.join("img"), "", "pope_random", "acc", &bits(10, &[0]), false);
+    write_run(
+        &base.join("img"),
+        "",
+        "pope_random",
+        "acc",
+        &bits(10, &[0]),
+        false,
+    );
     write_run(
         &text,
         "",
