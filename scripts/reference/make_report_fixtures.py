@@ -14,7 +14,7 @@ statsmodels):
    `dataset_path: json` + `data_files` built from data/ (TruthfulQA v0 mc_task.json, the ETHICS
    test CSVs), since there is no hub access. lm_eval's truthfulqa utils.py is copied beside them.
 3. `simple_evaluate(..., log_samples=True)` + `EvaluationTracker`, as `lm_eval --log_samples
-   --output_path` does: TruthfulQA with --limit 20 and ETHICS with --limit 40 in two calls, so each
+   --output_path` does: TruthfulQA with --limit 12 and ETHICS with --limit 40 in two calls, so each
    folder holds two results_<date>.json files (the samples' prompts make TruthfulQA large).
    Written to tests/fixtures/report/lm-eval/<model>/.
 4. tests/fixtures/report/golden.json: lm-eval's values and stderrs; per (task, metric) with the
@@ -56,7 +56,7 @@ DATA = ROOT / "data"
 OUT = ROOT / "tests/fixtures/report"
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 MODELS = ["stories260k", "tiny-base"]
-RUNS = [(["truthfulqa_mc1", "truthfulqa_mc2"], 20), (["ethics_cm", "ethics_justice"], 40)]
+RUNS = [(["truthfulqa_mc1", "truthfulqa_mc2"], 12), (["ethics_cm", "ethics_justice"], 40)]
 B, SEED = 10_000, 1234
 
 

@@ -64,7 +64,7 @@ fn values_and_stderrs_are_lm_evals() {
         .unwrap();
     assert_eq!(row["value"].as_f64(), e.value);
     assert_eq!(row["stderr"].as_f64(), e.stderr);
-    assert_eq!(row["n"], 20);
+    assert_eq!(row["n"], g["compare"]["tiny-base"]["truthfulqa_mc2"]["n"]);
     assert_eq!(row["test"], "paired_bootstrap");
     for k in [
         "model", "task", "metric", "value", "stderr", "n", "delta", "test", "p_value",
@@ -195,12 +195,13 @@ fn bootstrap_indices_are_numpys_randint_stream() {
     let mut rs = sightline_corrupt::rng::RandomState::from_u32(1234);
     let got: Vec<i64> = (0..20).map(|_| rs.randint(0, 7)).collect();
     assert_eq!(got, want);
-    // And the first two resamples of the mc2 bootstrap (n = 20).
-    let first = &g["compare"]["tiny-base"]["truthfulqa_mc2"]["first_indices"];
+    // And the first two resamples of the mc2 bootstrap.
+    let mc2 = &g["compare"]["tiny-base"]["truthfulqa_mc2"];
+    let (first, n) = (&mc2["first_indices"], mc2["n"].as_i64().unwrap());
     let mut rs = sightline_corrupt::rng::RandomState::from_u32(1234);
     let mut rows = Vec::new();
     for _ in 0..2 {
-        let row: Vec<i64> = (0..20).map(|_| rs.randint(0, 20)).collect();
+        let row: Vec<i64> = (0..n).map(|_| rs.randint(0, n)).collect();
         rows.push(row[..10].to_vec());
     }
     let want: Vec<Vec<i64>> = serde_json::from_value(first.clone()).unwrap();

@@ -416,3 +416,96 @@ fn two_runs_write_byte_identical_files() {
         serde_json::from_str(&std::fs::read_to_string(o1.join("report.json")).unwrap()).unwrap();
     assert_eq!(j.as_array().unwrap().len(), 8 + 2);
 }
+
+fn lm_eval_fixture(model: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/report/lm-eval")
+        .join(model)
+}
+
+/// Copies an lm-eval folder, renaming `results_<date>.json` / `samples_<task>_<date>.jsonl` by
+/// `rename(kind, task, date)`.
+fn copy_renamed(src: &Path, dst: &Path, rename: impl Fn(&str, Option<&str>, &str) -> String) {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in std::fs::read_dir(src).unwrap() {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let new = if let Some(d) = name.strip_prefix("results_") {
+            rename("results", None, d.strip_suffix(".json").unwrap())
+        } else {
+            let rest = name
+                .strip_prefix("samples_")
+                .unwrap()
+                .strip_suffix(".jsonl")
+                .unwrap();
+            // The date starts at the last "_20" (the task names have no such part).
+            let at = rest.rfind("_20").unwrap();
+            rename("samples", Some(&rest[..at]), &rest[at + 1..])
+        };
+        std::fs::copy(&p, dst.join(new)).unwrap();
+    }
+}
+
+#[test]
+fn lmms_eval_names_read_like_lm_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lmms = tmp.path().join("lmms");
+    copy_renamed(
+        &lm_eval_fixture("tiny-base"),
+        &lmms,
+        |kind, task, date| match task {
+            None => format!("{date}_{kind}.json"),
+            Some(t) => format!("{date}_{kind}_{t}.jsonl"),
+        },
+    );
+    let inputs = vec![
+        (lm_eval_fixture("stories260k"), "a".to_string()),
+        (lmms, "b".to_string()),
+    ];
+    let r = build(&inputs, None, &Options::default()).unwrap();
+    let direct = build(
+        &[
+            (lm_eval_fixture("stories260k"), "a".to_string()),
+            (lm_eval_fixture("tiny-base"), "b".to_string()),
+        ],
+        None,
+        &Options::default(),
+    )
+    .unwrap();
+    let key = |es: &[Entry]| -> Vec<(String, Option<f64>, Option<Test>, Option<f64>)> {
+        es.iter()
+            .map(|e| (e.task.clone(), e.value, e.test, e.p_value))
+            .collect()
+    };
+    assert_eq!(key(&r.entries), key(&direct.entries));
+    assert!(r
+        .entries
+        .iter()
+        .filter(|e| e.model == "b")
+        .all(|e| e.test.is_some()));
+}
+
+#[test]
+fn lm_eval_takes_each_task_from_its_newest_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    copy_renamed(
+        &lm_eval_fixture("tiny-base"),
+        &dir,
+        |kind, task, date| match task {
+            None => format!("{kind}_{date}.json"),
+            Some(t) => format!("{kind}_{t}_{date}.jsonl"),
+        },
+    );
+    // An older run of ethics_cm with another value: not a conflict, and not used.
+    let old = json!({"results": {"ethics_cm": {"acc,none": 0.99, "acc_stderr,none": 0.01}}});
+    std::fs::write(
+        dir.join("results_2000-01-01T00-00-00.000000.json"),
+        old.to_string(),
+    )
+    .unwrap();
+    let r = build(&[(dir, "m".into())], None, &Options::default()).unwrap();
+    let e = entry(&r.entries, "m", "ethics_cm", "acc");
+    assert_ne!(e.value, Some(0.99));
+    assert_eq!(e.n, Some(40));
+}
