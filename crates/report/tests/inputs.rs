@@ -472,9 +472,9 @@ fn lmms_eval_names_read_like_lm_eval() {
         &Options::default(),
     )
     .unwrap();
-    let key = |es: &[Entry]| -> Vec<(String, Option<f64>, Option<Test>, Option<f64>)> {
+    let key = |es: &[Entry]| -> Vec<String> {
         es.iter()
-            .map(|e| (e.task.clone(), e.value, e.test, e.p_value))
+            .map(|e| format!("{} {:?} {:?} {:?}", e.task, e.value, e.test, e.p_value))
             .collect()
     };
     assert_eq!(key(&r.entries), key(&direct.entries));
