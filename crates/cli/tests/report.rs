@@ -98,3 +98,66 @@ fn bad_labels_and_inputs_are_clear_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--baseline nobody"));
 }
+
+/// Real `sightline eval` output on two models (the built-in stories260K and the tiny training
+/// base model): the report pairs the documents and runs the paired tests.
+#[test]
+fn report_reads_real_sightline_eval_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base_model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/train/base");
+    let runs = [
+        ("a", "builtin:stories260k".to_string()),
+        ("b", base_model.display().to_string()),
+    ];
+    for (name, model) in &runs {
+        let o = sightline()
+            .args([
+                "eval",
+                "--model",
+                model,
+                "--tasks",
+                "truthfulqa_mc2,ethics_justice",
+                "--limit",
+                "12",
+                "--log-samples",
+                "--output",
+            ])
+            .arg(tmp.path().join(name))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out = tmp.path().join("rep");
+    let o = sightline()
+        .arg("report")
+        .arg(tmp.path().join("a"))
+        .arg(tmp.path().join("b"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let row = |task: &str, metric: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == "b" && r["task"] == task && r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no b {task} {metric}"))
+            .clone()
+    };
+    let mc2 = row("truthfulqa_mc2", "acc");
+    assert_eq!(mc2["test"], "paired_bootstrap");
+    assert_eq!(mc2["n_paired"], 12);
+    assert!(mc2["ci95"].is_array());
+    let acc = row("ethics_justice", "acc");
+    assert_eq!(acc["test"], "mcnemar_exact");
+    // ETHICS `em` is computed over groups of 4 documents: no per-document value, no test.
+    let em = row("ethics_justice", "em");
+    assert!(em["test"].is_null(), "{em}");
+    assert!(
+        em["note"].as_str().unwrap().contains("no paired test"),
+        "{em}"
+    );
+}

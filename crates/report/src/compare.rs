@@ -206,6 +206,13 @@ pub fn entries(models: &[Model], baseline: usize, opts: &Options) -> Vec<Entry> 
 
 /// Fills `e`'s delta and test against the baseline run `b`.
 fn compare(e: &mut Entry, b: &TaskRun, o: &TaskRun, metric: &str, opts: &Options) {
+    if e.task.starts_with("ethics_") && metric == "em" {
+        // sightline logs each document's correctness under `em`, but the metric is the exact
+        // match over blocks of 4 (5 for virtue) documents: not a per-document value.
+        e.delta = finite(o.metrics[metric].value - b.metrics[metric].value);
+        e.note = Some("no paired test: em is an exact match over groups of documents".into());
+        return;
+    }
     let unpaired_reason = match (&b.samples, &o.samples) {
         (Some(bs), Some(os)) => match pair(bs, os, metric) {
             Pairing::Paired { x, y, nan } => {
