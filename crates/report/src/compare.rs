@@ -128,6 +128,16 @@ fn pair(base: &Samples, other: &Samples, metric: &str) -> Pairing {
     Pairing::Paired { x, y, nan }
 }
 
+/// Which yes/no rate a corpus metric is: sightline's `precision`/`recall`/`f1`, lmms-eval's
+/// `pope_precision`/`pope_recall`/`pope_f1_score`/`pope_accuracy`.
+fn yes_no_kind(metric: &str) -> Option<&'static str> {
+    let m = metric.strip_suffix("_score").unwrap_or(metric);
+    ["precision", "recall", "f1", "accuracy"]
+        .into_iter()
+        .find(|k| m == *k || m.ends_with(&format!("_{k}")))
+        .map(|k| if k == "accuracy" { "acc" } else { k })
+}
+
 /// Per document: (answered yes, label is yes).
 type YesNo = Vec<(bool, bool)>;
 
@@ -135,9 +145,7 @@ type YesNo = Vec<(bool, bool)>;
 /// `doc_id` order; `None` unless every document of both runs has them (the runs are already
 /// known to cover the same documents).
 fn yes_no_pairs(base: &Samples, other: &Samples, metric: &str) -> Option<(YesNo, YesNo)> {
-    if !matches!(metric, "precision" | "recall" | "f1") {
-        return None;
-    }
+    yes_no_kind(metric)?;
     let x: Option<Vec<_>> = base.docs.values().map(|d| d.yes_no).collect();
     let y: Option<Vec<_>> = other.docs.values().map(|d| d.yes_no).collect();
     let (x, y) = (x?, y?);
@@ -239,11 +247,13 @@ fn compare(e: &mut Entry, b: &TaskRun, o: &TaskRun, metric: &str, opts: &Options
                 return;
             }
             Pairing::Corpus => {
-                if let Some((x, y)) = yes_no_pairs(bs, os, metric) {
+                let pope = e.task.starts_with("pope");
+                if let (true, Some((x, y)), Some(kind)) =
+                    (pope, yes_no_pairs(bs, os, metric), yes_no_kind(metric))
+                {
                     let full: Vec<usize> = (0..x.len()).collect();
                     let stat = |idx: &[usize]| {
-                        stats::yes_no_metric(&y, idx, metric)
-                            - stats::yes_no_metric(&x, idx, metric)
+                        stats::yes_no_metric(&y, idx, kind) - stats::yes_no_metric(&x, idx, kind)
                     };
                     let d = stat(&full);
                     let bs = stats::bootstrap_with(x.len(), opts.bootstrap_b, opts.seed, d, stat);

@@ -509,3 +509,60 @@ fn lm_eval_takes_each_task_from_its_newest_file() {
     assert_ne!(e.value, Some(0.99));
     assert_eq!(e.n, Some(40));
 }
+
+/// lmms-eval logs POPE's metrics as per-document items `{question_id, score, prediction,
+/// ground_truth}`: F1 and accuracy are recomputed on each bootstrap resample from them.
+#[test]
+fn lmms_eval_pope_items_are_bootstrapped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gold: Vec<bool> = (0..40).map(|i| i % 2 == 0).collect();
+    for (name, wrong) in [("a", 9usize), ("b", 3)] {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let date = "20250101_000000";
+        let mut text = String::new();
+        let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+        for (i, g) in gold.iter().enumerate() {
+            let pred = if i < wrong { !g } else { *g };
+            match (pred, g) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fn_ += 1.0,
+                _ => {}
+            }
+            let w = |b: bool| if b { "yes" } else { "no" };
+            let item =
+                json!({"question_id": i, "score": 1, "prediction": w(pred), "ground_truth": w(*g)});
+            let rec =
+                json!({"doc_id": i, "target": w(*g), "pope_accuracy": item, "pope_f1_score": item});
+            text.push_str(&rec.to_string());
+            text.push('\n');
+        }
+        let f1 = 2.0 * tp / (2.0 * tp + fp + fn_);
+        let acc = 1.0 - wrong as f64 / 40.0;
+        let res = json!({"results": {"pope_pop": {"pope_accuracy,none": acc, "pope_accuracy_stderr,none": "N/A",
+                                                   "pope_f1_score,none": f1, "pope_f1_score_stderr,none": "N/A"}}});
+        std::fs::write(d.join(format!("{date}_results.json")), res.to_string()).unwrap();
+        std::fs::write(d.join(format!("{date}_samples_pope_pop.jsonl")), text).unwrap();
+    }
+    let r = build(
+        &[
+            (tmp.path().join("a"), "a".into()),
+            (tmp.path().join("b"), "b".into()),
+        ],
+        None,
+        &Options::default(),
+    )
+    .unwrap();
+    for m in ["pope_accuracy", "pope_f1_score"] {
+        let e = entry(&r.entries, "b", "pope_pop", m);
+        assert_eq!(e.test, Some(Test::PairedBootstrap), "{m}");
+        assert_eq!(e.n_paired, Some(40));
+        let (va, vb) = (
+            entry(&r.entries, "a", "pope_pop", m).value.unwrap(),
+            e.value.unwrap(),
+        );
+        assert!((e.delta.unwrap() - (vb - va)).abs() < 1e-12, "{m}");
+        assert!(e.p_value.unwrap() < 0.05, "{m}: {:?}", e.p_value);
+    }
+}
