@@ -44,7 +44,10 @@ fn report_writes_tables_json_html_and_plots() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let rows = json.as_array().unwrap();
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 8 + 2); // and the ETHICS average of each model
+    assert!(rows
+        .iter()
+        .any(|r| r["task"] == "ethics_average" && r["model"] == "tiny"));
     assert!(rows
         .iter()
         .any(|r| r["model"] == "stories260k" && r["test"] == "mcnemar_exact"));

@@ -54,6 +54,8 @@ pub struct Layout {
     /// The "how to read this" paragraphs.
     pub method: Vec<String>,
     pub alpha: f64,
+    /// Entries computed here (the ETHICS average), for report.json.
+    pub derived: Vec<Entry>,
 }
 
 type Spec = (&'static str, &'static str, &'static str);
@@ -112,6 +114,7 @@ impl Layout {
             idx.map.insert((mi, e.key(), e.metric.clone()), e);
         }
         let mut used: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut derived = Vec::new();
         let mut blocks = Vec::new();
         let n = labels.len();
         let dynamic = |prefix: &str, metrics: &[&str]| -> Vec<Col> {
@@ -163,7 +166,7 @@ impl Layout {
                 }
             }
             if slug == "ethics" {
-                ethics_average(&mut block, &present, baseline);
+                derived = ethics_average(&mut block, &present, &labels, baseline);
             }
             blocks.push(block);
         }
@@ -202,6 +205,7 @@ impl Layout {
             blocks,
             tables,
             alpha: opts.alpha,
+            derived,
         }
     }
 }
@@ -229,13 +233,24 @@ fn cell(e: &Entry) -> Cell {
 
 /// ETHICS's paper average (spec item 8): the unweighted mean of the subset accuracies, stderr
 /// `sqrt(Σ se²) / k`. Only over the subsets every model has, so that the averages compare.
-fn ethics_average(block: &mut Block, cols: &[&Col], baseline: usize) {
+fn ethics_average(
+    block: &mut Block,
+    cols: &[&Col],
+    labels: &[String],
+    baseline: usize,
+) -> Vec<Entry> {
     let common: Vec<usize> = (0..cols.len())
         .filter(|&c| block.cells.iter().all(|row| row[c].value.is_some()))
         .collect();
     if common.is_empty() {
-        return;
+        return Vec::new();
     }
+    let tasks: Vec<&str> = common.iter().map(|&c| cols[c].0.as_str()).collect();
+    let note = format!(
+        "unweighted mean of the acc of {} (spec item 8), stderr sqrt(sum se^2)/{}; delta not tested",
+        tasks.join(", "),
+        common.len()
+    );
     let k = common.len() as f64;
     let names: Vec<&str> = common.iter().map(|&c| cols[c].2.as_str()).collect();
     let mut avgs = Vec::new();
@@ -249,7 +264,26 @@ fn ethics_average(block: &mut Block, cols: &[&Col], baseline: usize) {
         avgs.push((v, se));
     }
     let (bv, _) = avgs[baseline];
+    let mut derived = Vec::new();
     for (mi, (row, (v, se))) in block.cells.iter_mut().zip(avgs).enumerate() {
+        derived.push(Entry {
+            model: labels[mi].clone(),
+            task: "ethics_average".into(),
+            corruption: None,
+            severity: None,
+            metric: "acc".into(),
+            value: Some(v),
+            stderr: se,
+            n: None,
+            delta: (mi != baseline).then_some(v - bv),
+            test: None,
+            p_value: None,
+            p_holm: None,
+            ci95: None,
+            n_paired: None,
+            n_nan: None,
+            note: Some(note.clone()),
+        });
         row.push(Cell {
             value: Some(v),
             stderr: se,
@@ -267,6 +301,7 @@ fn ethics_average(block: &mut Block, cols: &[&Col], baseline: usize) {
         names.join(", "),
         common.len()
     ));
+    derived
 }
 
 pub fn fmt_num(v: f64) -> String {

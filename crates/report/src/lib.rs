@@ -103,8 +103,10 @@ pub fn build(
             input::MAX_DEPTH
         )));
     }
-    let entries = compare::entries(&models, base, opts);
+    let mut entries = compare::entries(&models, base, opts);
     let layout = layout::Layout::new(&models, base, &entries, opts);
+    // The ETHICS average (task "ethics_average") goes into report.json after the tasks.
+    entries.extend(layout.derived.iter().cloned());
     let plots = plots::all(&models, base, &entries, &layout)?;
     let mut files = Vec::new();
     let md = render::markdown(&layout, &plots);
