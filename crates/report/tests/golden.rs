@@ -50,6 +50,35 @@ fn values_and_stderrs_are_lm_evals() {
         }
     }
     assert_eq!(n, 8);
+    // To the last bit: the shortest representation of each value is the text lm-eval wrote
+    // (Python's repr), found in its results file.
+    let mut texts = String::new();
+    for (dir, _) in inputs() {
+        for f in std::fs::read_dir(dir).unwrap() {
+            let p = f.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("results_")
+            {
+                texts.push_str(&std::fs::read_to_string(p).unwrap());
+            }
+        }
+    }
+    for e in &r.entries {
+        if e.task == "ethics_average" {
+            continue;
+        }
+        for (k, v) in [("acc,none", e.value), ("acc_stderr,none", e.stderr)] {
+            let needle = format!("\"{k}\": {}", v.unwrap());
+            assert!(
+                texts.contains(&needle),
+                "{} {}: {needle} not in lm-eval's files",
+                e.model,
+                e.task
+            );
+        }
+    }
     // The tables print them (4 decimals) and report.json carries them exactly.
     let md = file(&r, "report.md");
     let e = entry(&r.entries, "tiny-base", "truthfulqa_mc2", "acc");
