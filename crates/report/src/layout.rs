@@ -165,6 +165,7 @@ impl Layout {
                     row.push(idx.get(mi, t, m).map(cell).unwrap_or_default());
                 }
             }
+            block.notes.push(tests_note(&block, opts.alpha));
             if slug == "ethics" {
                 derived = ethics_average(&mut block, &present, &labels, baseline);
             }
@@ -229,6 +230,34 @@ fn cell(e: &Entry) -> Cell {
         test: e.test,
         present: true,
     }
+}
+
+/// "Δ: MC1 acc by McNemar exact; MC2 acc by paired bootstrap; * p < 0.05."
+fn tests_note(b: &Block, alpha: f64) -> String {
+    let parts: Vec<String> = b
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(c, h)| {
+            let mut tests: Vec<&str> = b
+                .cells
+                .iter()
+                .filter_map(|row| row[c].test.map(Test::label))
+                .collect();
+            tests.sort();
+            tests.dedup();
+            let t = if tests.is_empty() {
+                "no test".to_string()
+            } else {
+                tests.join(" / ")
+            };
+            format!("{h}: {t}")
+        })
+        .collect();
+    format!(
+        "Tests of Δ against the baseline: {}. `*` marks p < {alpha} (raw two-sided p).",
+        parts.join("; ")
+    )
 }
 
 /// ETHICS's paper average (spec item 8): the unweighted mean of the subset accuracies, stderr
