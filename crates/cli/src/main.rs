@@ -52,6 +52,8 @@ pub(crate) enum Command {
     Train(cmd::train::Args),
     /// Merge a LoRA adapter into its base model (checked against the unmerged model).
     MergeLora(cmd::merge_lora::Args),
+    /// Compare runs (sightline, lm-eval, lmms-eval, training logs): tables, paired tests, plots.
+    Report(cmd::report::Args),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -75,6 +77,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Data(c) => cmd::data::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::MergeLora(a) => cmd::merge_lora::run(a),
+        Command::Report(a) => cmd::report::run(a),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod merge_lora;
 pub mod model_args;
+pub mod report;
 pub mod score;
 pub mod scoring_args;
 pub mod study;
