@@ -261,15 +261,24 @@ fn tests_note(b: &Block, alpha: f64) -> String {
 }
 
 /// ETHICS's paper average (spec item 8): the unweighted mean of the subset accuracies, stderr
-/// `sqrt(Σ se²) / k`. Only over the subsets every model has, so that the averages compare.
+/// `sqrt(Σ se²) / k`. Only over the subsets every model with ETHICS results has, so that the
+/// averages compare; a model without any subset (a stage-1 projector evaluated on images only)
+/// gets no average.
 fn ethics_average(
     block: &mut Block,
     cols: &[&Col],
     labels: &[String],
     baseline: usize,
 ) -> Vec<Entry> {
+    let has_any = |row: &Vec<Cell>| (0..cols.len()).any(|c| row[c].value.is_some());
     let common: Vec<usize> = (0..cols.len())
-        .filter(|&c| block.cells.iter().all(|row| row[c].value.is_some()))
+        .filter(|&c| {
+            block
+                .cells
+                .iter()
+                .filter(|row| has_any(row))
+                .all(|row| row[c].value.is_some())
+        })
         .collect();
     if common.is_empty() {
         return Vec::new();
@@ -282,19 +291,29 @@ fn ethics_average(
     );
     let k = common.len() as f64;
     let names: Vec<&str> = common.iter().map(|&c| cols[c].2.as_str()).collect();
-    let mut avgs = Vec::new();
-    for row in &block.cells {
-        let v: f64 = common.iter().filter_map(|&c| row[c].value).sum::<f64>() / k;
-        let se = common
-            .iter()
-            .map(|&c| row[c].stderr.map(|s| s * s))
-            .sum::<Option<f64>>()
-            .map(|s| s.sqrt() / k);
-        avgs.push((v, se));
-    }
-    let (bv, _) = avgs[baseline];
+    let avgs: Vec<Option<(f64, Option<f64>)>> = block
+        .cells
+        .iter()
+        .map(|row| {
+            has_any(row).then(|| {
+                let v: f64 = common.iter().filter_map(|&c| row[c].value).sum::<f64>() / k;
+                let se = common
+                    .iter()
+                    .map(|&c| row[c].stderr.map(|s| s * s))
+                    .sum::<Option<f64>>()
+                    .map(|s| s.sqrt() / k);
+                (v, se)
+            })
+        })
+        .collect();
+    let bv = avgs[baseline].map(|(v, _)| v);
     let mut derived = Vec::new();
-    for (mi, (row, (v, se))) in block.cells.iter_mut().zip(avgs).enumerate() {
+    for (mi, (row, avg)) in block.cells.iter_mut().zip(avgs).enumerate() {
+        let Some((v, se)) = avg else {
+            row.push(Cell::default());
+            continue;
+        };
+        let delta = bv.filter(|_| mi != baseline).map(|b| v - b);
         derived.push(Entry {
             model: labels[mi].clone(),
             task: "ethics_average".into(),
@@ -304,7 +323,7 @@ fn ethics_average(
             value: Some(v),
             stderr: se,
             n: None,
-            delta: (mi != baseline).then_some(v - bv),
+            delta,
             test: None,
             p_value: None,
             p_holm: None,
@@ -316,7 +335,7 @@ fn ethics_average(
         row.push(Cell {
             value: Some(v),
             stderr: se,
-            delta: (mi != baseline).then_some(v - bv),
+            delta,
             present: true,
             ..Cell::default()
         });

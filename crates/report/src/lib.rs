@@ -40,6 +40,9 @@ pub struct Options {
     pub seed: u32,
     /// Significance threshold for the table marks (raw two-sided p).
     pub alpha: f64,
+    /// A paragraph shown under the title (what the models are, caveats), e.g. the study's
+    /// `[report] note`.
+    pub note: Option<String>,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             bootstrap_b: 10_000,
             seed: 1234,
             alpha: 0.05,
+            note: None,
         }
     }
 }
@@ -109,8 +113,8 @@ pub fn build(
     entries.extend(layout.derived.iter().cloned());
     let plots = plots::all(&models, base, &entries, &layout)?;
     let mut files = Vec::new();
-    let md = render::markdown(&layout, &plots);
-    let html = render::html(&layout, &plots);
+    let md = render::markdown(&layout, &plots, opts.note.as_deref());
+    let html = render::html(&layout, &plots, opts.note.as_deref());
     let json = serde_json::to_string_pretty(&entries)
         .map_err(|e| Error::Input(format!("report.json: {e}")))?;
     files.push((PathBuf::from("report.md"), md.into_bytes()));

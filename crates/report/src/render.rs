@@ -80,8 +80,11 @@ fn all_tables(l: &Layout) -> Vec<(Table, Option<String>)> {
 }
 
 /// `report.md`: the tables, the method, and links to the plots.
-pub fn markdown(l: &Layout, plots: &[Plot]) -> String {
+pub fn markdown(l: &Layout, plots: &[Plot], note: Option<&str>) -> String {
     let mut out = String::from("# sightline report\n\n");
+    if let Some(n) = note {
+        out.push_str(&format!("> {}\n\n", n.trim().replace('\n', "\n> ")));
+    }
     out.push_str(&format!("Models: {}.\n\n", l.labels.join(", ")));
     for (t, _) in all_tables(l) {
         md_table(&t, &mut out);
@@ -193,9 +196,12 @@ figure{margin:16px 0}figcaption{font-size:13px;color:#333}svg{max-width:100%;hei
 .method p{max-width:1100px;line-height:1.4}";
 
 /// `report.html`: one file, the CSS and SVGs inline.
-pub fn html(l: &Layout, plots: &[Plot]) -> String {
+pub fn html(l: &Layout, plots: &[Plot], note: Option<&str>) -> String {
+    let note = note.map_or(String::new(), |n| {
+        format!("<p class=\"note\"><strong>{}</strong></p>\n", esc(n.trim()))
+    });
     let mut out = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>sightline report</title>\n<style>{CSS}</style>\n</head>\n<body>\n<h1>sightline report</h1>\n<p>Models: {}.</p>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>sightline report</title>\n<style>{CSS}</style>\n</head>\n<body>\n<h1>sightline report</h1>\n{note}<p>Models: {}.</p>\n",
         esc(&l.labels.join(", "))
     );
     let mut shown = Vec::new();

@@ -190,6 +190,8 @@ pub struct CorruptSpec {
 pub struct ReportSpec {
     /// The label the others are compared with (default: the first base).
     pub baseline: Option<String>,
+    /// A paragraph shown under the report's title (what the models are, caveats).
+    pub note: Option<String>,
 }
 
 impl StudyFile {

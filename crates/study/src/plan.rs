@@ -856,6 +856,9 @@ fn plan_report(b: &mut Builder, models: &[ModelRef], inputs: &[(PathBuf, String)
         p(&b.dir),
         s("--overwrite"),
     ]);
+    if let Some(note) = &b.study.report.note {
+        cmd.extend([s("--note"), note.clone()]);
+    }
     let deps: Vec<String> = b
         .steps
         .iter()

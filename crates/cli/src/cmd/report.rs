@@ -31,6 +31,9 @@ pub struct Args {
     /// Seed of the bootstrap's numpy RandomState index stream.
     #[arg(long, default_value_t = 1234)]
     seed: u32,
+    /// A paragraph shown under the report's title (what the models are, caveats).
+    #[arg(long)]
+    note: Option<String>,
 }
 
 /// Pairs each directory with its label: `--label DIR=NAME` where DIR matches the argument as
@@ -89,6 +92,7 @@ pub fn run(a: Args) -> Result<()> {
     let opts = Options {
         bootstrap_b: a.bootstrap,
         seed: a.seed,
+        note: a.note.clone(),
         ..Options::default()
     };
     let report = sightline_report::build(&inputs, a.baseline.as_deref(), &opts)?;
