@@ -834,7 +834,8 @@ fn load_tower(
     if !dir.is_dir() {
         return Err(Error::format(
             &dir,
-            "--vision-tower is not a directory (expected a CLIPVisionModel or CLIPModel checkpoint)",
+            "the vision tower is not a directory (expected a CLIPVisionModel or CLIPModel \
+             checkpoint; pass --vision-tower DIR|ID)",
         ));
     }
     let tower = ClipVisionTower::from_dir(&dir, mm.select_layer, dtype, device)?;
