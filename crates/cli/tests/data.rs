@@ -22,8 +22,10 @@ const ORCA: &str = "data/training/orca/orca_dpo_pairs_validation_30.jsonl";
 const TINY_TOKENIZER: &str = "tests/fixtures/llava/tiny-llava-orig";
 
 fn sightline<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    // Offline: a mistyped path that reads as a Hub id must not reach for the network.
     let o = Command::new(env!("CARGO_BIN_EXE_sightline"))
         .args(args)
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("runs");
     let err = stderr(&o);
@@ -231,7 +233,10 @@ fn malformed_inputs_give_one_clear_line() {
         "--tokenizer",
         "nowhere/model",
     ]);
-    assert!(e.contains("nowhere/model: not a directory"), "{e}");
+    assert!(
+        e.contains("`nowhere/model`") && e.contains("not a local path"),
+        "{e}"
+    );
     let e = one_error(&[
         "data",
         "strip-images",

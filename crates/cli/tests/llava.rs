@@ -16,9 +16,14 @@ fn path(rel: &str) -> String {
 const PHOTO: &str = "data/llava/examples/extreme_ironing.jpg";
 const SKETCH: &str = "data/unicorn/sketchy-vqa/images/skechydata/sketchespng/dog/5291.png";
 
+/// Offline with an empty Hub cache: the original-layout fixture's `mm_vision_tower` is a Hub id
+/// (`openai/clip-vit-large-patch14`), which must not be fetched or found in a developer's cache.
 fn sightline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sightline"))
         .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", "/nonexistent/sightline-test-hub-cache")
+        .env_remove("TRANSFORMERS_CACHE")
         .output()
         .expect("runs")
 }

@@ -14,8 +14,10 @@ fn root() -> PathBuf {
 
 /// Runs the binary in the repository root (the configs' paths are relative to it).
 fn sightline(args: &[&str]) -> Output {
+    // Offline: a missing path that reads as a Hub id must not reach for the network.
     Command::new(env!("CARGO_BIN_EXE_sightline"))
         .current_dir(root())
+        .env("HF_HUB_OFFLINE", "1")
         .args(args)
         .output()
         .expect("runs")

@@ -28,6 +28,12 @@ pub struct RunInfo {
     /// Image tasks only: the protocol ([`crate::mm::Protocol::describe`]) plus the image
     /// settings, recorded as `config.multimodal`; `None` leaves text-only results unchanged.
     pub multimodal: Option<Value>,
+    /// For a Hub model id: the revision asked for and the commit it resolved to, recorded as
+    /// lm-eval 0.4's `get_model_info` does (`model_revision`, `model_sha`; `peft_sha` for a
+    /// Hub adapter). `None` (local paths) leaves them out.
+    pub model_revision: Option<String>,
+    pub model_sha: Option<String>,
+    pub peft_sha: Option<String>,
 }
 
 /// `results.json` for `results`.
@@ -100,6 +106,15 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
         "cached_requests": info.cache_hits,
         "sightline_version": env!("CARGO_PKG_VERSION"),
     });
+    for (key, v) in [
+        ("model_revision", &info.model_revision),
+        ("model_sha", &info.model_sha),
+        ("peft_sha", &info.peft_sha),
+    ] {
+        if let Some(v) = v {
+            out["config"][key] = json!(v);
+        }
+    }
     if let Some(mm) = &info.multimodal {
         out["config"]["multimodal"] = mm.clone();
     }

@@ -38,6 +38,10 @@ pub enum Error {
     /// A request cannot be scored or generated (e.g. an empty continuation).
     #[error("{0}")]
     Request(String),
+    /// A Hub model id that cannot be resolved: the message names the repository, revision,
+    /// missing file and cache directory.
+    #[error("{0}")]
+    Hub(String),
     /// Something the model family or the build does not support.
     #[error("{0}")]
     Unsupported(String),

@@ -1,7 +1,8 @@
 //! `sightline-model`: LLaMA-family decoders on candle that compute what transformers computes.
 //!
 //! - [`load`] opens a model by spec — an HF directory (`config.json`, safetensors or
-//!   `pytorch_model*.bin`, `tokenizer.json`) or `builtin:stories260k` — checking every tensor.
+//!   `pytorch_model*.bin`, `tokenizer.json`), a Hub id (`org/name[@revision]`, see [`hub`]) or
+//!   `builtin:stories260k` — checking every tensor.
 //! - [`score`] answers lm-evaluation-harness log-likelihood requests, batched and with
 //!   shared-prefix KV caching.
 //! - [`generate`] decodes greedily or by sampling with a KV cache.
@@ -22,6 +23,7 @@ pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod hub;
 pub mod llama;
 pub mod llama2c;
 pub mod lora;
@@ -49,7 +51,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     pub device: Device,
     /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors` or
-    /// `.bin`) to apply unmerged on top of the base model, like lm-eval's `peft=` argument.
+    /// `.bin`) or Hub id to apply unmerged on top of the base model, like lm-eval's `peft=`
+    /// argument.
     pub adapter: Option<PathBuf>,
 }
 
@@ -83,8 +86,8 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
-/// Loads `builtin:<name>` or an HF model directory, with `opts.adapter` (a PEFT LoRA adapter)
-/// applied unmerged when given.
+/// Loads `builtin:<name>`, an HF model directory or a Hub id ([`hub::resolve`]), with
+/// `opts.adapter` (a PEFT LoRA adapter) applied unmerged when given.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     if let Some(name) = spec.strip_prefix("builtin:") {
         let b = builtin::builtin(name)?;
@@ -99,7 +102,8 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         )?;
         return assemble(cfg, &weights, tokenizer, &b.origin, spec, opts);
     }
-    let dir = Path::new(spec);
+    let resolved = hub::resolve(spec, hub::Need::Model)?;
+    let dir = resolved.path.as_path();
     if !dir.is_dir() {
         return Err(Error::format(
             dir,
@@ -158,7 +162,7 @@ pub fn assemble(
     let adapter = opts
         .adapter
         .as_deref()
-        .map(LoraAdapter::from_dir)
+        .map(|a| LoraAdapter::from_dir(&hub::resolve_path(a, hub::Need::Adapter)?.path))
         .transpose()?;
     let model = Llama::new_with_adapter(&cfg, weights, config_path, adapter.as_ref())?;
     Ok(LoadedModel {

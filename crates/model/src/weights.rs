@@ -47,7 +47,7 @@ fn json_file(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Shard file names listed in an HF `*.index.json` (`weight_map` values), in first-seen order.
-fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     let v = json_file(index)?;
     let map = v
         .get("weight_map")

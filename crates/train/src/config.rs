@@ -17,14 +17,15 @@ use crate::schedule::{warmup_steps, SchedulerType};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// LLaVA `model_name_or_path`: the base LLM, a local HF LLaMA directory (no downloads).
+    /// LLaVA `model_name_or_path`: the base LLM, an HF LLaMA directory or Hub id
+    /// (`org/name[@revision]`, see `sightline_model::hub`).
     pub model_name_or_path: String,
     /// LLaVA `data_path`: LLaVA-format JSON array or JSONL of conversation records.
     pub data_path: String,
     /// LLaVA `image_folder`: where records' `image` paths resolve (default: the data file's
     /// directory).
     pub image_folder: Option<String>,
-    /// LLaVA `vision_tower`: a local CLIP directory. Absent = a text-only run (no tower is
+    /// LLaVA `vision_tower`: a CLIP directory or Hub id. Absent = a text-only run (no tower is
     /// loaded, records with images are refused).
     pub vision_tower: Option<String>,
     /// HF `output_dir`: final artefacts and `checkpoint-N/` directories go here.

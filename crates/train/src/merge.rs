@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use sightline_model::hub::Need;
 use sightline_model::lora::LoraAdapter;
 use sightline_model::{LoadOptions, Weights};
 
@@ -41,6 +42,9 @@ pub fn merge_lora(base: &Path, adapter: &Path, out: &Path, tolerance: f32) -> Re
             out.display()
         )));
     }
+    // Either may be a Hub id (`sightline_model::hub`); from here on both are directories.
+    let base = &sightline_model::hub::resolve_path(base, Need::Model)?.path;
+    let adapter = &sightline_model::hub::resolve_path(adapter, Need::Adapter)?.path;
     let dev = Device::Cpu;
     let config_path = base.join("config.json");
     let (layout, cfg, _) = sightline_model::config::read_checkpoint_config(&config_path)?;

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sightline_data::labels::{Options, Preprocess};
 use sightline_data::preprocess::Template;
+use sightline_model::hub::{self, Need};
 use sightline_model::{CheckpointLayout, LlamaConfig, Tokenizer, Weights};
 use sightline_vision::clip::{ClipVisionTower, SelectFeature};
 use sightline_vision::llava::{IM_END, IM_PATCH, IM_START};
@@ -36,7 +37,8 @@ pub struct Vision {
     pub tower: ClipVisionTower,
     pub processor: ImageProcessorConfig,
     pub select: SelectFeature,
-    /// The tower directory as given (recorded in saved configs, canonicalised).
+    /// The tower as recorded in saved configs' `mm_vision_tower`: a local directory
+    /// canonicalised, or the Hub id as given (as LLaVA records it).
     pub dir: PathBuf,
     /// Features of images seen before (the tower is frozen, so they never change), kept while
     /// they fit in [`FEATURE_CACHE_BYTES`]: small multi-epoch runs decode each image once.
@@ -119,12 +121,11 @@ fn usage(msg: String) -> Error {
 
 /// Loads the base model, grows the vocabulary, opens the tower and the data.
 pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
-    let base_dir = PathBuf::from(&cfg.model_name_or_path);
+    let base_dir = hub::resolve(&cfg.model_name_or_path, Need::Model)?.path;
     let config_path = base_dir.join("config.json");
     if !config_path.is_file() {
         return Err(usage(format!(
-            "model_name_or_path {}: no config.json (expected a local HF LLaMA directory; \
-             sightline never downloads)",
+            "model_name_or_path {}: no config.json (expected an HF LLaMA directory or Hub id)",
             base_dir.display()
         )));
     }
@@ -176,8 +177,9 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
             vision_dim = 0;
             None
         }
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
+        Some(spec) => {
+            let resolved = hub::resolve(spec, Need::VisionTower)?;
+            let dir = resolved.path.clone();
             let tower =
                 ClipVisionTower::from_dir(&dir, cfg.mm_vision_select_layer, DType::F32, device)?;
             let pre = dir.join("preprocessor_config.json");
@@ -191,7 +193,10 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
                 "cls_patch" => SelectFeature::ClsPatch,
                 _ => SelectFeature::Patch,
             };
-            let dir = dir.canonicalize().map_err(|e| Error::io(&dir, e))?;
+            let dir = match resolved.hub {
+                Some(_) => PathBuf::from(spec),
+                None => dir.canonicalize().map_err(|e| Error::io(&dir, e))?,
+            };
             Some(Vision {
                 tower,
                 processor,
@@ -204,10 +209,11 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
     let hidden = llm_cfg.hidden_size;
     // The stage-1 file, opened once for its projector and its embedding rows.
     let stage1 = match &cfg.pretrain_mm_mlp_adapter {
-        Some(p) if multimodal => Some((
-            Path::new(p),
-            Weights::from_file(Path::new(p), DType::F32, device)?,
-        )),
+        Some(p) if multimodal => {
+            let p = hub::resolve(p, Need::Projector)?.path;
+            let w = Weights::from_file(&p, DType::F32, device)?;
+            Some((p, w))
+        }
         _ => None,
     };
     let projector = if multimodal {

@@ -3,9 +3,10 @@
 //!
 //! Three ways to get one, chosen by `config.json`, never by the directory's name:
 //! - **original LLaVA** (`LlavaLlamaForCausalLM`): decoder tensors under `model.`, the projector
-//!   under `model.mm_projector.`, the vision tower named by `mm_vision_tower` and loaded from a
-//!   local directory ([`LlavaOptions::vision_tower`], or `mm_vision_tower` itself when it is a
-//!   local path: sightline never downloads);
+//!   under `model.mm_projector.`, the vision tower named by `mm_vision_tower` (a local path,
+//!   absolute or relative to the model directory, or a Hub id such as
+//!   `openai/clip-vit-large-patch14`, resolved by [`sightline_model::hub`]) unless
+//!   [`LlavaOptions::vision_tower`] overrides it;
 //! - **llava-hf** (`LlavaForConditionalGeneration`): everything in one checkpoint;
 //! - **a stage-1 projector on a text LLM** ([`LlavaOptions::mm_projector`]): `mm_projector.bin`
 //!   or `.safetensors` from LLaVA's pretraining, applied on top of `--model`.
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use sightline_model::config::{read_checkpoint_config, CheckpointLayout};
 use sightline_model::generate::{generate_embeds, GenerateOptions, Generation};
+use sightline_model::hub::{self, Need};
 use sightline_model::llama::logprob_and_greedy;
 use sightline_model::score::{Request, ScoreOptions, Scored};
 use sightline_model::{assemble, LlamaConfig, LoadOptions, Tokenizer, Weights};
@@ -49,10 +51,10 @@ pub const IM_END: &str = "<im_end>";
 pub struct LlavaOptions {
     /// dtype, device and an optional LoRA adapter for the decoder.
     pub base: LoadOptions,
-    /// A local CLIP vision tower directory; overrides `mm_vision_tower`.
+    /// A CLIP vision tower directory or Hub id; overrides `mm_vision_tower`.
     pub vision_tower: Option<PathBuf>,
-    /// A stage-1 projector file (`mm_projector.bin` / `.safetensors`) to apply on top of a
-    /// text LLM given as the model.
+    /// A stage-1 projector file (`mm_projector.bin` / `.safetensors`), or a Hub id whose
+    /// repository holds one, to apply on top of a text LLM given as the model.
     pub mm_projector: Option<PathBuf>,
     /// Overrides the checkpoint's `image_aspect_ratio` (`square` / `pad`).
     pub aspect: Option<AspectMode>,
@@ -79,6 +81,9 @@ pub struct Llava {
     pub layout: CheckpointLayout,
     /// `mm_use_im_start_end`: LLaVA's eval scripts then write `<im_start><image><im_end>`.
     pub mm_use_im_start_end: bool,
+    /// `repo@commit` when the tower came from a Hub id in `mm_vision_tower` (part of the
+    /// model's identity for result caches: the checkpoint does not pin the tower's commit).
+    pub tower_hub: Option<String>,
     image_tokens: ImageTokens,
 }
 
@@ -107,9 +112,12 @@ fn select_feature(s: &str, key: &str, path: &Path) -> Result<SelectFeature> {
     }
 }
 
-/// Whether a model directory's `config.json` describes a LLaVA checkpoint (either layout).
+/// Whether a model directory (or Hub id) has a `config.json` that describes a LLaVA checkpoint
+/// (either layout).
 pub fn is_llava_dir(dir: &Path) -> Result<bool> {
-    let path = dir.join("config.json");
+    let path = hub::resolve_path(dir, Need::Model)?
+        .path
+        .join("config.json");
     if !path.is_file() {
         return Ok(false);
     }
@@ -118,8 +126,9 @@ pub fn is_llava_dir(dir: &Path) -> Result<bool> {
 }
 
 impl Llava {
-    /// Loads a LLaVA checkpoint directory, or a text LLM plus `opts.mm_projector`.
-    pub fn load(model_dir: &Path, opts: &LlavaOptions) -> Result<Self> {
+    /// Loads a LLaVA checkpoint directory (or Hub id), or a text LLM plus `opts.mm_projector`.
+    pub fn load(model: &Path, opts: &LlavaOptions) -> Result<Self> {
+        let model_dir = &hub::resolve_path(model, Need::Model)?.path;
         if !model_dir.is_dir() {
             return Err(Error::format(
                 model_dir,
@@ -167,7 +176,8 @@ impl Llava {
                 &config_path,
                 "a text-only LLaMA checkpoint: images need a LLaVA checkpoint, or a stage-1 projector given with --mm-projector (and --vision-tower)",
             )),
-            (CheckpointLayout::Llama, Some(proj_path)) => {
+            (CheckpointLayout::Llama, Some(proj)) => {
+                let proj_path = &hub::resolve_path(proj, Need::Projector)?.path;
                 let stage1 = Stage1::open(proj_path, &cfg, dtype, device)?;
                 let mut cfg = cfg;
                 let llm_weights = if let Some(embed) = &stage1.embed_tokens {
@@ -224,7 +234,7 @@ impl Llava {
         )?
         .model;
         let (dtype, device) = (opts.base.dtype, &opts.base.device);
-        let (tower, pre) = load_tower(&mm, opts, model_dir, mm_source, dtype, device)?;
+        let (tower, pre, tower_hub) = load_tower(&mm, opts, model_dir, mm_source, dtype, device)?;
         mm.processor_config = pre;
         let projector = Projector::load_original(
             mm.projector,
@@ -232,7 +242,9 @@ impl Llava {
             mm.mm_hidden_size.unwrap_or(tower.config.hidden_size),
             hidden,
         )?;
-        Self::finish(llm, tokenizer, tower, projector, &mm, opts, mm_source)
+        let mut llava = Self::finish(llm, tokenizer, tower, projector, &mm, opts, mm_source)?;
+        llava.tower_hub = tower_hub;
+        Ok(llava)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -278,6 +290,7 @@ impl Llava {
             aspect: opts.aspect.unwrap_or(mm.aspect),
             layout: CheckpointLayout::LlavaOriginal,
             mm_use_im_start_end: mm.mm_use_im_start_end,
+            tower_hub: None,
             image_tokens: ImageTokens::SplitPrompt,
         })
     }
@@ -364,6 +377,7 @@ impl Llava {
             aspect: opts.aspect.unwrap_or_default(),
             layout: CheckpointLayout::LlavaHf,
             mm_use_im_start_end: false,
+            tower_hub: None,
             image_tokens: ImageTokens::TokenId(image_id),
         })
     }
@@ -777,8 +791,10 @@ impl MmConfig {
     }
 }
 
-/// Opens the vision tower: `--vision-tower`, else `mm_vision_tower` when it is a local
-/// directory (absolute, or relative to the model directory).
+/// Opens the vision tower: `--vision-tower` (a directory or Hub id), else `mm_vision_tower`:
+/// a local directory (absolute, or relative to the model directory), else a Hub id, as
+/// LLaVA's `CLIPVisionModel.from_pretrained(mm_vision_tower)` takes it. Also returns the
+/// tower's `repo@commit` when `mm_vision_tower` was resolved on the Hub.
 fn load_tower(
     mm: &MmConfig,
     opts: &LlavaOptions,
@@ -786,25 +802,26 @@ fn load_tower(
     config_path: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<(ClipVisionTower, Option<PathBuf>)> {
+) -> Result<(ClipVisionTower, Option<PathBuf>, Option<String>)> {
+    let mut tower_hub = None;
     let dir = match (&opts.vision_tower, &mm.vision_tower) {
-        (Some(d), _) => d.clone(),
+        (Some(d), _) => hub::resolve_path(d, Need::VisionTower)?.path,
         (None, Some(name)) => {
             let p = Path::new(name);
-            let local = if p.is_absolute() {
+            let beside = model_dir.join(p);
+            if p.is_absolute() {
                 p.to_path_buf()
+            } else if beside.is_dir() {
+                beside
             } else {
-                model_dir.join(p)
-            };
-            if local.is_dir() {
-                local
-            } else {
-                return Err(Error::format(
-                    config_path,
-                    format!(
-                        "mm_vision_tower `{name}` is not a local directory and sightline does not download: pass --vision-tower DIR (a local CLIPVisionModel or CLIPModel directory)"
-                    ),
-                ));
+                let r = hub::resolve(name, Need::VisionTower).map_err(|e| {
+                    Error::format(
+                        config_path,
+                        format!("mm_vision_tower: {e} (or pass --vision-tower DIR)"),
+                    )
+                })?;
+                tower_hub = r.hub.as_ref().map(|_| r.identity(name));
+                r.path
             }
         }
         (None, None) => {
@@ -817,13 +834,14 @@ fn load_tower(
     if !dir.is_dir() {
         return Err(Error::format(
             &dir,
-            "--vision-tower is not a directory (expected a CLIPVisionModel or CLIPModel checkpoint)",
+            "the vision tower is not a directory (expected a CLIPVisionModel or CLIPModel \
+             checkpoint; pass --vision-tower DIR|ID)",
         ));
     }
     let tower = ClipVisionTower::from_dir(&dir, mm.select_layer, dtype, device)?;
     // LLaVA builds its image processor from the tower's repo.
     let pre = dir.join("preprocessor_config.json");
-    Ok((tower, pre.is_file().then_some(pre)))
+    Ok((tower, pre.is_file().then_some(pre), tower_hub))
 }
 
 /// A stage-1 projector file with its run's config.

@@ -277,17 +277,28 @@ fn placeholder_count_must_match_the_images() {
     );
 }
 
+/// The fixture's own `mm_vision_tower` is a Hub id, resolved through the Hub cache (tested
+/// offline in `crates/cli/tests/hub.rs`); here it names a directory that does not exist, so
+/// that no test of this binary reads the Hub cache or the network.
 #[test]
-fn original_layout_without_a_local_tower_says_what_to_pass() {
-    let err = Llava::load(
-        &fixtures().join("tiny-llava-orig"),
-        &LlavaOptions::default(),
-    )
-    .err()
-    .expect("no tower");
+fn original_layout_without_its_tower_says_what_to_pass() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = fixtures().join("tiny-llava-orig");
+    for e in std::fs::read_dir(&src).expect("fixture") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).expect("copy");
+    }
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("config")).expect("json");
+    cfg["mm_vision_tower"] = "/nonexistent/clip-vit-large-patch14".into();
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write");
+    let err = Llava::load(tmp.path(), &LlavaOptions::default())
+        .err()
+        .expect("no tower");
     let msg = err.to_string();
     assert!(
-        msg.contains("--vision-tower") && msg.contains("openai/clip-vit-large-patch14"),
+        msg.contains("--vision-tower") && msg.contains("/nonexistent/clip-vit-large-patch14"),
         "{msg}"
     );
 }

@@ -16,6 +16,7 @@ use sightline_eval::lm::{CandleLm, LanguageModel};
 use sightline_eval::mm::Protocol;
 use sightline_eval::mm_lm::{ImageCorruption, LlavaLm};
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
+use sightline_model::hub;
 
 use super::model_args::ModelArgs;
 use super::scoring_args::ScoringArgs;
@@ -230,29 +231,30 @@ pub fn run(a: Args) -> Result<()> {
         skip_missing_images: a.skip_missing_images,
     };
     let adapter = a.model.adapter.as_ref().map(|p| p.display().to_string());
-    let tag = format!(
-        "adapter={}|dtype={}",
-        adapter.clone().unwrap_or_default(),
-        a.model.dtype
-    );
+    // Cache identities pin Hub ids to the commit they resolved to (`repo@commit`, known once
+    // loaded), so a moved branch is a new model; local paths stay as given.
+    let pin = |p: Option<&Path>| p.map_or(String::new(), |p| hub::identity(&p.to_string_lossy()));
+    let tag = || {
+        format!(
+            "adapter={}|dtype={}",
+            pin(a.model.adapter.as_deref()),
+            a.model.dtype
+        )
+    };
     let (lm, max_length): (Box<dyn LanguageModel>, usize) = if multimodal {
         let llava = a.model.load_llava()?;
         let max_length = llava.llm.config.max_position_embeddings;
-        let tag = format!(
-            "{}|{tag}|vision_tower={}|mm_projector={}|aspect={:?}",
-            a.model.model,
-            a.model
-                .vision_tower
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .display(),
-            a.model
-                .mm_projector
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .display(),
+        let mut tag = format!(
+            "{}|{}|vision_tower={}|mm_projector={}|aspect={:?}",
+            hub::identity(&a.model.model),
+            tag(),
+            pin(a.model.vision_tower.as_deref()),
+            pin(a.model.mm_projector.as_deref()),
             llava.aspect
         );
+        if let Some(t) = &llava.tower_hub {
+            tag.push_str(&format!("|tower={t}"));
+        }
         let lm = LlavaLm {
             llava,
             batch_size: a.scoring.batch_size.max(1),
@@ -262,6 +264,11 @@ pub fn run(a: Args) -> Result<()> {
         (Box::new(lm), max_length)
     } else {
         let loaded = a.model.load()?;
+        let mut tag = tag();
+        let pinned = hub::identity(&a.model.model);
+        if pinned != a.model.model {
+            tag.push_str(&format!("|model={pinned}"));
+        }
         let max_length = a
             .scoring
             .max_length
@@ -299,7 +306,12 @@ pub fn run(a: Args) -> Result<()> {
     ll_bar.finish_and_clear();
     gen_bar.finish_and_clear();
 
+    let model_hub = hub::cached_source(&a.model.model);
+    let adapter_hub = adapter.as_deref().and_then(hub::cached_source);
     let info = RunInfo {
+        model_revision: model_hub.as_ref().map(|h| h.revision.clone()),
+        model_sha: model_hub.map(|h| h.commit),
+        peft_sha: adapter_hub.map(|h| h.commit),
         model: a.model.model.clone(),
         adapter,
         dtype: a.model.dtype.clone(),

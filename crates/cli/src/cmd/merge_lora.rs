@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The base model directory the adapter was trained on.
+    /// The base model the adapter was trained on: a directory or Hub id (`org/name[@rev]`).
     #[arg(long)]
     model: PathBuf,
-    /// The PEFT adapter directory.
+    /// The PEFT adapter: a directory or Hub id.
     #[arg(long)]
     adapter: PathBuf,
     /// Where to write the merged checkpoint (must not exist).

@@ -12,13 +12,14 @@ use sightline_vision::preprocess::AspectMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// HF model directory (LLaMA, original-layout LLaVA or llava-hf), or `builtin:stories260k`
-    /// (compiled in).
+    /// HF model directory (LLaMA, original-layout LLaVA or llava-hf), Hub id
+    /// (`org/name[@revision]`, from the Hub cache or downloaded into it), or
+    /// `builtin:stories260k` (compiled in).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors or .bin),
-    /// applied unmerged on top of --model, as lm-eval's `peft=` does.
-    #[arg(long, value_name = "DIR")]
+    /// PEFT LoRA adapter directory or Hub id (adapter_config.json + adapter_model.safetensors
+    /// or .bin), applied unmerged on top of --model, as lm-eval's `peft=` does.
+    #[arg(long, value_name = "DIR|ID")]
     pub adapter: Option<PathBuf>,
     /// Weight and activation dtype: f32, bf16 or f16. f32 is the fast path on CPU.
     #[arg(long, default_value = "f32")]
@@ -26,13 +27,14 @@ pub struct ModelArgs {
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Local CLIP vision tower directory for an original-layout LLaVA checkpoint (its
-    /// `mm_vision_tower` names a Hub repo; sightline never downloads).
-    #[arg(long, value_name = "DIR")]
+    /// CLIP vision tower directory or Hub id for an original-layout LLaVA checkpoint
+    /// (overrides its config's `mm_vision_tower`, itself a directory or Hub id).
+    #[arg(long, value_name = "DIR|ID")]
     pub vision_tower: Option<PathBuf>,
     /// A stage-1 projector (`mm_projector.bin` / `.safetensors`, with its run's config.json
-    /// beside it) to apply on top of a text LLM given as --model.
-    #[arg(long, value_name = "FILE")]
+    /// beside it), or a Hub id whose repository holds one, to apply on top of a text LLM given
+    /// as --model.
+    #[arg(long, value_name = "FILE|ID")]
     pub mm_projector: Option<PathBuf>,
     /// Override the checkpoint's `image_aspect_ratio`: `square` (resize + center crop) or
     /// `pad` (LLaVA's expand2square with the CLIP mean colour first).

@@ -234,7 +234,7 @@ fn run_validate(a: ValidateArgs) -> Result<()> {
 
 #[derive(ClapArgs)]
 struct TokenizerArgs {
-    /// Tokenizer: a model directory with tokenizer.json, or `builtin:stories260k`.
+    /// Tokenizer: a model directory with tokenizer.json, a Hub id, or `builtin:stories260k`.
     #[arg(long, value_name = "MODEL")]
     tokenizer: Option<String>,
     /// LLaVA conversation template (`--version` in LLaVA's train.py): v0, v1, llava_v1,
@@ -263,11 +263,11 @@ fn load_tokenizer(spec: &str, template: &Template, mm_use_im_start_end: bool) ->
             None,
         )?
     } else {
-        let dir = Path::new(spec);
+        let dir = sightline_model::hub::resolve(spec, sightline_model::hub::Need::Tokenizer)?.path;
         if !dir.is_dir() {
-            bail!("{spec}: not a directory (give a model directory with tokenizer.json, or builtin:stories260k)");
+            bail!("{spec}: not a directory (give a model directory with tokenizer.json, a Hub id, or builtin:stories260k)");
         }
-        Tokenizer::from_dir(dir, None, None)?
+        Tokenizer::from_dir(&dir, None, None)?
     };
     labels::add_training_tokens(&mut tok, template, mm_use_im_start_end);
     Ok(tok)
