@@ -43,6 +43,24 @@ pub trait LanguageModel {
     /// Greedy generation until one of `until` (or EOS); the text is cut before the stop.
     fn generate_until(&self, context: &str, until: &[String]) -> Result<String>;
 
+    /// The paper's MMLU generation ([`crate::task::Request::GenerateFit`]): the longest prompt
+    /// `header + shots[..k] + question` that fits `fit_tokens` with BOS, BOS prepended, greedy
+    /// `max_new_tokens` tokens, decoded without special tokens.
+    fn generate_fit(
+        &self,
+        header: &str,
+        shots: &[String],
+        question: &str,
+        fit_tokens: usize,
+        max_new_tokens: usize,
+    ) -> Result<String> {
+        let _ = (header, shots, question, fit_tokens, max_new_tokens);
+        Err(Error::Config(format!(
+            "{}: this model cannot run the MMLU script's generation",
+            self.identity()
+        )))
+    }
+
     /// Generates for image requests (in any order, batched as the model likes), passing each
     /// finished group to `on_done`. Text-only models cannot.
     fn generate_images(&self, requests: &[ImageGen], on_done: &mut TextSink<'_>) -> Result<()> {
@@ -144,5 +162,50 @@ impl LanguageModel for CandleLm {
             ..Default::default()
         };
         Ok(generate_ids(&self.loaded.model, tok, &ids, &opts)?.text)
+    }
+
+    fn generate_fit(
+        &self,
+        header: &str,
+        shots: &[String],
+        question: &str,
+        fit_tokens: usize,
+        max_new_tokens: usize,
+    ) -> Result<String> {
+        let ids = fit_prompt(&self.loaded.tokenizer, header, shots, question, fit_tokens)?;
+        let opts = GenerateOptions {
+            max_new_tokens,
+            stop: Vec::new(),
+            temperature: 0.0,
+            // `model.generate` stops at EOS too (the rest is padding, skipped on decode).
+            stop_at_eos: true,
+            ..Default::default()
+        };
+        Ok(generate_ids(&self.loaded.model, &self.loaded.tokenizer, &ids, &opts)?.text)
+    }
+}
+
+/// `evaluate_mmlu.py`'s prompt fitting: k from `shots.len()` down while
+/// `len(tokenizer(prompt).input_ids) > fit_tokens` (BOS counted) and k > 0; returns the ids
+/// of the chosen prompt with BOS first, as `tokenizer(prompt)` gives them.
+pub fn fit_prompt(
+    tok: &sightline_model::tokenizer::Tokenizer,
+    header: &str,
+    shots: &[String],
+    question: &str,
+    fit_tokens: usize,
+) -> Result<Vec<u32>> {
+    let bos = tok.bos_id.ok_or_else(|| {
+        Error::Config("the MMLU script prepends BOS, but this tokenizer has no BOS token".into())
+    })?;
+    let mut k = shots.len();
+    loop {
+        let prompt = format!("{header}{}{question}", shots[..k].concat());
+        let mut ids = vec![bos];
+        ids.extend(tok.encode(&prompt)?);
+        if ids.len() <= fit_tokens || k == 0 {
+            return Ok(ids);
+        }
+        k -= 1;
     }
 }
