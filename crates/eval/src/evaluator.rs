@@ -284,6 +284,13 @@ pub fn evaluate(
             )
         })
         .collect();
+    // MMLU prompts grouped by subject (a stable sort; responses do not depend on the order),
+    // so that the model's prefix cache holds each subject's 5-shot block while it is used.
+    let mut gen_slots = gen_slots;
+    gen_slots.sort_by_key(|&i| match request_of(&slots[i]) {
+        Request::GenerateFit { header, .. } => Some(header.as_str()),
+        _ => None,
+    });
     let mut done = gen_slots
         .iter()
         .filter(|&&i| responses[i].is_some())

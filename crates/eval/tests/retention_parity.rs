@@ -35,6 +35,7 @@ fn model() -> CandleLm {
         },
         max_gen_toks: 256,
         tag: String::new(),
+        prefix_cache: Default::default(),
     }
 }
 
@@ -154,6 +155,7 @@ fn model_with_2048_positions() -> (tempfile::TempDir, CandleLm) {
         },
         max_gen_toks: 256,
         tag: String::new(),
+        prefix_cache: Default::default(),
     };
     (tmp, lm)
 }
@@ -189,7 +191,7 @@ fn mmlu_matches_the_papers_script_on_stories260k() {
             d["header"].as_str().unwrap(),
             d["question"].as_str().unwrap(),
         );
-        let got = fit_prompt(tok, h, &shots, q, fit).unwrap();
+        let (got, _) = fit_prompt(tok, h, &shots, q, fit).unwrap();
         let k = (0..=5)
             .find(|&k| {
                 let mut ids = vec![tok.bos_id.unwrap()];
@@ -211,4 +213,38 @@ fn mmlu_matches_the_papers_script_on_stories260k() {
         assert_eq!(r.doc_ids, ids(&want["doc_ids"]), "{}: documents", r.name);
         check_metrics(r, want);
     }
+}
+
+/// The MMLU prefix cache (a subject's header and shots run once) changes no answer: the
+/// questions of one subject through one model (cache hits) equal each through a fresh one.
+#[test]
+fn mmlu_prefix_cache_changes_no_answer() {
+    use sightline_eval::lm::LanguageModel;
+    let docs = mmlu::MMLU.docs(&DataSource::default()).unwrap();
+    let shared = model();
+    let mut texts = Vec::new();
+    for d in docs.iter().filter(|d| d["subject"] == "marketing").take(6) {
+        let shots: Vec<String> = d["shots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        let (h, q) = (
+            d["header"].as_str().unwrap(),
+            d["question"].as_str().unwrap(),
+        );
+        let a = shared.generate_fit(h, &shots, q, 500, 2).unwrap();
+        let b = model().generate_fit(h, &shots, q, 500, 2).unwrap();
+        assert_eq!(a, b, "{q}");
+        texts.push(a);
+    }
+    assert!(
+        shared
+            .prefix_cache
+            .hits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "no question reused the cached prefix"
+    );
 }
