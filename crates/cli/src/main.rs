@@ -34,8 +34,10 @@ enum Command {
     Score(cmd::score::Args),
     /// Generate text from a prompt (greedy or sampled).
     Generate(cmd::generate::Args),
-    /// Evaluate on TruthfulQA / ETHICS with lm-evaluation-harness semantics.
-    Eval(cmd::eval::Args),
+    /// Evaluate on TruthfulQA / ETHICS / the retention checks with lm-evaluation-harness
+    /// semantics, and on the image tasks.
+    // Boxed: the largest variant by far (clippy::large_enum_variant).
+    Eval(Box<cmd::eval::Args>),
     /// List the evaluation tasks.
     Tasks,
     /// Convert foreign checkpoints to Hugging Face layout.
@@ -60,7 +62,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Score(a) => cmd::score::run(a),
         Command::Generate(a) => cmd::generate::run(a),
-        Command::Eval(a) => cmd::eval::run(a),
+        Command::Eval(a) => cmd::eval::run(*a),
         Command::Tasks => cmd::tasks::run(),
         Command::Convert(c) => cmd::convert::run(c),
         Command::Data(c) => cmd::data::run(c),
