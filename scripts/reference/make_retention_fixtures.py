@@ -33,16 +33,16 @@ What runs as the reference:
 * MMLU — the paper's `llava/eval/mmlu/evaluate_mmlu.py` logic (UCSC-VLAA/Sight-Beyond-Text @
   47f96a3) with transformers' slow LlamaTokenizer (legacy) and LlamaForCausalLM.generate
   (greedy, max_new_tokens 2, BOS from the tokenizer), pandas read_csv(header=None). The
-  script's 2048-token fit is FIT here because stories260K has 512 positions; the documents are
+  script's 2048-token fit is FIT here so that the 512-position stories260K drops shots (and a
+  question alone can still be longer than 512: transformers computes RoPE for any position, so
+  the Rust test loads stories260K with a 2,048-position rotary table); the documents are
   all test questions in subject order, shuffled with random.Random(42), first MMLU_LIMIT (the
   script itself has no --limit). mmlu_loglik: the same 5-shot prompt, HFLM log-likelihoods of
   " A".." D".
 
 Writes tests/fixtures/eval/retention_stories260k.json.
 """
-import html
 import json
-import math
 import os
 import random
 import re
