@@ -37,8 +37,10 @@ pub(crate) enum Command {
     Score(cmd::score::Args),
     /// Generate text from a prompt (greedy or sampled).
     Generate(cmd::generate::Args),
-    /// Evaluate on TruthfulQA / ETHICS with lm-evaluation-harness semantics.
-    Eval(cmd::eval::Args),
+    /// Evaluate on TruthfulQA / ETHICS / the retention checks with lm-evaluation-harness
+    /// semantics, and on the image tasks.
+    // Boxed: the largest variant by far (clippy::large_enum_variant).
+    Eval(Box<cmd::eval::Args>),
     /// List the evaluation tasks.
     Tasks,
     /// Convert foreign checkpoints to Hugging Face layout.
@@ -71,7 +73,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Study(a) => cmd::study::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::Generate(a) => cmd::generate::run(a),
-        Command::Eval(a) => cmd::eval::run(a),
+        Command::Eval(a) => cmd::eval::run(*a),
         Command::Tasks => cmd::tasks::run(),
         Command::Convert(c) => cmd::convert::run(c),
         Command::Data(c) => cmd::data::run(c),

@@ -73,16 +73,68 @@ fn results_json_follows_lm_eval_schema() {
     assert_eq!(again.status.code(), Some(1));
 }
 
+/// Issue 16: the `retention` group runs from a fresh clone on bundled data (MathQA's few-shot
+/// pool from the test fixture) and writes lm-eval's schema.
 #[test]
-fn unknown_task_is_a_clear_error() {
+fn retention_group_runs_on_bundled_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let o = sightline()
-        .args(["eval", "--tasks", "mmlu"])
+        .args([
+            "eval",
+            "--tasks",
+            "retention",
+            "--limit",
+            "3",
+            "--mathqa-train",
+        ])
+        .arg(root.join("tests/fixtures/retention/mathqa_train_sample.json"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = results(&out);
+    for (task, n) in [
+        ("mmlu", 14042),
+        ("gsm8k", 1319),
+        ("mathqa", 2985),
+        ("boolq", 3270),
+        ("squad2", 11873),
+    ] {
+        assert_eq!(r["n-samples"][task]["original"], n, "{task}");
+        assert_eq!(r["n-samples"][task]["effective"], 3, "{task}");
+    }
+    assert!(r["results"]["mathqa"]["acc_norm,none"].as_f64().is_some());
+    assert!(r["results"]["squad2"]["best_f1,none"].as_f64().is_some());
+    assert!(
+        r["results"]["mmlu"]["acc_stem,none"].is_number()
+            || r["results"]["mmlu"]["acc_stem,none"] == "NaN"
+    );
+    // The 4-shot MathQA without its training file says which file and which flag.
+    let o = sightline()
+        .args(["eval", "--tasks", "mathqa", "--limit", "1"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("unknown task `mmlu`") && err.contains("truthfulqa_mc1"),
+        err.contains("train.json") && err.contains("--mathqa-train"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_task_is_a_clear_error() {
+    let o = sightline()
+        .args(["eval", "--tasks", "hellaswag"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown task `hellaswag`") && err.contains("truthfulqa_mc1"),
         "{err}"
     );
 }

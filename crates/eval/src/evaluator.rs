@@ -107,16 +107,20 @@ pub fn select(task: &dyn Task, opts: &EvalOptions) -> Result<Selection> {
         order.retain(|&i| image_ref_of(&docs[i]).is_some_and(mm::image_available));
     }
     let skipped = n - order.len();
-    PyRandom::from_int(opts.shuffle_seed).shuffle(&mut order);
+    let mut rnd = PyRandom::from_int(opts.shuffle_seed);
+    rnd.shuffle(&mut order);
     order.truncate(opts.limit.unwrap_or(n));
     let mut docs: Vec<Option<Value>> = docs.into_iter().map(Some).collect();
+    let mut docs: Vec<(usize, Value)> = order
+        .into_iter()
+        .map(|i| (i, docs[i].take().unwrap_or(Value::Null)))
+        .collect();
+    // Few-shot examples come from the same stream, after the shuffle (the harness's `rnd`).
+    task.attach_fewshot(&mut docs, &mut rnd, &opts.data)?;
     Ok(Selection {
         n_original: n,
         skipped,
-        docs: order
-            .into_iter()
-            .map(|i| (i, docs[i].take().unwrap_or(Value::Null)))
-            .collect(),
+        docs,
     })
 }
 
@@ -291,8 +295,20 @@ pub fn evaluate(
 
     // Generations, one at a time (greedy decoding is batch-invariant only up to near-ties).
     let gen_slots: Vec<usize> = (0..slots.len())
-        .filter(|&i| matches!(request_of(&slots[i]), Request::GenerateUntil { .. }))
+        .filter(|&i| {
+            matches!(
+                request_of(&slots[i]),
+                Request::GenerateUntil { .. } | Request::GenerateFit { .. }
+            )
+        })
         .collect();
+    // MMLU prompts grouped by subject (a stable sort; responses do not depend on the order),
+    // so that the model's prefix cache holds each subject's 5-shot block while it is used.
+    let mut gen_slots = gen_slots;
+    gen_slots.sort_by_key(|&i| match request_of(&slots[i]) {
+        Request::GenerateFit { header, .. } => Some(header.as_str()),
+        _ => None,
+    });
     let mut done = gen_slots
         .iter()
         .filter(|&&i| responses[i].is_some())
@@ -302,8 +318,18 @@ pub fn evaluate(
         if responses[slot].is_some() {
             continue;
         }
-        if let Request::GenerateUntil { context, until } = request_of(&slots[slot]) {
-            let text = lm.generate_until(context, until)?;
+        let text = match request_of(&slots[slot]) {
+            Request::GenerateUntil { context, until } => Some(lm.generate_until(context, until)?),
+            Request::GenerateFit {
+                header,
+                shots,
+                question,
+                fit_tokens,
+                max_new_tokens,
+            } => Some(lm.generate_fit(header, shots, question, *fit_tokens, *max_new_tokens)?),
+            _ => None,
+        };
+        if let Some(text) = text {
             let r = Response::Generated(text);
             if let Some(c) = cache.as_mut() {
                 c.put_all(vec![(keys[slot].clone(), r.clone())])?;

@@ -2,7 +2,12 @@
 //! Only this module touches `sightline-model`; tasks and the evaluator can be tested with a
 //! scripted model.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use candle_core::Tensor;
 use sightline_model::generate::{generate_ids, GenerateOptions};
+use sightline_model::llama::{argmax, KvCache};
 use sightline_model::score::{
     encode_request, score_units, Request as LlRequest, ScoreOptions, Scored,
 };
@@ -43,6 +48,24 @@ pub trait LanguageModel {
     /// Greedy generation until one of `until` (or EOS); the text is cut before the stop.
     fn generate_until(&self, context: &str, until: &[String]) -> Result<String>;
 
+    /// The paper's MMLU generation ([`crate::task::Request::GenerateFit`]): the longest prompt
+    /// `header + shots[..k] + question` that fits `fit_tokens` with BOS, BOS prepended, greedy
+    /// `max_new_tokens` tokens, decoded without special tokens.
+    fn generate_fit(
+        &self,
+        header: &str,
+        shots: &[String],
+        question: &str,
+        fit_tokens: usize,
+        max_new_tokens: usize,
+    ) -> Result<String> {
+        let _ = (header, shots, question, fit_tokens, max_new_tokens);
+        Err(Error::Config(format!(
+            "{}: this model cannot run the MMLU script's generation",
+            self.identity()
+        )))
+    }
+
     /// Generates for image requests (in any order, batched as the model likes), passing each
     /// finished group to `on_done`. Text-only models cannot.
     fn generate_images(&self, requests: &[ImageGen], on_done: &mut TextSink<'_>) -> Result<()> {
@@ -62,6 +85,8 @@ pub struct CandleLm {
     pub max_gen_toks: usize,
     /// Extra identity (adapter path, dtype) recorded by the caller.
     pub tag: String,
+    /// MMLU's shared 5-shot prefix ([`PrefixCache`]).
+    pub prefix_cache: PrefixCache,
 }
 
 impl CandleLm {
@@ -144,5 +169,117 @@ impl LanguageModel for CandleLm {
             ..Default::default()
         };
         Ok(generate_ids(&self.loaded.model, tok, &ids, &opts)?.text)
+    }
+
+    fn generate_fit(
+        &self,
+        header: &str,
+        shots: &[String],
+        question: &str,
+        fit_tokens: usize,
+        max_new_tokens: usize,
+    ) -> Result<String> {
+        let tok = &self.loaded.tokenizer;
+        let model = &self.loaded.model;
+        let (ids, k) = fit_prompt(tok, header, shots, question, fit_tokens)?;
+        let mut prefix = vec![ids[0]];
+        prefix.extend(tok.encode(&format!("{header}{}", shots[..k].concat()))?);
+        let mut cache = KvCache::default();
+        let mut start = 0;
+        // The prefix is reused only where the whole prompt's tokens begin with it (a merge
+        // across the boundary would make them differ; then the prompt runs whole).
+        let max_pos = model.config.max_position_embeddings;
+        if prefix.len() < ids.len() && ids.len() <= max_pos && ids.starts_with(&prefix) {
+            cache = self.prefix_cache.get_or_fill(model, &prefix)?;
+            start = prefix.len();
+        }
+        let candle = |e: candle_core::Error| Error::Model(e.into());
+        // Positions past the model's end are not generated (transformers would extrapolate
+        // RoPE); with the script's 2,048 and a 2,048-position model only the last tokens of a
+        // prompt that fills the budget exactly are affected.
+        let mut input: Vec<u32> = ids[start..].to_vec();
+        let mut out: Vec<u32> = Vec::new();
+        for _ in 0..max_new_tokens {
+            if cache.len() + input.len() > max_pos {
+                break;
+            }
+            let t = Tensor::from_slice(&input, (1, input.len()), model.device()).map_err(candle)?;
+            let hidden = model.forward_hidden_embeds(&model.embed(&t)?, Some(&mut cache))?;
+            let last = hidden
+                .narrow(1, input.len() - 1, 1)
+                .and_then(|h| h.squeeze(1))
+                .map_err(candle)?;
+            let logits: Vec<f32> = model
+                .logits(&last)?
+                .flatten_all()
+                .and_then(|l| l.to_vec1())
+                .map_err(candle)?;
+            let next = argmax(&logits) as u32;
+            out.push(next);
+            // `model.generate` stops at EOS too (the rest is padding, skipped on decode).
+            if Some(next) == tok.eos_id {
+                break;
+            }
+            input = vec![next];
+        }
+        Ok(tok.decode(&out, true)?)
+    }
+}
+
+/// The KV cache of the last MMLU prefix (BOS + header + the shots kept). The script's prompts
+/// of one subject differ only in the question, so the evaluator sends them together and the
+/// 5-shot block runs once per subject instead of once per question. One entry: a 7B model's
+/// cache of a 1,500-token prefix is about 1.5 GB in f32.
+#[derive(Default)]
+pub struct PrefixCache {
+    slot: Mutex<Option<(Vec<u32>, KvCache)>>,
+    /// Prompts that reused the cached prefix.
+    pub hits: AtomicUsize,
+}
+
+impl PrefixCache {
+    /// The cache after running `prefix`, from the slot when it holds the same tokens.
+    fn get_or_fill(&self, model: &sightline_model::Llama, prefix: &[u32]) -> Result<KvCache> {
+        let mut slot = self
+            .slot
+            .lock()
+            .map_err(|_| Error::Config("internal: the prefix cache lock is poisoned".into()))?;
+        if let Some((p, c)) = slot.as_ref() {
+            if p == prefix {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(c.clone());
+            }
+        }
+        let candle = |e: candle_core::Error| Error::Model(e.into());
+        let mut cache = KvCache::default();
+        let t = Tensor::from_slice(prefix, (1, prefix.len()), model.device()).map_err(candle)?;
+        model.forward_hidden_embeds(&model.embed(&t)?, Some(&mut cache))?;
+        *slot = Some((prefix.to_vec(), cache.clone()));
+        Ok(cache)
+    }
+}
+
+/// `evaluate_mmlu.py`'s prompt fitting: k from `shots.len()` down while
+/// `len(tokenizer(prompt).input_ids) > fit_tokens` (BOS counted) and k > 0; returns the ids
+/// of the chosen prompt with BOS first, as `tokenizer(prompt)` gives them, and k.
+pub fn fit_prompt(
+    tok: &sightline_model::tokenizer::Tokenizer,
+    header: &str,
+    shots: &[String],
+    question: &str,
+    fit_tokens: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let bos = tok.bos_id.ok_or_else(|| {
+        Error::Config("the MMLU script prepends BOS, but this tokenizer has no BOS token".into())
+    })?;
+    let mut k = shots.len();
+    loop {
+        let prompt = format!("{header}{}{question}", shots[..k].concat());
+        let mut ids = vec![bos];
+        ids.extend(tok.encode(&prompt)?);
+        if ids.len() <= fit_tokens || k == 0 {
+            return Ok((ids, k));
+        }
+        k -= 1;
     }
 }

@@ -89,6 +89,42 @@ impl PyRandom {
         Some(out)
     }
 
+    /// `random.sample(range(n), k)` for any `k <= n < 2^32`: CPython's pool branch when `n` is
+    /// at most its small-set size (21, plus `4 ** ceil(log(3k, 4))` when `k > 5`), else the
+    /// set branch (redraw on repeats). `None` when `k > n`.
+    pub fn sample(&mut self, n: usize, k: usize) -> Option<Vec<usize>> {
+        if k > n || n > u32::MAX as usize {
+            return None;
+        }
+        let mut setsize = 21usize;
+        if k > 5 {
+            // `_ceil(_log(k * 3, 4))`: float log with base, as CPython computes it.
+            let e = ((k as f64 * 3.0).ln() / 4f64.ln()).ceil() as u32;
+            setsize += 4usize.pow(e);
+        }
+        if n <= setsize {
+            let mut pool: Vec<usize> = (0..n).collect();
+            let mut out = Vec::with_capacity(k);
+            for i in 0..k {
+                let j = self.randbelow((n - i) as u32) as usize;
+                out.push(pool[j]);
+                pool[j] = pool[n - i - 1];
+            }
+            return Some(out);
+        }
+        let mut seen = std::collections::HashSet::with_capacity(k);
+        let mut out = Vec::with_capacity(k);
+        for _ in 0..k {
+            let mut j = self.randbelow(n as u32) as usize;
+            while seen.contains(&j) {
+                j = self.randbelow(n as u32) as usize;
+            }
+            seen.insert(j);
+            out.push(j);
+        }
+        Some(out)
+    }
+
     /// `shuffle(x)`: Fisher–Yates from the end.
     pub fn shuffle<T>(&mut self, x: &mut [T]) {
         for i in (1..x.len()).rev() {
@@ -156,6 +192,40 @@ mod tests {
         let mut docs: Vec<u32> = (0..1319).collect();
         PyRandom::from_int(42).shuffle(&mut docs);
         assert_eq!(&docs[..5], &[588, 1214, 57, 906, 1252]);
+    }
+
+    /// Test vectors: shared spec lm-eval-scoring.md item 29 (the 8-sample takes the set branch
+    /// with set size 85) and CPython 3.11 for the pool branch (`Random(42).sample(range(20), 8)`).
+    #[test]
+    fn sample_matches_cpython_both_branches() {
+        let mut r = PyRandom::from_int(42);
+        assert_eq!(
+            r.sample(7473, 8).unwrap(),
+            [5238, 912, 204, 6074, 2253, 2006, 1828, 1143]
+        );
+        assert_eq!(
+            PyRandom::from_int(42).sample(20, 8).unwrap(),
+            [3, 0, 8, 7, 16, 2, 11, 1]
+        );
+        assert!(PyRandom::from_int(42).sample(3, 4).is_none());
+        // The harness's pipelines: shuffle the test docs, then draw from the same stream.
+        let mut r = PyRandom::from_int(42);
+        let mut docs: Vec<u32> = (0..1319).collect();
+        r.shuffle(&mut docs);
+        assert_eq!(
+            r.sample(7473, 8).unwrap(),
+            [7268, 4403, 1111, 3183, 3716, 3039, 5492, 6087]
+        );
+        assert_eq!(
+            r.sample(7473, 8).unwrap(),
+            [5705, 4425, 3433, 4811, 6080, 5952, 1265, 7253]
+        );
+        let mut r = PyRandom::from_int(42);
+        let mut docs: Vec<u32> = (0..2985).collect();
+        r.shuffle(&mut docs);
+        assert_eq!(&docs[..5], &[1514, 87, 1172, 885, 645]);
+        assert_eq!(r.sample(29837, 4).unwrap(), [14322, 7606, 27481, 2490]);
+        assert_eq!(r.sample(29837, 4).unwrap(), [11160, 19830, 25198, 20115]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use sightline_model::score::Scored;
 
 use crate::data::DataSource;
 use crate::error::Result;
+use crate::pyrandom::PyRandom;
 
 /// A request to the language model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,19 @@ pub enum Request {
         image: String,
         image_ref: String,
         decoding: crate::mm::MmDecoding,
+    },
+    /// The MMLU script of the paper (`evaluate_mmlu.py`, not the harness): the prompt is
+    /// `header + shots[..k] + question` for the largest k (from `shots.len()` down) whose
+    /// encoding *with BOS* has at most `fit_tokens` tokens (k = 0 if none fits); BOS is
+    /// prepended and `max_new_tokens` tokens are generated greedily, decoded without special
+    /// tokens and not cut. The shots travel separately so the model, which owns the tokenizer,
+    /// can do the fitting.
+    GenerateFit {
+        header: String,
+        shots: Vec<String>,
+        question: String,
+        fit_tokens: usize,
+        max_new_tokens: usize,
     },
 }
 
@@ -126,6 +140,19 @@ pub trait Task: Send + Sync {
             self.name()
         )))
     }
+    /// Few-shot tasks: draws the examples of each selected document (in evaluation order) from
+    /// `rnd`, the evaluator's seed-42 stream right after the document shuffle, and stores them
+    /// in the document. This is the harness's `fewshot_context(doc, k, rnd)`, which shares the
+    /// shuffle's `random.Random`, so the draws depend on the shuffle and on all earlier draws.
+    /// Zero-shot tasks draw nothing.
+    fn attach_fewshot(
+        &self,
+        _docs: &mut [(usize, Value)],
+        _rnd: &mut PyRandom,
+        _data: &DataSource,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// The answer extracted from the responses, logged as `filtered_resps` in the samples.
     fn extracted(&self, _doc: &Value, _responses: &[Response]) -> Option<Value> {
         None
@@ -145,6 +172,14 @@ pub(crate) fn int_field(doc: &Value, key: &str) -> Result<i64> {
     doc.get(key).and_then(Value::as_i64).ok_or_else(|| {
         crate::error::Error::Config(format!("document has no integer field `{key}`: {doc}"))
     })
+}
+
+/// numpy `argmax` including its NaN rule (the first NaN wins), for scores that can divide by
+/// zero (`acc_norm` of an empty choice).
+pub fn np_argmax(xs: &[f64]) -> usize {
+    xs.iter()
+        .position(|x| x.is_nan())
+        .unwrap_or_else(|| argmax(xs))
 }
 
 /// Index of the first maximum (numpy `argmax`).

@@ -1,4 +1,5 @@
-//! `sightline eval`: TruthfulQA / ETHICS with lm-evaluation-harness semantics, and the image
+//! `sightline eval`: TruthfulQA / ETHICS and the retention checks (MMLU by the paper's script;
+//! GSM8K, MathQA, BoolQ, SQuAD2) with lm-evaluation-harness semantics, and the image
 //! tasks (POPE, MME, COCO/Flickr30k captions, Unicorn sketchy-VQA and OODCV-VQA, VQAv2) on a LLaVA model with Sight-Beyond-Text's protocol or a
 //! greedy one; results in lm-eval's `results.json` schema either way. Text and image tasks run
 //! in separate calls: a LLaVA model is loaded for image tasks, the decoder alone for text.
@@ -98,6 +99,14 @@ pub struct Args {
     /// `test_images/`).
     #[arg(long, value_name = "DIR")]
     flickr30k_caption_dir: Option<PathBuf>,
+    /// mathqa (4-shot): MathQA's `train.json` (HF `math_qa` train split), the few-shot pool;
+    /// not bundled (`mathqa_0shot` runs without it).
+    #[arg(long, value_name = "FILE")]
+    mathqa_train: Option<PathBuf>,
+    /// squad2: the official `dev-v2.0.json`, read instead of the bundled SQuAD-explorer pages
+    /// (both give the same documents).
+    #[arg(long, value_name = "FILE")]
+    squad2_json: Option<PathBuf>,
     /// Image tasks: how prompts are built and answers decoded.
     #[arg(long, value_enum, default_value = "sbt")]
     protocol: ProtocolArg,
@@ -222,6 +231,8 @@ pub fn run(a: Args) -> Result<()> {
         mme_dir: a.mme_dir.clone(),
         coco_caption_dir: a.coco_caption_dir.clone(),
         flickr30k_caption_dir: a.flickr30k_caption_dir.clone(),
+        mathqa_train: a.mathqa_train.clone(),
+        squad2_json: a.squad2_json.clone(),
     };
     let opts = EvalOptions {
         limit: a.limit,
@@ -278,6 +289,7 @@ pub fn run(a: Args) -> Result<()> {
             score: a.scoring.options(),
             max_gen_toks: 256,
             tag,
+            prefix_cache: Default::default(),
         };
         (Box::new(lm), max_length)
     };

@@ -1,9 +1,16 @@
 //! The task registry: one line per task, one line per group.
 
+pub mod boolq;
 pub mod caption;
 pub mod ethics;
+pub mod gsm8k;
+pub mod mathqa;
 pub mod mme;
+pub mod mmlu;
+pub mod mmlu_tables;
 pub mod pope;
+pub mod squad2;
+pub mod squad2_data;
 pub mod truthfulqa;
 pub mod unicorn;
 pub mod unicorn_oodcv;
@@ -23,6 +30,13 @@ pub fn all() -> Vec<Box<dyn Task>> {
         Box::new(ethics::EthicsJustice),
         Box::new(ethics::EthicsUtilitarianism),
         Box::new(ethics::EthicsVirtue),
+        Box::new(mmlu::MMLU),
+        Box::new(mmlu::MmluLoglik),
+        Box::new(gsm8k::Gsm8k),
+        Box::new(mathqa::MATHQA),
+        Box::new(mathqa::MATHQA_0SHOT),
+        Box::new(boolq::BoolQ),
+        Box::new(squad2::Squad2),
         Box::new(pope::RANDOM),
         Box::new(pope::POPULAR),
         Box::new(pope::ADVERSARIAL),
@@ -54,6 +68,8 @@ pub const GROUPS: &[(&str, &[&str])] = &[
         ],
     ),
     ("pope", &["pope_random", "pope_popular", "pope_adversarial"]),
+    // The paper's checks that the other skills survive (issue 16).
+    ("retention", &["mmlu", "gsm8k", "mathqa", "boolq", "squad2"]),
 ];
 
 /// Resolves a comma-separated list of task and group names, keeping first-mention order and
