@@ -68,6 +68,8 @@ pub struct TaskResult {
     pub samples: Vec<Value>,
     /// Image tasks: records dropped by `skip_missing_images` (`None` for text tasks).
     pub skipped_missing_images: Option<usize>,
+    /// Few-shot examples per prompt (`n-shot`).
+    pub num_fewshot: usize,
 }
 
 /// Which phase a progress report is about.
@@ -474,6 +476,7 @@ pub fn evaluate(
             doc_ids: p.docs.iter().map(|(i, _)| *i).collect(),
             samples,
             skipped_missing_images: p.task.needs_images().then_some(p.skipped),
+            num_fewshot: p.task.num_fewshot(),
         });
     }
     Ok(results)

@@ -58,7 +58,7 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
         }
         res.insert(r.name.into(), Value::Object(m));
         versions.insert(r.name.into(), json!(r.version));
-        n_shot.insert(r.name.into(), json!(0));
+        n_shot.insert(r.name.into(), json!(r.num_fewshot));
         higher.insert(r.name.into(), Value::Object(hib));
         let mut counts = json!({"original": r.n_original, "effective": r.n_effective});
         if let Some(k) = r.skipped_missing_images {
@@ -158,7 +158,11 @@ pub fn markdown_table(results: &[TaskResult]) -> String {
                     String::new()
                 },
                 if first { "none".into() } else { String::new() },
-                if first { "0".into() } else { String::new() },
+                if first {
+                    r.num_fewshot.to_string()
+                } else {
+                    String::new()
+                },
                 m.name.to_string(),
                 if m.higher_is_better {
                     "↑".into()

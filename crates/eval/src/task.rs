@@ -153,6 +153,10 @@ pub trait Task: Send + Sync {
     ) -> Result<()> {
         Ok(())
     }
+    /// Few-shot examples in each prompt (recorded as lm-eval's `n-shot` in results.json).
+    fn num_fewshot(&self) -> usize {
+        0
+    }
     /// The answer extracted from the responses, logged as `filtered_resps` in the samples.
     fn extracted(&self, _doc: &Value, _responses: &[Response]) -> Option<Value> {
         None

@@ -82,6 +82,10 @@ pub fn extract_answer(text: &str) -> String {
 pub struct Gsm8k;
 
 impl Task for Gsm8k {
+    fn num_fewshot(&self) -> usize {
+        SHOTS
+    }
+
     fn name(&self) -> &'static str {
         "gsm8k"
     }

@@ -152,6 +152,10 @@ pub const MATHQA: MathQa = MathQa { shots: SHOTS };
 pub const MATHQA_0SHOT: MathQa = MathQa { shots: 0 };
 
 impl Task for MathQa {
+    fn num_fewshot(&self) -> usize {
+        self.shots
+    }
+
     fn name(&self) -> &'static str {
         if self.shots == 0 {
             "mathqa_0shot"

@@ -203,6 +203,10 @@ fn generation_correct(doc: &Value, r: &[Response]) -> bool {
 }
 
 impl Task for Mmlu {
+    fn num_fewshot(&self) -> usize {
+        NTRAIN
+    }
+
     fn name(&self) -> &'static str {
         "mmlu"
     }
@@ -256,6 +260,10 @@ fn loglik_correct(doc: &Value, r: &[Response]) -> bool {
 }
 
 impl Task for MmluLoglik {
+    fn num_fewshot(&self) -> usize {
+        NTRAIN
+    }
+
     fn name(&self) -> &'static str {
         "mmlu_loglik"
     }
