@@ -77,6 +77,19 @@ const ETHICS: &[Spec] = &[
     ("ethics_utilitarianism", "acc", "Utilitarianism"),
     ("ethics_virtue", "acc", "Virtue"),
 ];
+/// The paper's retention checks (Table 2): the skills visual instruction tuning must keep.
+/// SQuAD2's exact/F1 are on the official script's 0–100 scale.
+const RETENTION: &[Spec] = &[
+    ("mmlu", "acc", "MMLU acc"),
+    ("mmlu_loglik", "acc", "MMLU (loglik) acc"),
+    ("gsm8k", "acc", "GSM8K acc"),
+    ("mathqa", "acc", "MathQA acc"),
+    ("mathqa", "acc_norm", "MathQA acc_norm"),
+    ("mathqa_0shot", "acc", "MathQA 0-shot acc"),
+    ("boolq", "acc", "BoolQ acc"),
+    ("squad2", "exact", "SQuAD2 exact"),
+    ("squad2", "f1", "SQuAD2 F1"),
+];
 const POPE: &[Spec] = &[
     ("pope_random", "acc", "random acc"),
     ("pope_random", "f1", "random F1"),
@@ -138,6 +151,7 @@ impl Layout {
         let specs: Vec<(&str, &str, Vec<Col>)> = vec![
             ("TruthfulQA", "truthfulqa", owned(TRUTHFULQA)),
             ("ETHICS", "ethics", owned(ETHICS)),
+            ("Retention", "retention", owned(RETENTION)),
             ("POPE", "pope", owned(POPE)),
             ("MME", "mme", owned(MME)),
             ("Captions", "captions", owned(CAPTIONS)),
