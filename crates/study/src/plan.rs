@@ -65,6 +65,9 @@ pub struct Step {
     pub cost: String,
     /// Where a `sightline train` step writes (checkpoints to resume from).
     pub train_output: Option<PathBuf>,
+    /// A training step's run settings as `sightline train` will see them (run file +
+    /// overrides), recorded in its manifest.
+    pub resolved: Option<serde_json::Value>,
 }
 
 /// The whole plan.
@@ -226,6 +229,7 @@ pub fn plan(study: &StudyFile, dir: &Path, study_path: &Path) -> Result<Plan> {
                 outputs: vec![out],
                 cost: s("the training samples, sketches and run files built into the binary"),
                 train_output: None,
+                resolved: None,
             },
         );
     }
@@ -256,6 +260,7 @@ fn plan_bases(b: &mut Builder) -> Result<Vec<(String, ModelRef)>> {
                 outputs: vec![dir.clone()],
                 cost: format!("builtin:{name} as an HF directory"),
                 train_output: None,
+                resolved: None,
             });
             (p(&dir), Some(step), vec![])
         } else {
@@ -294,6 +299,7 @@ fn plan_tower(b: &mut Builder) -> Option<Tower> {
             outputs: vec![dir.clone()],
             cost: format!("builtin:{name} (seeded random weights) as a CLIP directory"),
             train_output: None,
+            resolved: None,
         });
         return Some((p(&dir), Some(s("vision-tower")), vec![]));
     }
@@ -434,6 +440,7 @@ fn plan_data(b: &mut Builder, d: &DataSet, study_path: &Path) -> Result<()> {
                 g.count, g.seed
             ),
             train_output: None,
+            resolved: None,
         });
         return Ok(());
     }
@@ -455,6 +462,7 @@ fn plan_data(b: &mut Builder, d: &DataSet, study_path: &Path) -> Result<()> {
         outputs: vec![out],
         cost,
         train_output: None,
+        resolved: None,
     });
     Ok(())
 }
@@ -622,6 +630,7 @@ fn plan_variant(
         outputs: vec![out.clone()],
         cost,
         train_output: Some(out.clone()),
+        resolved: cfg.as_ref().and_then(|c| serde_json::to_value(c).ok()),
     });
     let tower_args = |mut args: Vec<String>| {
         if let Some((spec, _, _)) = tower {
@@ -765,6 +774,7 @@ fn eval_step(
         outputs: vec![out.clone()],
         cost,
         train_output: None,
+        resolved: None,
     });
     out
 }
@@ -880,6 +890,7 @@ fn plan_report(b: &mut Builder, models: &[ModelRef], inputs: &[(PathBuf, String)
         ],
         cost: format!("{} models", models.len()),
         train_output: None,
+        resolved: None,
     });
     Ok(())
 }

@@ -300,6 +300,9 @@ pub fn run(
             .iter()
             .map(|p| p.to_string_lossy())
             .collect::<Vec<_>>());
+        if let Some(cfg) = &step.resolved {
+            m["resolved_config"] = cfg.clone();
+        }
         m["command_lines"] = json!(step
             .commands
             .iter()
