@@ -116,20 +116,44 @@ pub fn check_selection(plan: &Plan, names: &[String], flag: &str) -> Result<()> 
     Ok(())
 }
 
-/// The fingerprints of a step's inputs.
-fn input_prints(step: &Step) -> Result<Vec<(String, String)>> {
-    step.inputs
-        .iter()
-        .map(|i| match i {
-            Input::Path(p) => Ok((p.to_string_lossy().into_owned(), fingerprint(p)?)),
-            Input::Hub(id) => Ok((id.clone(), format!("hub:{id}"))),
-            Input::Bundled => Ok(("bundled".to_string(), crate::plan::bundled_fingerprint())),
-        })
-        .collect()
+/// Fingerprints of the inputs seen so far. Many steps read the same input (every training
+/// and evaluation step of a base reads its model folder), and inputs live outside the study
+/// folder, so nothing a step writes changes them: each is hashed once per command.
+#[derive(Debug, Default)]
+pub struct Prints(BTreeMap<String, String>);
+
+impl Prints {
+    /// The fingerprints of a step's inputs, as (name, fingerprint).
+    fn of(&mut self, step: &Step) -> Result<Vec<(String, String)>> {
+        step.inputs
+            .iter()
+            .map(|i| {
+                let name = match i {
+                    Input::Path(p) => p.to_string_lossy().into_owned(),
+                    Input::Hub(id) => id.clone(),
+                    Input::Bundled => "bundled".to_string(),
+                };
+                if let Some(fp) = self.0.get(&name) {
+                    return Ok((name, fp.clone()));
+                }
+                let fp = match i {
+                    Input::Path(p) => fingerprint(p)?,
+                    Input::Hub(id) => format!("hub:{id}"),
+                    Input::Bundled => crate::plan::bundled_fingerprint(),
+                };
+                self.0.insert(name.clone(), fp.clone());
+                Ok((name, fp))
+            })
+            .collect()
+    }
 }
 
 /// The key of a step, given the keys of the steps before it.
-pub fn step_key(step: &Step, keys: &BTreeMap<String, String>) -> Result<(String, Value)> {
+pub fn step_key(
+    step: &Step,
+    keys: &BTreeMap<String, String>,
+    prints: &mut Prints,
+) -> Result<(String, Value)> {
     let deps: BTreeMap<&str, &str> = step
         .deps
         .iter()
@@ -144,7 +168,7 @@ pub fn step_key(step: &Step, keys: &BTreeMap<String, String>) -> Result<(String,
         "sightline_version": env!("CARGO_PKG_VERSION"),
         "step": step.name,
         "commands": step.commands,
-        "inputs": input_prints(step)?,
+        "inputs": prints.of(step)?,
         "deps": deps,
     });
     Ok((sha256_hex(body.to_string().as_bytes()), body))
@@ -178,11 +202,11 @@ fn has_checkpoint(out: &Path) -> bool {
 }
 
 /// The state of every step before anything runs (for `--dry-run` and for the run itself).
-pub fn statuses(plan: &Plan) -> Result<Vec<(String, &'static str)>> {
+pub fn statuses(plan: &Plan, prints: &mut Prints) -> Result<Vec<(String, &'static str)>> {
     let mut keys = BTreeMap::new();
     let mut out = Vec::new();
     for step in &plan.steps {
-        let (key, _) = step_key(step, &keys)?;
+        let (key, _) = step_key(step, &keys, prints)?;
         let dir = plan.dir.join(&step.name);
         let state = if read_key(&dir.join("manifest.json")).as_deref() == Some(&key) {
             "up to date"
@@ -204,6 +228,7 @@ pub fn run(
     opts: &RunOptions,
     exec: &mut Exec,
     progress: &mut Progress,
+    prints: &mut Prints,
 ) -> Result<Vec<(String, Status)>> {
     check_selection(plan, &opts.only, "--only")?;
     check_selection(plan, &opts.force, "--force")?;
@@ -216,7 +241,7 @@ pub fn run(
     let started_all = Instant::now();
     let mut ran_seconds: BTreeMap<Kind, (f64, usize)> = BTreeMap::new();
     for (i, step) in plan.steps.iter().enumerate() {
-        let (key, body) = step_key(step, &keys)?;
+        let (key, body) = step_key(step, &keys, prints)?;
         keys.insert(step.name.clone(), key.clone());
         let dir = plan.dir.join(&step.name);
         let manifest = dir.join("manifest.json");

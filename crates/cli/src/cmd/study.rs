@@ -41,7 +41,9 @@ pub fn run(a: Args) -> Result<()> {
         ),
     };
     let plan = sightline_study::plan(&study, &a.dir, &name)?;
-    let states = runner::statuses(&plan)?;
+    // One fingerprint cache for the states shown here and the run: each input is hashed once.
+    let mut prints = runner::Prints::default();
+    let states = runner::statuses(&plan, &mut prints)?;
     if a.dry_run {
         println!(
             "study {} ({}): {} steps in {}/\n",
@@ -85,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
         only: a.only,
         force: a.force,
     };
-    let statuses = runner::run(&plan, &opts, &mut exec, &mut progress)?;
+    let statuses = runner::run(&plan, &opts, &mut exec, &mut progress, &mut prints)?;
     print_summary(&statuses);
     let report = a.dir.join("report.html");
     if report.is_file() {
