@@ -25,22 +25,30 @@ const NOT_METRICS: &[&str] = &[
     "input",
 ];
 
+/// The JSON values of a JSON Lines file with their 1-based line numbers, blank lines skipped;
+/// `what` names one line's content in the error for a line that is not JSON.
+fn json_lines(path: &Path, what: &str) -> Result<Vec<(usize, Value)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            let rec = serde_json::from_str(line).map_err(|e| {
+                Error::parse(
+                    path,
+                    Some(i + 1),
+                    format!("not valid JSON ({e}); expected one {what} per line"),
+                )
+            })?;
+            Ok((i + 1, rec))
+        })
+        .collect()
+}
+
 /// Reads a samples file: one JSON object per line with an integer `doc_id`.
 pub fn read_samples(path: &Path) -> Result<Samples> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut docs: BTreeMap<i64, Doc> = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let ln = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let rec: Value = serde_json::from_str(line).map_err(|e| {
-            Error::parse(
-                path,
-                Some(ln),
-                format!("not valid JSON ({e}); expected one sample record per line"),
-            )
-        })?;
+    for (ln, rec) in json_lines(path, "sample record")? {
         let obj = rec
             .as_object()
             .ok_or_else(|| Error::parse(path, Some(ln), "expected a JSON object per line"))?;
@@ -124,20 +132,8 @@ fn yes_no(obj: &serde_json::Map<String, Value>) -> Option<(bool, bool)> {
 
 /// Reads sightline's `train_log.jsonl`.
 pub fn read_train_log(path: &Path) -> Result<TrainLog> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut steps = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let ln = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let rec: Value = serde_json::from_str(line).map_err(|e| {
-            Error::parse(
-                path,
-                Some(ln),
-                format!("not valid JSON ({e}); expected one step per line"),
-            )
-        })?;
+    for (ln, rec) in json_lines(path, "step")? {
         let field = |f: &str| -> Result<f64> {
             rec.get(f).and_then(number).ok_or_else(|| {
                 Error::parse(
