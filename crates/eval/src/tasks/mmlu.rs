@@ -150,6 +150,28 @@ fn shots(doc: &Value) -> Vec<String> {
 
 /// Per category, subcategory and subject: the mean of `correct` over their questions (NaN for
 /// a group with none, e.g. under `--limit`), in [`METRICS`] order after `acc`.
+/// A document's metric row for both protocols: `acc` from its own answer, the per-subject and
+/// per-category columns left NaN (they are corpus metrics, see [`breakdown`]).
+fn per_document(correct: bool) -> Vec<f64> {
+    let mut v = vec![f64::NAN; METRICS.len()];
+    v[0] = if correct { 1.0 } else { 0.0 };
+    v
+}
+
+/// The corpus metrics of both protocols, given how one document is judged.
+fn corpus(
+    docs: &[&Value],
+    responses: &[&[Response]],
+    correct: fn(&Value, &[Response]) -> bool,
+) -> Vec<f64> {
+    let c: Vec<bool> = docs
+        .iter()
+        .zip(responses)
+        .map(|(d, r)| correct(d, r))
+        .collect();
+    breakdown(docs, &c)
+}
+
 fn breakdown(docs: &[&Value], correct: &[bool]) -> Vec<f64> {
     let subcat_of = |d: &Value| {
         let s = d["subject"].as_str().unwrap_or_default();
@@ -226,24 +248,13 @@ impl Task for Mmlu {
         }])
     }
     fn process_results(&self, doc: &Value, responses: &[Response]) -> Result<Vec<f64>> {
-        let mut v = vec![f64::NAN; METRICS.len()];
-        v[0] = if generation_correct(doc, responses) {
-            1.0
-        } else {
-            0.0
-        };
-        Ok(v)
+        Ok(per_document(generation_correct(doc, responses)))
     }
     fn metrics(&self) -> &'static [Metric] {
         &METRICS
     }
     fn corpus_metrics(&self, docs: &[&Value], responses: &[&[Response]]) -> Result<Vec<f64>> {
-        let c: Vec<bool> = docs
-            .iter()
-            .zip(responses)
-            .map(|(d, r)| generation_correct(d, r))
-            .collect();
-        Ok(breakdown(docs, &c))
+        Ok(corpus(docs, responses, generation_correct))
     }
     fn extracted(&self, _doc: &Value, responses: &[Response]) -> Option<Value> {
         Some(json!(responses.first()?.text()))
@@ -289,24 +300,13 @@ impl Task for MmluLoglik {
             .collect())
     }
     fn process_results(&self, doc: &Value, responses: &[Response]) -> Result<Vec<f64>> {
-        let mut v = vec![f64::NAN; METRICS.len()];
-        v[0] = if loglik_correct(doc, responses) {
-            1.0
-        } else {
-            0.0
-        };
-        Ok(v)
+        Ok(per_document(loglik_correct(doc, responses)))
     }
     fn metrics(&self) -> &'static [Metric] {
         &METRICS
     }
     fn corpus_metrics(&self, docs: &[&Value], responses: &[&[Response]]) -> Result<Vec<f64>> {
-        let c: Vec<bool> = docs
-            .iter()
-            .zip(responses)
-            .map(|(d, r)| loglik_correct(d, r))
-            .collect();
-        Ok(breakdown(docs, &c))
+        Ok(corpus(docs, responses, loglik_correct))
     }
 }
 
