@@ -6,13 +6,13 @@
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sightline_metrics::aggregate::{mean, mean_stderr};
+use sightline_random::PyRandom;
 
 use crate::cache::{self, RequestCache};
 use crate::data::DataSource;
 use crate::error::{Error, Result};
 use crate::lm::{ImageGen, LanguageModel};
 use crate::mm;
-use crate::pyrandom::PyRandom;
 use crate::task::{Aggregation, Request, Response, Task};
 
 /// Evaluation settings that change which documents are scored.

@@ -16,7 +16,6 @@ pub mod evaluator;
 pub mod lm;
 pub mod mm;
 pub mod mm_lm;
-pub mod pyrandom;
 pub mod report;
 pub mod task;
 pub mod tasks;

@@ -7,10 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sightline_model::score::Scored;
+use sightline_random::PyRandom;
 
 use crate::data::DataSource;
 use crate::error::Result;
-use crate::pyrandom::PyRandom;
 
 /// A request to the language model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
