@@ -31,7 +31,7 @@ pub enum Request {
         context: String,
         image: String,
         image_ref: String,
-        decoding: crate::mm::MmDecoding,
+        decoding: crate::protocol::MmDecoding,
     },
     /// The MMLU script of the paper (`evaluate_mmlu.py`, not the harness): the prompt is
     /// `header + shots[..k] + question` for the largest k (from `shots.len()` down) whose

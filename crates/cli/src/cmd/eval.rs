@@ -14,8 +14,8 @@ use sightline_eval::cache::RequestCache;
 use sightline_eval::data::{DataSource, TruthfulQaVersion};
 use sightline_eval::evaluator::{evaluate, EvalOptions, Phase};
 use sightline_eval::lm::{CandleLm, LanguageModel};
-use sightline_eval::mm::Protocol;
 use sightline_eval::mm_lm::{ImageCorruption, LlavaLm};
+use sightline_eval::protocol::Protocol;
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
 use sightline_model::hub;
 

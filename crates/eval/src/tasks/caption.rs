@@ -232,7 +232,7 @@ impl Task for Caption {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm::Protocol;
+    use crate::protocol::Protocol;
 
     pub(crate) fn write_split(dir: &Path, prefix: &str, n_train: usize, n_test: usize) {
         let train: Vec<Value> = (0..n_train)
