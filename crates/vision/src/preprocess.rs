@@ -16,7 +16,7 @@
 //! * Rescale + normalise is bit-exact with transformers (float64 rescale, cast to float32,
 //!   float32 `(x - mean) / std`), done through a 256-entry table per channel.
 //! * Decoding is bit-exact with Pillow for PNG, WebP (lossless, and lossy on the fixtures) and
-//!   JPEG. JPEGs go through our own decoder (`preprocess/jpeg.rs`), which reproduces
+//!   JPEG. JPEGs go through our own decoder (`preprocess/jpeg/`), which reproduces
 //!   libjpeg-turbo's integer IDCT, "fancy" chroma upsampling and YCbCr→RGB tables; the `image`
 //!   crate's zune-jpeg differed from Pillow by up to 4 grey levels on 10-25% of the pixels of
 //!   colour photos (its IDCT and chroma upsampling round differently), jpeg-decoder 0.3 by up
