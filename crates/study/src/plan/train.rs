@@ -169,14 +169,28 @@ fn stage1_projector(
     stage1_out: &BTreeMap<(String, String), PathBuf>,
     where_: &str,
 ) -> Result<(String, String)> {
-    let proj = stage1_out
+    let Some(proj) = stage1_out
         .get(&(base_name.to_string(), s1.to_string()))
         .cloned()
-        .ok_or_else(|| {
-            Error::Plan(format!(
-                "{where_}: stage1 `{s1}` is not a stage-1 run (tune_mm_mlp_adapter)"
-            ))
-        })?;
+    else {
+        // A stage-1 variant whose run file is missing plans as a text run: name the file
+        // rather than call it "not a stage-1 run".
+        if let Some(run) = b
+            .study
+            .variants
+            .iter()
+            .find(|x| x.name == s1)
+            .map(|x| &x.run)
+            .filter(|run| !run.starts_with("bundled:") && !Path::new(run).exists())
+        {
+            return Err(Error::Plan(format!(
+                "{where_}: stage1 `{s1}`: its run file {run} does not exist"
+            )));
+        }
+        return Err(Error::Plan(format!(
+            "{where_}: stage1 `{s1}` is not a stage-1 run (tune_mm_mlp_adapter)"
+        )));
+    };
     let projector = format!(
         "pretrain_mm_mlp_adapter={}",
         toml_str(&p(&proj.join("mm_projector.safetensors")))
