@@ -21,7 +21,7 @@ It writes tests/fixtures/data/:
   orca_converted.json      data/training/orca/... as spec T12.3 maps it
   pretrain_stripped.json   data/training/llava/blip_laion_cc_sbu_100.json without images (T12.1)
   sample.json              the seeded sampler (ChaCha20 partial Fisher-Yates, see
-                           crates/data/src/sample.rs) re-implemented here from the ChaCha20
+                           crates/random/src/chacha.rs) re-implemented here from the ChaCha20
                            definition, so "same seed, same sample on any machine" is checked
                            against an implementation that shares no code with the Rust one
 
@@ -329,7 +329,7 @@ def strip_images(record):
     return r
 
 
-# ---------------------------------------------------------------- sampler (sample.rs)
+# ---------------------------------------------------------------- sampler (chacha.rs)
 def chacha20_block(key_words, counter, stream):
     def rotl(v, c):
         return ((v << c) & 0xFFFFFFFF) | (v >> (32 - c))

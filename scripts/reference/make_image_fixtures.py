@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures for sightline's CLIP image preprocessing (crates/vision/src/preprocess.rs),
+"""Golden fixtures for sightline's CLIP image preprocessing (crates/vision/src/preprocess.rs and preprocess/),
 written by transformers' own CLIPImageProcessor on top of Pillow.
 
 Run from the repository root (Pillow is needed on top of scripts/reference/requirements.txt;

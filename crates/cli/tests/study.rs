@@ -310,3 +310,32 @@ fn bad_study_files_are_one_line_errors() {
         assert!(err.contains(want), "want `{want}` in: {err}");
     }
 }
+
+/// A stage-2 variant whose stage-1 variant's run file is missing: the error names that file
+/// (it used to say the stage-1 variant "is not a stage-1 run").
+#[test]
+fn a_missing_stage1_run_file_is_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let text = "vision_tower = 'builtin:tiny-clip'\n\
+        [[base]]\nname = 'a'\nmodel = 'builtin:stories260k'\n\
+        [[data]]\nname = 'captions'\nfile = 'bundled:training/sketch/sketch_captions.json'\n\
+        image_folder = 'bundled:images'\n\
+        [[variant]]\nname = 'stage1'\nrun = 'no/such/stage1.toml'\ndata = 'captions'\n\
+        [[variant]]\nname = 'mm'\nrun = 'bundled:configs/stage2-full.toml'\ndata = 'captions'\n\
+        stage1 = 'stage1'\n";
+    let f = tmp.path().join("s.toml");
+    std::fs::write(&f, text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sightline"))
+        .current_dir(tmp.path())
+        .args(["study", "--dry-run", "--config"])
+        .arg(&f)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("stage1 `stage1`: its run file no/such/stage1.toml does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("is not a stage-1 run"), "{err}");
+}

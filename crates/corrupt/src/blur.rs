@@ -1,9 +1,9 @@
 //! Blurs: gaussian, glass, defocus, motion and zoom.
 
 use image::RgbImage;
+use sightline_random::RandomState;
 
 use crate::filters::{self, Border};
-use crate::rng::RandomState;
 use crate::{to_u8, Img, SIZE};
 
 const GAUSSIAN_SIGMA: [f64; 5] = [1.0, 2.0, 3.0, 4.0, 6.0];

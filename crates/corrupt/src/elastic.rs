@@ -4,9 +4,9 @@
 //! reference.
 
 use image::RgbImage;
+use sightline_random::RandomState;
 
 use crate::filters::{self, Border};
-use crate::rng::RandomState;
 use crate::{Img, SIZE};
 
 /// (α, σ, affine jitter) = 244·[…]: upstream writes 244 where 224 was meant; kept.

@@ -8,7 +8,7 @@
 //! CLIP's resize-shortest-side + center-crop). Pixels go through `x/255` in float64, the
 //! operation, `clip(·, 0, 1)·255` and a *truncating* cast to u8, as the reference's `np.uint8`.
 //!
-//! Randomness is numpy's legacy global stream ([`rng::RandomState`]): `corrupt(img, c, s, seed)`
+//! Randomness is numpy's legacy global stream ([`sightline_random::RandomState`]): `corrupt(img, c, s, seed)`
 //! draws the same numbers as `np.random.seed(seed); corruption(img, s)`. Whether the pixels are
 //! then equal depends on the corruption; `tests/goldens.rs` says, per corruption, whether it is
 //! exact (within 1/255) or matched by statistics, and why.
@@ -25,13 +25,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use image::RgbImage;
+use sightline_random::RandomState;
 
 mod blur;
 mod digital;
 mod elastic;
 mod filters;
 mod noise;
-pub mod rng;
 pub mod sheet;
 mod spatter;
 mod weather;
@@ -39,7 +39,6 @@ mod weather;
 pub use digital::encode_jpeg;
 /// The `image` crate this API speaks (its `RgbImage`), for callers that do not depend on it.
 pub use image;
-pub use rng::RandomState;
 
 /// The ImageNet-C protocol's geometry (spec E8.1, `create_c/make_imagenet_c.py`): torchvision
 /// `Resize(256)` (short side to 256, bilinear with antialiasing, here the `image` crate's

@@ -1,7 +1,8 @@
 //! Per-pixel noise: gaussian, shot (Poisson), impulse (salt and pepper) and speckle. Each draws
 //! one number per element in numpy's C order (row, column, channel).
 
-use crate::rng::RandomState;
+use sightline_random::RandomState;
+
 use crate::Img;
 
 const GAUSSIAN_SIGMA: [f64; 5] = [0.08, 0.12, 0.18, 0.26, 0.38];

@@ -108,6 +108,8 @@ fn draw_text(img: &mut RgbImage, s: &str, x: u32, y: u32) {
 }
 
 /// The 5×7 glyph of `ch` (case-insensitive); anything without one is drawn as a blank.
+///
+/// A font table, one arm per character: long by nature and read as a table, so kept whole.
 fn glyph(ch: char) -> [&'static str; 7] {
     match ch.to_ascii_uppercase() {
         'A' => [

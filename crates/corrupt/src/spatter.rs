@@ -4,9 +4,9 @@
 //! and float32 images.
 
 use image::RgbImage;
+use sightline_random::RandomState;
 
 use crate::filters::{self, Border};
-use crate::rng::RandomState;
 use crate::{Img, SIZE};
 
 /// (μ, σ, blur σ, threshold, intensity, mode 0 = water / 1 = mud).

@@ -3,9 +3,9 @@
 use std::sync::OnceLock;
 
 use image::RgbImage;
+use sightline_random::RandomState;
 
 use crate::filters::{self, clipped_zoom};
-use crate::rng::RandomState;
 use crate::{to_u8, Error, Img, Result, SIZE};
 
 /// (μ, σ, zoom, threshold, blur radius, blur σ, blend) of the snow layer.

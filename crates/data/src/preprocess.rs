@@ -124,108 +124,126 @@ pub fn build(template: &Template, turns: &[Turn], id: Option<&str>) -> Result<Pr
     };
     let conv = &template.conv;
     match &template.preprocessor {
-        Preprocessor::SpeakerSignal => {
-            let header = format!("{}\n\n", conv.system);
-            let mut conversation = header.clone();
-            let mut formatted = Vec::with_capacity(turns.len());
-            for t in turns {
-                let role = match t.from.to_lowercase().as_str() {
-                    "human" => conv.roles.0,
-                    "gpt" => conv.roles.1,
-                    _ => "unknown",
-                };
-                let s = format!("### {role}: {}\n", t.value);
-                conversation.push_str(&s);
-                formatted.push(s);
-            }
-            conversation.push_str("### ");
-            Ok(Prompt::SpeakerSignal {
-                conversation,
-                header,
-                turns: formatted,
-                speakers: turns.iter().map(|t| t.from.clone()).collect(),
-            })
-        }
-        Preprocessor::Rounds { sep, sep2 } => {
-            let role_of = |j: usize, from: &str| match from {
-                "human" => Ok(conv.roles.0),
-                "gpt" => Ok(conv.roles.1),
-                other => Err(fail(
-                    format!("conversations[{j}].from"),
-                    format!("expected \"human\" or \"gpt\", found {other:?}"),
-                )),
-            };
-            let first = turns.first().ok_or_else(|| {
-                fail(
-                    "conversations".into(),
-                    "expected at least one turn, found none".into(),
-                )
-            })?;
-            // "Skip the first one if it is not from human."
-            let skip = usize::from(role_of(0, &first.from)? != conv.roles.0);
-            let mut c = conv.clone();
-            c.messages.clear();
-            for (k, t) in turns.iter().enumerate().skip(skip) {
-                let role = role_of(k, &t.from)?;
-                let want = if (k - skip) % 2 == 0 {
-                    conv.roles.0
-                } else {
-                    conv.roles.1
-                };
-                if role != want {
-                    let want_from = if want == conv.roles.0 { "human" } else { "gpt" };
-                    return Err(fail(
-                        format!("conversations[{k}].from"),
-                        format!(
-                            "expected \"{want_from}\" (turns alternate human, gpt), found {:?}",
-                            t.from
-                        ),
-                    ));
-                }
-                c.push(role, Some(&t.value));
-            }
-            if conv.style == SepStyle::Llama2
-                && c.messages
-                    .first()
-                    .is_some_and(|(_, m)| m.as_deref().unwrap_or("").is_empty())
-            {
-                return Err(fail(
-                    format!("conversations[{skip}].value"),
-                    "expected text (the llama-2 template asserts the first message is not empty)"
-                        .into(),
-                ));
-            }
-            Ok(Prompt::Rounds {
-                conversation: c.prompt(),
-                sep: sep.clone(),
-                sep2: sep2.clone(),
-            })
-        }
-        Preprocessor::Plain => {
-            if turns.len() != 2 {
-                return Err(fail(
-                    "conversations".into(),
-                    format!(
-                        "expected exactly 2 turns for the plain template (an image and its \
-                         caption), found {}",
-                        turns.len()
-                    ),
-                ));
-            }
-            if !turns[0].value.contains(IMAGE_PLACEHOLDER) {
-                return Err(fail(
-                    "conversations[0].value".into(),
-                    "expected <image> in the first turn (the plain template is for image \
-                     captions)"
-                        .into(),
-                ));
-            }
-            // The first turn is *replaced* by "<image>": its instruction is not trained on.
-            Ok(Prompt::Plain {
-                conversation: format!("{IMAGE_PLACEHOLDER}{}{}", turns[1].value, conv.sep),
-            })
-        }
+        Preprocessor::SpeakerSignal => Ok(speaker_signal(conv, turns)),
+        Preprocessor::Rounds { sep, sep2 } => rounds(conv, turns, sep, sep2, &fail),
+        Preprocessor::Plain => plain(conv, turns, &fail),
     }
+}
+
+/// How [`build`]'s steps report a problem: the field and the message, for the record's id.
+type Fail<'a> = dyn Fn(String, String) -> Error + 'a;
+
+/// `preprocess` (v0): a header, then `### role: value\n` per turn; never fails.
+fn speaker_signal(conv: &Conversation, turns: &[Turn]) -> Prompt {
+    let header = format!("{}\n\n", conv.system);
+    let mut conversation = header.clone();
+    let mut formatted = Vec::with_capacity(turns.len());
+    for t in turns {
+        let role = match t.from.to_lowercase().as_str() {
+            "human" => conv.roles.0,
+            "gpt" => conv.roles.1,
+            _ => "unknown",
+        };
+        let s = format!("### {role}: {}\n", t.value);
+        conversation.push_str(&s);
+        formatted.push(s);
+    }
+    conversation.push_str("### ");
+    Prompt::SpeakerSignal {
+        conversation,
+        header,
+        turns: formatted,
+        speakers: turns.iter().map(|t| t.from.clone()).collect(),
+    }
+}
+
+/// `preprocess_v1` / `preprocess_llama_2`: the conversation template's prompt of alternating
+/// human/gpt turns (a leading gpt turn skipped, as LLaVA does).
+fn rounds(
+    conv: &Conversation,
+    turns: &[Turn],
+    sep: &str,
+    sep2: &str,
+    fail: &Fail,
+) -> Result<Prompt> {
+    let role_of = |j: usize, from: &str| match from {
+        "human" => Ok(conv.roles.0),
+        "gpt" => Ok(conv.roles.1),
+        other => Err(fail(
+            format!("conversations[{j}].from"),
+            format!("expected \"human\" or \"gpt\", found {other:?}"),
+        )),
+    };
+    let first = turns.first().ok_or_else(|| {
+        fail(
+            "conversations".into(),
+            "expected at least one turn, found none".into(),
+        )
+    })?;
+    // "Skip the first one if it is not from human."
+    let skip = usize::from(role_of(0, &first.from)? != conv.roles.0);
+    let mut c = conv.clone();
+    c.messages.clear();
+    for (k, t) in turns.iter().enumerate().skip(skip) {
+        let role = role_of(k, &t.from)?;
+        let want = if (k - skip) % 2 == 0 {
+            conv.roles.0
+        } else {
+            conv.roles.1
+        };
+        if role != want {
+            let want_from = if want == conv.roles.0 { "human" } else { "gpt" };
+            return Err(fail(
+                format!("conversations[{k}].from"),
+                format!(
+                    "expected \"{want_from}\" (turns alternate human, gpt), found {:?}",
+                    t.from
+                ),
+            ));
+        }
+        c.push(role, Some(&t.value));
+    }
+    if conv.style == SepStyle::Llama2
+        && c.messages
+            .first()
+            .is_some_and(|(_, m)| m.as_deref().unwrap_or("").is_empty())
+    {
+        return Err(fail(
+            format!("conversations[{skip}].value"),
+            "expected text (the llama-2 template asserts the first message is not empty)".into(),
+        ));
+    }
+    Ok(Prompt::Rounds {
+        conversation: c.prompt(),
+        sep: sep.to_string(),
+        sep2: sep2.to_string(),
+    })
+}
+
+/// `preprocess_plain`: `<image>` + the caption; the first turn must hold the image.
+fn plain(conv: &Conversation, turns: &[Turn], fail: &Fail) -> Result<Prompt> {
+    if turns.len() != 2 {
+        return Err(fail(
+            "conversations".into(),
+            format!(
+                "expected exactly 2 turns for the plain template (an image and its \
+                 caption), found {}",
+                turns.len()
+            ),
+        ));
+    }
+    if !turns[0].value.contains(IMAGE_PLACEHOLDER) {
+        return Err(fail(
+            "conversations[0].value".into(),
+            "expected <image> in the first turn (the plain template is for image \
+             captions)"
+                .into(),
+        ));
+    }
+    // The first turn is *replaced* by "<image>": its instruction is not trained on.
+    Ok(Prompt::Plain {
+        conversation: format!("{IMAGE_PLACEHOLDER}{}{}", turns[1].value, conv.sep),
+    })
 }
 
 /// The turns a record is tokenized from: a copy of its conversation, through

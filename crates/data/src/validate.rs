@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::Problem;
 use crate::record::{kind, IMAGE_PLACEHOLDER};
@@ -37,6 +37,30 @@ pub fn check(v: &Value, opts: &Options) -> Vec<Problem> {
         ));
         return out;
     };
+    check_id(obj, &mut out);
+    let image = image_field(obj, &mut out);
+    let has_image = obj.contains_key("image");
+    if let (Some(image), Some(folder)) = (image, opts.image_folder) {
+        check_image_file(&folder.join(image), &mut out);
+    }
+    let Some(turns) = conversations(obj, &mut out) else {
+        return out;
+    };
+    let typed: Vec<Option<(&str, &str)>> = turns
+        .iter()
+        .enumerate()
+        .map(|(j, t)| check_turn(j, t, &mut out))
+        .collect();
+    let froms: Vec<Option<&str>> = turns
+        .iter()
+        .map(|t| t.get("from").and_then(Value::as_str))
+        .collect();
+    check_alternation(&froms, &mut out);
+    check_placeholders(&typed, &froms, has_image, &mut out);
+    out
+}
+
+fn check_id(obj: &Map<String, Value>, out: &mut Vec<Problem>) {
     match obj.get("id") {
         Some(Value::String(_)) => {}
         Some(other) => out.push(Problem::new(
@@ -45,7 +69,11 @@ pub fn check(v: &Value, opts: &Options) -> Vec<Problem> {
         )),
         None => out.push(Problem::new("id", "missing (expected a string)")),
     }
-    let image = match obj.get("image") {
+}
+
+/// The record's image path, when it has a usable one.
+fn image_field<'v>(obj: &'v Map<String, Value>, out: &mut Vec<Problem>) -> Option<&'v str> {
+    match obj.get("image") {
         None => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s.as_str()),
         Some(Value::String(_)) => {
@@ -65,35 +93,37 @@ pub fn check(v: &Value, opts: &Options) -> Vec<Problem> {
             ));
             None
         }
-    };
-    let has_image = obj.contains_key("image");
-    if let (Some(image), Some(folder)) = (image, opts.image_folder) {
-        let path = folder.join(image);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() && m.len() > 0 => {}
-            Ok(m) if m.is_file() => out.push(Problem::new(
-                "image",
-                format!("{} is empty", path.display()),
-            )),
-            Ok(_) => out.push(Problem::new(
-                "image",
-                format!("{} is not a file", path.display()),
-            )),
-            Err(_) => out.push(Problem::new(
-                "image",
-                format!("{} not found", path.display()),
-            )),
-        }
     }
+}
 
-    let turns = match obj.get("conversations") {
-        Some(Value::Array(t)) if !t.is_empty() => t,
+fn check_image_file(path: &Path, out: &mut Vec<Problem>) {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() > 0 => {}
+        Ok(m) if m.is_file() => out.push(Problem::new(
+            "image",
+            format!("{} is empty", path.display()),
+        )),
+        Ok(_) => out.push(Problem::new(
+            "image",
+            format!("{} is not a file", path.display()),
+        )),
+        Err(_) => out.push(Problem::new(
+            "image",
+            format!("{} not found", path.display()),
+        )),
+    }
+}
+
+/// The non-empty `conversations` array; `None` (with its problem) stops the turn checks.
+fn conversations<'v>(obj: &'v Map<String, Value>, out: &mut Vec<Problem>) -> Option<&'v [Value]> {
+    match obj.get("conversations") {
+        Some(Value::Array(t)) if !t.is_empty() => Some(t),
         Some(Value::Array(_)) => {
             out.push(Problem::new(
                 "conversations",
                 "expected a human and a gpt turn, found none",
             ));
-            return out;
+            None
         }
         Some(other) => {
             out.push(Problem::new(
@@ -103,87 +133,80 @@ pub fn check(v: &Value, opts: &Options) -> Vec<Problem> {
                     kind(other)
                 ),
             ));
-            return out;
+            None
         }
         None => {
             out.push(Problem::new(
                 "conversations",
                 "missing (expected an array of {from, value} turns)",
             ));
-            return out;
+            None
+        }
+    }
+}
+
+/// Turn `j`'s types; its `(from, value)` when both are well formed.
+fn check_turn<'v>(j: usize, turn: &'v Value, out: &mut Vec<Problem>) -> Option<(&'v str, &'v str)> {
+    let Some(t) = turn.as_object() else {
+        out.push(Problem::new(
+            format!("conversations[{j}]"),
+            format!("expected an object {{from, value}}, found {}", kind(turn)),
+        ));
+        return None;
+    };
+    let from = match t.get("from") {
+        Some(Value::String(s)) if s == "human" || s == "gpt" => Some(s.as_str()),
+        Some(Value::String(s)) => {
+            out.push(Problem::new(
+                format!("conversations[{j}].from"),
+                format!("expected \"human\" or \"gpt\", found {s:?}"),
+            ));
+            None
+        }
+        Some(other) => {
+            out.push(Problem::new(
+                format!("conversations[{j}].from"),
+                format!("expected \"human\" or \"gpt\", found {}", kind(other)),
+            ));
+            None
+        }
+        None => {
+            out.push(Problem::new(
+                format!("conversations[{j}].from"),
+                "missing (expected \"human\" or \"gpt\")",
+            ));
+            None
         }
     };
-
-    // Per-turn types; (from, value) of the well-formed turns.
-    let mut typed: Vec<Option<(&str, &str)>> = Vec::with_capacity(turns.len());
-    for (j, t) in turns.iter().enumerate() {
-        let Some(t) = t.as_object() else {
+    let value = match t.get("value") {
+        Some(Value::String(s)) if s.trim().is_empty() => {
             out.push(Problem::new(
-                format!("conversations[{j}]"),
-                format!(
-                    "expected an object {{from, value}}, found {}",
-                    kind(&turns[j])
-                ),
+                format!("conversations[{j}].value"),
+                "expected text, found an empty string (LLaVA's templates drop empty messages)",
             ));
-            typed.push(None);
-            continue;
-        };
-        let from = match t.get("from") {
-            Some(Value::String(s)) if s == "human" || s == "gpt" => Some(s.as_str()),
-            Some(Value::String(s)) => {
-                out.push(Problem::new(
-                    format!("conversations[{j}].from"),
-                    format!("expected \"human\" or \"gpt\", found {s:?}"),
-                ));
-                None
-            }
-            Some(other) => {
-                out.push(Problem::new(
-                    format!("conversations[{j}].from"),
-                    format!("expected \"human\" or \"gpt\", found {}", kind(other)),
-                ));
-                None
-            }
-            None => {
-                out.push(Problem::new(
-                    format!("conversations[{j}].from"),
-                    "missing (expected \"human\" or \"gpt\")",
-                ));
-                None
-            }
-        };
-        let value = match t.get("value") {
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                out.push(Problem::new(
-                    format!("conversations[{j}].value"),
-                    "expected text, found an empty string (LLaVA's templates drop empty messages)",
-                ));
-                None
-            }
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(other) => {
-                out.push(Problem::new(
-                    format!("conversations[{j}].value"),
-                    format!("expected a string, found {}", kind(other)),
-                ));
-                None
-            }
-            None => {
-                out.push(Problem::new(
-                    format!("conversations[{j}].value"),
-                    "missing (expected a string)",
-                ));
-                None
-            }
-        };
-        typed.push(from.zip(value));
-    }
+            None
+        }
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(other) => {
+            out.push(Problem::new(
+                format!("conversations[{j}].value"),
+                format!("expected a string, found {}", kind(other)),
+            ));
+            None
+        }
+        None => {
+            out.push(Problem::new(
+                format!("conversations[{j}].value"),
+                "missing (expected a string)",
+            ));
+            None
+        }
+    };
+    from.zip(value)
+}
 
-    // Alternation: human, gpt, human, gpt, ..., gpt. Reported once per record.
-    let froms: Vec<Option<&str>> = turns
-        .iter()
-        .map(|t| t.get("from").and_then(Value::as_str))
-        .collect();
+/// Alternation: human, gpt, human, gpt, ..., gpt. Reported once per record.
+fn check_alternation(froms: &[Option<&str>], out: &mut Vec<Problem>) {
     let broken = froms.iter().enumerate().find_map(|(j, f)| {
         let want = if j % 2 == 0 { "human" } else { "gpt" };
         match f {
@@ -201,18 +224,26 @@ pub fn check(v: &Value, opts: &Options) -> Vec<Problem> {
             format!("conversations[{j}].from"),
             format!("expected \"{want}\" ({why}), found \"{found}\""),
         ));
-    } else if turns.len() % 2 == 1 && froms.last().copied().flatten() == Some("human") {
+    } else if froms.len() % 2 == 1 && froms.last().copied().flatten() == Some("human") {
         out.push(Problem::new(
             "conversations",
             format!(
                 "expected a gpt answer after the last human turn (turn {}); an unanswered turn \
                  makes LLaVA mask the whole sample",
-                turns.len() - 1
+                froms.len() - 1
             ),
         ));
     }
+}
 
-    // Placeholders.
+/// `<image>` placeholders: exactly one, in the first human turn, when the record has an image;
+/// none anywhere without one.
+fn check_placeholders(
+    typed: &[Option<(&str, &str)>],
+    froms: &[Option<&str>],
+    has_image: bool,
+    out: &mut Vec<Problem>,
+) {
     let first_human = froms.iter().position(|f| *f == Some("human"));
     for (j, t) in typed.iter().enumerate() {
         let Some((_, value)) = t else { continue };
@@ -248,7 +279,6 @@ pub fn check(v: &Value, opts: &Options) -> Vec<Problem> {
             "expected a human turn holding <image>, found none",
         ));
     }
-    out
 }
 
 #[cfg(test)]

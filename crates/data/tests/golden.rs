@@ -1,7 +1,7 @@
 //! sightline-data against the Python reference (`scripts/reference/make_data_fixtures.py`,
 //! transformers 4.46.3): LLaVA's `(input_ids, labels)` token for token for every template ×
-//! {image, text-only} × {1, 3 rounds} on real records, the conversions, stripping and the
-//! seeded sampler.
+//! {image, text-only} × {1, 3 rounds} on real records, the conversions and stripping (the
+//! seeded sampler's fixture is checked in sightline-random's `tests/chacha.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,7 @@ use serde_json::Value;
 use sightline_data::formats::{self, SourceFormat};
 use sightline_data::labels::{OnMismatch, Options, Preprocess, IGNORE_INDEX};
 use sightline_data::preprocess::Template;
-use sightline_data::{sample, stream, strip, Error, Record};
+use sightline_data::{stream, strip, Error, Record};
 use sightline_model::Tokenizer;
 
 fn root() -> PathBuf {
@@ -160,26 +160,5 @@ fn strip_images_matches_the_reference() -> Result<()> {
         assert!(o.image_removed && o.placeholders == 1 && !o.emptied);
     }
     assert_eq!(Value::Array(records), fixture("pretrain_stripped.json")?);
-    Ok(())
-}
-
-#[test]
-fn sampler_matches_an_independent_chacha20() -> Result<()> {
-    for case in fixture("sample.json")?.as_array().context("cases")? {
-        let (total, n, seed) = (
-            case["total"].as_u64().context("total")? as usize,
-            case["n"].as_u64().context("n")? as usize,
-            case["seed"].as_u64().context("seed")?,
-        );
-        let want: Vec<usize> = ids(&case["indices"])
-            .into_iter()
-            .map(|i| i as usize)
-            .collect();
-        assert_eq!(
-            sample::choose(total, n, seed),
-            want,
-            "total {total} n {n} seed {seed}"
-        );
-    }
     Ok(())
 }

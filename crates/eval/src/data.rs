@@ -271,7 +271,7 @@ pub struct DataSource {
     /// `--image-root`: where image tasks find their images (overrides a task's bundled ones).
     pub image_root: Option<PathBuf>,
     /// How image tasks prompt and decode.
-    pub protocol: crate::mm::Protocol,
+    pub protocol: crate::protocol::Protocol,
     /// VQAv2's user-supplied `v2_OpenEnded_mscoco_val2014_questions.json`.
     pub vqav2_questions: Option<PathBuf>,
     /// VQAv2's user-supplied `v2_mscoco_val2014_annotations.json`.

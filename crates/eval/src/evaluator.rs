@@ -6,14 +6,19 @@
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sightline_metrics::aggregate::{mean, mean_stderr};
+use sightline_random::PyRandom;
 
-use crate::cache::{self, RequestCache};
+use crate::cache::RequestCache;
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::lm::{ImageGen, LanguageModel};
+use crate::lm::LanguageModel;
 use crate::mm;
-use crate::pyrandom::PyRandom;
-use crate::task::{Aggregation, Request, Response, Task};
+use crate::task::{Aggregation, Metric, Request, Response, Task};
+
+mod pool;
+
+pub use pool::Phase;
+use pool::Pool;
 
 /// Evaluation settings that change which documents are scored.
 #[derive(Debug, Clone)]
@@ -70,13 +75,6 @@ pub struct TaskResult {
     pub skipped_missing_images: Option<usize>,
     /// Few-shot examples per prompt (`n-shot`).
     pub num_fewshot: usize,
-}
-
-/// Which phase a progress report is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Loglikelihood,
-    Generate,
 }
 
 /// The documents a task evaluates, as `(dataset index, doc)` in evaluation order.
@@ -153,7 +151,6 @@ fn check_images(task: &dyn Task, docs: &[(usize, Value)], skipping: bool) -> Res
     Ok(())
 }
 
-/// SHA-256 of a task's requests, in evaluation order. Image requests are hashed without their
 /// Documents and requests that `tasks` (as `--tasks` takes them) send with `limit`, on the
 /// built-in data: the cost a study plan shows. Tasks whose data the user supplies are an error.
 pub fn count_requests(tasks: &str, limit: Option<usize>) -> Result<(usize, usize)> {
@@ -172,6 +169,7 @@ pub fn count_requests(tasks: &str, limit: Option<usize>) -> Result<(usize, usize
     Ok((docs, requests))
 }
 
+/// SHA-256 of a task's requests, in evaluation order. Image requests are hashed without their
 /// `image_ref`, so the hash names the prompts and images, not where this machine keeps them.
 pub fn requests_hash(requests: &[Vec<Request>]) -> String {
     let mut h = Sha256::new();
@@ -186,6 +184,7 @@ pub fn requests_hash(requests: &[Vec<Request>]) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// One task's documents and their requests, ready to be pooled.
 struct Prepared<'a> {
     task: &'a dyn Task,
     n_original: usize,
@@ -195,6 +194,11 @@ struct Prepared<'a> {
 }
 
 /// Evaluates `tasks`; `progress(phase, done, total)` reports work as it finishes.
+///
+/// The harness's order of work: select and check each task's documents, pool every request,
+/// answer what the cache already holds, then one model call per request kind
+/// (log-likelihoods, text generations, image generations), and last route the answers back to
+/// each task and aggregate.
 pub fn evaluate(
     lm: &dyn LanguageModel,
     tasks: &[Box<dyn Task>],
@@ -202,284 +206,190 @@ pub fn evaluate(
     mut cache: Option<&mut RequestCache>,
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<Vec<TaskResult>> {
-    let mut prepared = Vec::new();
-    for task in tasks {
-        let Selection {
-            n_original,
-            skipped,
-            docs,
-        } = select(task.as_ref(), opts)?;
-        if task.needs_images() {
-            if skipped == n_original && n_original > 0 {
-                // Nothing has an image: say why instead of scoring nothing.
-                let first: Vec<(usize, Value)> = task
-                    .docs(&opts.data)?
-                    .into_iter()
-                    .take(1)
-                    .map(|d| (0, d))
-                    .collect();
-                check_images(task.as_ref(), &first, false)?;
-            }
-            check_images(task.as_ref(), &docs, opts.skip_missing_images)?;
-        }
-        let requests = docs
-            .iter()
-            .map(|(_, d)| task.requests(d))
-            .collect::<Result<Vec<_>>>()?;
-        prepared.push(Prepared {
-            task: task.as_ref(),
-            n_original,
-            skipped,
-            docs,
-            requests,
-        });
-    }
-
-    // Pool every request: (task, doc, request) -> slot in `responses`.
-    let mut slots: Vec<(usize, usize, usize)> = Vec::new();
-    for (t, p) in prepared.iter().enumerate() {
-        for (d, reqs) in p.requests.iter().enumerate() {
-            for r in 0..reqs.len() {
-                slots.push((t, d, r));
-            }
-        }
-    }
-    let request_of = |s: &(usize, usize, usize)| &prepared[s.0].requests[s.1][s.2];
-    let identity = lm.identity();
-    let keys: Vec<String> = slots
+    let prepared = tasks
         .iter()
-        .map(|s| cache::key(&identity, request_of(s)))
-        .collect();
-    let mut responses: Vec<Option<Response>> = keys
+        .map(|task| prepare(task.as_ref(), opts))
+        .collect::<Result<Vec<_>>>()?;
+    let requests = prepared
         .iter()
-        .map(|k| cache.as_ref().and_then(|c| c.get(k).cloned()))
+        .flat_map(|p| p.requests.iter().flatten())
         .collect();
-    if let Some(c) = cache.as_mut() {
-        c.hits = responses.iter().filter(|r| r.is_some()).count();
-    }
+    let mut pool = Pool::new(requests, &lm.identity(), cache.as_deref_mut());
+    pool.run_loglikelihood(lm, cache.as_deref_mut(), progress)?;
+    pool.run_generations(lm, cache.as_deref_mut(), progress)?;
+    pool.run_image_generations(lm, cache, progress)?;
 
-    // Log-likelihoods: one call for all tasks.
-    let ll_slots: Vec<usize> = (0..slots.len())
-        .filter(|&i| matches!(request_of(&slots[i]), Request::Loglikelihood { .. }))
-        .collect();
-    let pairs: Vec<(String, String)> = ll_slots
-        .iter()
-        .map(|&i| match request_of(&slots[i]) {
-            Request::Loglikelihood {
-                context,
-                continuation,
-            } => (context.clone(), continuation.clone()),
-            _ => (String::new(), String::new()),
-        })
-        .collect();
-    let total_ll = ll_slots.len();
-    let mut done = ll_slots.iter().filter(|&&i| responses[i].is_some()).count();
-    progress(Phase::Loglikelihood, done, total_ll);
-    {
-        let cached: Vec<bool> = ll_slots.iter().map(|&i| responses[i].is_some()).collect();
-        lm.loglikelihood(&pairs, &|j| cached[j], &mut |unit| {
-            let mut fresh = Vec::new();
-            for &(j, scored) in unit {
-                let slot = ll_slots[j];
-                if responses[slot].is_none() {
-                    done += 1;
-                    fresh.push((keys[slot].clone(), Response::Loglikelihood(scored)));
-                }
-                responses[slot] = Some(Response::Loglikelihood(scored));
-            }
-            if let Some(c) = cache.as_mut() {
-                c.put_all(fresh)?;
-            }
-            progress(Phase::Loglikelihood, done, total_ll);
-            Ok(())
-        })?;
-    }
-
-    // Generations, one at a time (greedy decoding is batch-invariant only up to near-ties).
-    let gen_slots: Vec<usize> = (0..slots.len())
-        .filter(|&i| {
-            matches!(
-                request_of(&slots[i]),
-                Request::GenerateUntil { .. } | Request::GenerateFit { .. }
-            )
-        })
-        .collect();
-    // MMLU prompts grouped by subject (a stable sort; responses do not depend on the order),
-    // so that the model's prefix cache holds each subject's 5-shot block while it is used.
-    let mut gen_slots = gen_slots;
-    gen_slots.sort_by_key(|&i| match request_of(&slots[i]) {
-        Request::GenerateFit { header, .. } => Some(header.as_str()),
-        _ => None,
-    });
-    let mut done = gen_slots
-        .iter()
-        .filter(|&&i| responses[i].is_some())
-        .count();
-    progress(Phase::Generate, done, gen_slots.len());
-    for &slot in &gen_slots {
-        if responses[slot].is_some() {
-            continue;
-        }
-        let text = match request_of(&slots[slot]) {
-            Request::GenerateUntil { context, until } => Some(lm.generate_until(context, until)?),
-            Request::GenerateFit {
-                header,
-                shots,
-                question,
-                fit_tokens,
-                max_new_tokens,
-            } => Some(lm.generate_fit(header, shots, question, *fit_tokens, *max_new_tokens)?),
-            _ => None,
-        };
-        if let Some(text) = text {
-            let r = Response::Generated(text);
-            if let Some(c) = cache.as_mut() {
-                c.put_all(vec![(keys[slot].clone(), r.clone())])?;
-            }
-            responses[slot] = Some(r);
-            done += 1;
-            progress(Phase::Generate, done, gen_slots.len());
-        }
-    }
-
-    // Image generations: one call, batched by the model.
-    let img_slots: Vec<usize> = (0..slots.len())
-        .filter(|&i| {
-            responses[i].is_none() && matches!(request_of(&slots[i]), Request::GenerateImage { .. })
-        })
-        .collect();
-    if !img_slots.is_empty() {
-        let reqs: Vec<ImageGen> = img_slots
-            .iter()
-            .filter_map(|&i| match request_of(&slots[i]) {
-                Request::GenerateImage {
-                    context,
-                    image_ref,
-                    decoding,
-                    ..
-                } => Some(ImageGen {
-                    context: context.clone(),
-                    image: image_ref.clone(),
-                    decoding: decoding.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        let total = img_slots.len();
-        let mut done = 0;
-        progress(Phase::Generate, done, total);
-        lm.generate_images(&reqs, &mut |unit| {
-            let mut fresh = Vec::new();
-            for (j, text) in unit {
-                let slot = img_slots[*j];
-                let r = Response::Generated(text.clone());
-                fresh.push((keys[slot].clone(), r.clone()));
-                responses[slot] = Some(r);
-                done += 1;
-            }
-            if let Some(c) = cache.as_mut() {
-                c.put_all(fresh)?;
-            }
-            progress(Phase::Generate, done, total);
-            Ok(())
-        })?;
-    }
-
-    // Route responses back and aggregate.
+    // Route responses back (the pool keeps task, document, request order) and aggregate.
     let mut cursor = 0;
-    let mut results = Vec::new();
+    let mut results = Vec::with_capacity(prepared.len());
     for p in &prepared {
-        let metrics = p.task.metrics();
-        let mut per_doc: Vec<Vec<f64>> = Vec::with_capacity(p.docs.len());
-        let mut all_resps: Vec<Vec<Response>> = Vec::with_capacity(p.docs.len());
-        let mut samples = Vec::new();
-        for ((doc_id, doc), reqs) in p.docs.iter().zip(&p.requests) {
-            let resps: Vec<Response> = responses[cursor..cursor + reqs.len()]
-                .iter()
-                .map(|r| {
-                    r.clone()
-                        .ok_or_else(|| Error::Config("internal: a request got no response".into()))
-                })
-                .collect::<Result<_>>()?;
-            cursor += reqs.len();
-            let values = p.task.process_results(doc, &resps)?;
-            if values.len() != metrics.len() {
-                return Err(Error::Config(format!(
-                    "internal: {} gave {} values for {} metrics",
-                    p.task.name(),
-                    values.len(),
-                    metrics.len()
-                )));
-            }
-            if opts.log_samples {
-                let mut rec = json!({
-                    "doc_id": doc_id, "doc": doc, "arguments": reqs, "resps": resps,
-                });
-                if let Some(x) = p.task.extracted(doc, &resps) {
-                    rec["filtered_resps"] = json!([x]);
-                }
-                for (m, v) in metrics.iter().zip(&values) {
-                    if m.aggregation != Aggregation::Corpus {
-                        rec[m.name] = json!(v);
-                    }
-                }
-                samples.push(rec);
-            }
-            per_doc.push(values);
-            all_resps.push(resps);
-        }
-        let corpus = if metrics.iter().any(|m| m.aggregation == Aggregation::Corpus) {
-            let docs: Vec<&Value> = p.docs.iter().map(|(_, d)| d).collect();
-            let resps: Vec<&[Response]> = all_resps.iter().map(Vec::as_slice).collect();
-            p.task.corpus_metrics(&docs, &resps)?
-        } else {
-            Vec::new()
-        };
-        let mut corpus_values = corpus.into_iter();
-        let mut out = Vec::new();
-        for (k, m) in metrics.iter().enumerate() {
-            let xs: Vec<f64> = per_doc.iter().map(|v| v[k]).collect();
-            let (value, stderr) = match m.aggregation {
-                Aggregation::Mean => (mean(&xs), Some(mean_stderr(&xs))),
-                Aggregation::GroupExactMatch { group_size } => {
-                    let groups: Vec<i64> = p
-                        .docs
-                        .iter()
-                        .map(|(_, d)| d["group_id"].as_i64().unwrap_or(-1))
-                        .collect();
-                    (group_exact_match(&groups, &xs, group_size), None)
-                }
-                Aggregation::Corpus => (
-                    corpus_values.next().ok_or_else(|| {
-                        Error::Config(format!(
-                            "internal: {} returned too few corpus metrics",
-                            p.task.name()
-                        ))
-                    })?,
-                    None,
-                ),
-            };
-            out.push(MetricResult {
-                name: m.name,
-                value,
-                stderr,
-                higher_is_better: m.higher_is_better,
-            });
-        }
-        results.push(TaskResult {
-            name: p.task.name(),
-            version: p.task.version(),
-            metrics: out,
-            n_original: p.n_original,
-            n_effective: p.docs.len(),
-            hash: requests_hash(&p.requests),
-            doc_ids: p.docs.iter().map(|(i, _)| *i).collect(),
-            samples,
-            skipped_missing_images: p.task.needs_images().then_some(p.skipped),
-            num_fewshot: p.task.num_fewshot(),
-        });
+        let n: usize = p.requests.iter().map(Vec::len).sum();
+        results.push(finish_task(
+            p,
+            &pool.responses[cursor..cursor + n],
+            opts.log_samples,
+        )?);
+        cursor += n;
     }
     Ok(results)
+}
+
+/// A task's selected documents, checked for their images, and their requests.
+fn prepare<'a>(task: &'a dyn Task, opts: &EvalOptions) -> Result<Prepared<'a>> {
+    let Selection {
+        n_original,
+        skipped,
+        docs,
+    } = select(task, opts)?;
+    if task.needs_images() {
+        if skipped == n_original && n_original > 0 {
+            // Nothing has an image: say why instead of scoring nothing.
+            let first: Vec<(usize, Value)> = task
+                .docs(&opts.data)?
+                .into_iter()
+                .take(1)
+                .map(|d| (0, d))
+                .collect();
+            check_images(task, &first, false)?;
+        }
+        check_images(task, &docs, opts.skip_missing_images)?;
+    }
+    let requests = docs
+        .iter()
+        .map(|(_, d)| task.requests(d))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared {
+        task,
+        n_original,
+        skipped,
+        docs,
+        requests,
+    })
+}
+
+/// One task's result from its slice of the pooled responses: per-document metrics (and
+/// sample records), corpus metrics, aggregation.
+fn finish_task(
+    p: &Prepared,
+    responses: &[Option<Response>],
+    log_samples: bool,
+) -> Result<TaskResult> {
+    let metrics = p.task.metrics();
+    let mut cursor = 0;
+    let mut per_doc: Vec<Vec<f64>> = Vec::with_capacity(p.docs.len());
+    let mut all_resps: Vec<Vec<Response>> = Vec::with_capacity(p.docs.len());
+    let mut samples = Vec::new();
+    for ((doc_id, doc), reqs) in p.docs.iter().zip(&p.requests) {
+        let resps: Vec<Response> = responses[cursor..cursor + reqs.len()]
+            .iter()
+            .map(|r| {
+                r.clone()
+                    .ok_or_else(|| Error::Config("internal: a request got no response".into()))
+            })
+            .collect::<Result<_>>()?;
+        cursor += reqs.len();
+        let values = p.task.process_results(doc, &resps)?;
+        if values.len() != metrics.len() {
+            return Err(Error::Config(format!(
+                "internal: {} gave {} values for {} metrics",
+                p.task.name(),
+                values.len(),
+                metrics.len()
+            )));
+        }
+        if log_samples {
+            samples.push(sample_record(
+                p.task, metrics, *doc_id, doc, reqs, &resps, &values,
+            ));
+        }
+        per_doc.push(values);
+        all_resps.push(resps);
+    }
+    let corpus = if metrics.iter().any(|m| m.aggregation == Aggregation::Corpus) {
+        let docs: Vec<&Value> = p.docs.iter().map(|(_, d)| d).collect();
+        let resps: Vec<&[Response]> = all_resps.iter().map(Vec::as_slice).collect();
+        p.task.corpus_metrics(&docs, &resps)?
+    } else {
+        Vec::new()
+    };
+    Ok(TaskResult {
+        name: p.task.name(),
+        version: p.task.version(),
+        metrics: aggregate(p, metrics, &per_doc, corpus)?,
+        n_original: p.n_original,
+        n_effective: p.docs.len(),
+        hash: requests_hash(&p.requests),
+        doc_ids: p.docs.iter().map(|(i, _)| *i).collect(),
+        samples,
+        skipped_missing_images: p.task.needs_images().then_some(p.skipped),
+        num_fewshot: p.task.num_fewshot(),
+    })
+}
+
+/// The `samples_<task>.jsonl` record of one document.
+fn sample_record(
+    task: &dyn Task,
+    metrics: &[Metric],
+    doc_id: usize,
+    doc: &Value,
+    reqs: &[Request],
+    resps: &[Response],
+    values: &[f64],
+) -> Value {
+    let mut rec = json!({
+        "doc_id": doc_id, "doc": doc, "arguments": reqs, "resps": resps,
+    });
+    if let Some(x) = task.extracted(doc, resps) {
+        rec["filtered_resps"] = json!([x]);
+    }
+    for (m, v) in metrics.iter().zip(values) {
+        if m.aggregation != Aggregation::Corpus {
+            rec[m.name] = json!(v);
+        }
+    }
+    rec
+}
+
+/// Each metric's value and stderr from the per-document values (or, for corpus metrics, the
+/// task's corpus values in metric order).
+fn aggregate(
+    p: &Prepared,
+    metrics: &[Metric],
+    per_doc: &[Vec<f64>],
+    corpus: Vec<f64>,
+) -> Result<Vec<MetricResult>> {
+    let mut corpus_values = corpus.into_iter();
+    let mut out = Vec::with_capacity(metrics.len());
+    for (k, m) in metrics.iter().enumerate() {
+        let xs: Vec<f64> = per_doc.iter().map(|v| v[k]).collect();
+        let (value, stderr) = match m.aggregation {
+            Aggregation::Mean => (mean(&xs), Some(mean_stderr(&xs))),
+            Aggregation::GroupExactMatch { group_size } => {
+                let groups: Vec<i64> = p
+                    .docs
+                    .iter()
+                    .map(|(_, d)| d["group_id"].as_i64().unwrap_or(-1))
+                    .collect();
+                (group_exact_match(&groups, &xs, group_size), None)
+            }
+            Aggregation::Corpus => (
+                corpus_values.next().ok_or_else(|| {
+                    Error::Config(format!(
+                        "internal: {} returned too few corpus metrics",
+                        p.task.name()
+                    ))
+                })?,
+                None,
+            ),
+        };
+        out.push(MetricResult {
+            name: m.name,
+            value,
+            stderr,
+            higher_is_better: m.higher_is_better,
+        });
+    }
+    Ok(out)
 }
 
 /// ETHICS `calc_em`: stable sort by group id, blocks of `size`, a block scores when all are

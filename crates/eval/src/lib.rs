@@ -5,9 +5,16 @@
 //! - [`evaluator::evaluate`]: shuffles and limits documents as the harness does, pools the
 //!   requests of all tasks into one model call per request kind, aggregates.
 //! - [`lm::LanguageModel`]: the only contact with a model ([`lm::CandleLm`] for real ones).
-//! - [`mm`]: the image tasks' protocols, prompts and image loading; [`mm_lm::LlavaLm`] runs
-//!   their requests in batches on a LLaVA model.
+//! - [`protocol`]: the image tasks' prompting/decoding protocols; [`mm`]: their image loading
+//!   and document helpers; [`mm_lm::LlavaLm`] runs their requests in batches on a LLaVA model.
+//! - [`data::DataSource`]: where task data comes from (embedded copies or `--data-dir`).
 //! - [`cache::RequestCache`]: resumable runs; [`report`]: lm-eval's `results.json` schema.
+//!
+//! Imports run one way; each module uses only modules to its left (or above it):
+//! [`error`] ← [`protocol`] ← [`data`] ← [`task`] ← [`mm`] ← [`tasks`] ← [`evaluator`] ←
+//! [`report`]. Beside that chain, [`cache`] uses [`task`]; [`lm`] uses [`protocol`]; [`mm_lm`]
+//! uses [`lm`] and [`mm`]; [`evaluator`] uses [`cache`] and [`lm`]. The random streams come
+//! from the `sightline-random` crate.
 
 pub mod cache;
 pub mod data;
@@ -16,7 +23,7 @@ pub mod evaluator;
 pub mod lm;
 pub mod mm;
 pub mod mm_lm;
-pub mod pyrandom;
+pub mod protocol;
 pub mod report;
 pub mod task;
 pub mod tasks;

@@ -28,7 +28,7 @@ pub struct ImageGen {
     pub context: String,
     /// An [`crate::mm`] image reference (a path, or `bundled:...`).
     pub image: String,
-    pub decoding: crate::mm::MmDecoding,
+    pub decoding: crate::protocol::MmDecoding,
 }
 
 /// A model answering log-likelihood and generation requests.

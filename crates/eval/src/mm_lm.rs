@@ -17,7 +17,8 @@ use sightline_vision::llava::{Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
 
 use crate::error::{Error, Result};
 use crate::lm::{DoneSink, ImageGen, LanguageModel, TextSink};
-use crate::mm::{load_image, MmDecoding};
+use crate::mm::load_image;
+use crate::protocol::MmDecoding;
 
 /// An ImageNet-C corruption applied to every image of a run (`--corrupt NAME:S`).
 #[derive(Debug, Clone, Copy)]

@@ -25,7 +25,7 @@ pub struct RunInfo {
     pub add_bos: bool,
     pub empty_context_prefix: String,
     pub max_length: usize,
-    /// Image tasks only: the protocol ([`crate::mm::Protocol::describe`]) plus the image
+    /// Image tasks only: the protocol ([`crate::protocol::Protocol::describe`]) plus the image
     /// settings, recorded as `config.multimodal`; `None` leaves text-only results unchanged.
     pub multimodal: Option<Value>,
     /// For a Hub model id: the revision asked for and the commit it resolved to, recorded as

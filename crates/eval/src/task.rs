@@ -7,10 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sightline_model::score::Scored;
+use sightline_random::PyRandom;
 
 use crate::data::DataSource;
 use crate::error::Result;
-use crate::pyrandom::PyRandom;
 
 /// A request to the language model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ pub enum Request {
         context: String,
         image: String,
         image_ref: String,
-        decoding: crate::mm::MmDecoding,
+        decoding: crate::protocol::MmDecoding,
     },
     /// The MMLU script of the paper (`evaluate_mmlu.py`, not the harness): the prompt is
     /// `header + shots[..k] + question` for the largest k (from `shots.len()` down) whose

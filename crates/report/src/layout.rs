@@ -130,35 +130,7 @@ impl Layout {
         let mut derived = Vec::new();
         let mut blocks = Vec::new();
         let n = labels.len();
-        let dynamic = |prefix: &str, metrics: &[&str]| -> Vec<Col> {
-            let mut cols = BTreeSet::new();
-            for e in entries.iter().filter(|e| e.corruption.is_none()) {
-                if e.task.starts_with(prefix)
-                    && (metrics.is_empty() || metrics.contains(&e.metric.as_str()))
-                {
-                    cols.insert((e.task.clone(), e.metric.clone()));
-                }
-            }
-            cols.into_iter()
-                .map(|(t, m)| (t.clone(), m.clone(), format!("{t} {m}")))
-                .collect()
-        };
-        let owned = |s: &[Spec]| -> Vec<Col> {
-            s.iter()
-                .map(|(t, m, h)| (t.to_string(), m.to_string(), h.to_string()))
-                .collect()
-        };
-        let specs: Vec<(&str, &str, Vec<Col>)> = vec![
-            ("TruthfulQA", "truthfulqa", owned(TRUTHFULQA)),
-            ("ETHICS", "ethics", owned(ETHICS)),
-            ("Retention", "retention", owned(RETENTION)),
-            ("POPE", "pope", owned(POPE)),
-            ("MME", "mme", owned(MME)),
-            ("Captions", "captions", owned(CAPTIONS)),
-            ("VQAv2", "vqav2", dynamic("vqav2", &["acc"])),
-            ("Unicorn", "unicorn", dynamic("unicorn", &["acc", "f1"])),
-        ];
-        for (title, slug, spec) in specs {
+        for (title, slug, spec) in block_specs(entries) {
             let present: Vec<&Col> = spec
                 .iter()
                 .filter(|(t, m, _)| (0..n).any(|mi| idx.get(mi, t, m).is_some()))
@@ -185,33 +157,7 @@ impl Layout {
             }
             blocks.push(block);
         }
-        let mut tables = Vec::new();
-        let rest: Vec<&Entry> = entries
-            .iter()
-            .filter(|e| {
-                e.corruption.is_some() || !used.contains(&(e.task.clone(), e.metric.clone()))
-            })
-            .collect();
-        let (clean, corrupted): (Vec<&Entry>, Vec<&Entry>) =
-            rest.into_iter().partition(|e| e.corruption.is_none());
-        if !clean.is_empty() {
-            tables.push(long_table(
-                "Other tasks and metrics",
-                &clean,
-                &labels,
-                baseline,
-                opts.alpha,
-            ));
-        }
-        if !corrupted.is_empty() {
-            tables.push(long_table(
-                "Corrupted images",
-                &corrupted,
-                &labels,
-                baseline,
-                opts.alpha,
-            ));
-        }
+        let mut tables = other_tables(entries, &used, &labels, baseline, opts.alpha);
         tables.push(details(entries, &labels, baseline));
         Layout {
             method: method(&labels[baseline], opts),
@@ -223,6 +169,75 @@ impl Layout {
             derived,
         }
     }
+}
+
+/// The paper-layout blocks in order: (title, slug, columns). VQAv2's and Unicorn's columns are
+/// the clean tasks and metrics present in `entries`.
+fn block_specs(entries: &[Entry]) -> Vec<(&'static str, &'static str, Vec<Col>)> {
+    let dynamic = |prefix: &str, metrics: &[&str]| -> Vec<Col> {
+        let mut cols = BTreeSet::new();
+        for e in entries.iter().filter(|e| e.corruption.is_none()) {
+            if e.task.starts_with(prefix)
+                && (metrics.is_empty() || metrics.contains(&e.metric.as_str()))
+            {
+                cols.insert((e.task.clone(), e.metric.clone()));
+            }
+        }
+        cols.into_iter()
+            .map(|(t, m)| (t.clone(), m.clone(), format!("{t} {m}")))
+            .collect()
+    };
+    let owned = |s: &[Spec]| -> Vec<Col> {
+        s.iter()
+            .map(|(t, m, h)| (t.to_string(), m.to_string(), h.to_string()))
+            .collect()
+    };
+    vec![
+        ("TruthfulQA", "truthfulqa", owned(TRUTHFULQA)),
+        ("ETHICS", "ethics", owned(ETHICS)),
+        ("Retention", "retention", owned(RETENTION)),
+        ("POPE", "pope", owned(POPE)),
+        ("MME", "mme", owned(MME)),
+        ("Captions", "captions", owned(CAPTIONS)),
+        ("VQAv2", "vqav2", dynamic("vqav2", &["acc"])),
+        ("Unicorn", "unicorn", dynamic("unicorn", &["acc", "f1"])),
+    ]
+}
+
+/// The long tables after the blocks: clean entries no block showed, then corrupted-image ones.
+fn other_tables(
+    entries: &[Entry],
+    used: &BTreeSet<(String, String)>,
+    labels: &[String],
+    baseline: usize,
+    alpha: f64,
+) -> Vec<Table> {
+    let mut tables = Vec::new();
+    let rest: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.corruption.is_some() || !used.contains(&(e.task.clone(), e.metric.clone())))
+        .collect();
+    let (clean, corrupted): (Vec<&Entry>, Vec<&Entry>) =
+        rest.into_iter().partition(|e| e.corruption.is_none());
+    if !clean.is_empty() {
+        tables.push(long_table(
+            "Other tasks and metrics",
+            &clean,
+            labels,
+            baseline,
+            alpha,
+        ));
+    }
+    if !corrupted.is_empty() {
+        tables.push(long_table(
+            "Corrupted images",
+            &corrupted,
+            labels,
+            baseline,
+            alpha,
+        ));
+    }
+    tables
 }
 
 impl<'a> Index<'a> {

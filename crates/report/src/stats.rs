@@ -3,9 +3,9 @@
 //!
 //! Written by hand because they are a few lines each and no small, well-kept Rust crate gives
 //! numpy's exact bootstrap index stream or statsmodels' Holm; the random stream itself is
-//! sightline-corrupt's numpy-equal `RandomState`.
+//! sightline-random's numpy-equal `RandomState`.
 
-use sightline_corrupt::RandomState;
+use sightline_random::RandomState;
 
 /// McNemar's exact test: `b` = #(baseline right, other wrong), `c` = #(baseline wrong, other
 /// right). Two-sided, `min(1, 2·P[X ≤ min(b, c)])` for `X ~ Binomial(b + c, ½)` — equal to

@@ -221,13 +221,13 @@ fn bootstrap_indices_are_numpys_randint_stream() {
         .iter()
         .map(|x| x.as_i64().unwrap())
         .collect();
-    let mut rs = sightline_corrupt::rng::RandomState::from_u32(1234);
+    let mut rs = sightline_random::RandomState::from_u32(1234);
     let got: Vec<i64> = (0..20).map(|_| rs.randint(0, 7)).collect();
     assert_eq!(got, want);
     // And the first two resamples of the mc2 bootstrap.
     let mc2 = &g["compare"]["tiny-base"]["truthfulqa_mc2"];
     let (first, n) = (&mc2["first_indices"], mc2["n"].as_i64().unwrap());
-    let mut rs = sightline_corrupt::rng::RandomState::from_u32(1234);
+    let mut rs = sightline_random::RandomState::from_u32(1234);
     let mut rows = Vec::new();
     for _ in 0..2 {
         let row: Vec<i64> = (0..n).map(|_| rs.randint(0, n)).collect();

@@ -265,19 +265,7 @@ pub fn run(
                 )));
             }
         }
-        let remaining: f64 = plan.steps[i..]
-            .iter()
-            .map(|s| estimate(&ran_seconds, s.kind))
-            .sum();
-        let eta = if ran_seconds.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (elapsed {}, ETA ~{})",
-                clock(started_all.elapsed().as_secs_f64()),
-                clock(remaining)
-            )
-        };
+        let eta = eta_note(&plan.steps[i..], &ran_seconds, started_all);
         let started_path = dir.join("started.json");
         let resumable = !forced.contains(&step.name)
             && read_key(&started_path).as_deref() == Some(&key)
@@ -293,51 +281,89 @@ pub fn run(
             step.cost
         ));
         let t0 = Instant::now();
-        let mut resumed = false;
-        for cmd in &step.commands {
-            let mut cmd = cmd.clone();
-            if let Some(train_out) = &step.train_output {
-                if resumable && has_checkpoint(train_out) {
-                    cmd.push("--resume".into());
-                    resumed = true;
-                } else if train_out.exists() {
-                    // Cut before its first checkpoint: nothing to resume, start over.
-                    std::fs::remove_dir_all(train_out).map_err(|e| Error::io(train_out, e))?;
-                }
-            } else if resumable && step.kind == Kind::Eval {
-                resumed = true;
-            }
-            progress(&format!("  $ {}", command_line(&cmd)));
-            exec(&cmd).map_err(|msg| Error::Step {
-                step: step.name.clone(),
-                command: command_line(&cmd),
-                msg,
-            })?;
-        }
+        let resumed = run_commands(step, resumable, exec, progress)?;
         let seconds = t0.elapsed().as_secs_f64();
         let e = ran_seconds.entry(step.kind).or_insert((0.0, 0));
         e.0 += seconds;
         e.1 += 1;
-        let mut m = body;
-        m["key"] = json!(key);
-        m["outputs"] = json!(step
-            .outputs
-            .iter()
-            .map(|p| p.to_string_lossy())
-            .collect::<Vec<_>>());
-        if let Some(cfg) = &step.resolved {
-            m["resolved_config"] = cfg.clone();
-        }
-        m["command_lines"] = json!(step
-            .commands
-            .iter()
-            .map(|c| command_line(c))
-            .collect::<Vec<_>>());
-        write_json(&manifest, &m)?;
+        write_json(&manifest, &manifest_of(step, body, &key))?;
         progress(&format!("{header}: done in {}", clock(seconds)));
         out.push((step.name.clone(), Status::Ran { seconds, resumed }));
     }
     Ok(out)
+}
+
+/// ` (elapsed …, ETA ~…)` for the steps from here on, once a step has run to estimate from.
+fn eta_note(
+    remaining_steps: &[Step],
+    ran_seconds: &BTreeMap<Kind, (f64, usize)>,
+    started_all: Instant,
+) -> String {
+    if ran_seconds.is_empty() {
+        return String::new();
+    }
+    let remaining: f64 = remaining_steps
+        .iter()
+        .map(|s| estimate(ran_seconds, s.kind))
+        .sum();
+    format!(
+        " (elapsed {}, ETA ~{})",
+        clock(started_all.elapsed().as_secs_f64()),
+        clock(remaining)
+    )
+}
+
+/// Runs a step's commands in order; a training run with a checkpoint gets `--resume` (one cut
+/// before its first checkpoint starts over). Returns whether the step resumed.
+fn run_commands(
+    step: &Step,
+    resumable: bool,
+    exec: &mut Exec,
+    progress: &mut Progress,
+) -> Result<bool> {
+    let mut resumed = false;
+    for cmd in &step.commands {
+        let mut cmd = cmd.clone();
+        if let Some(train_out) = &step.train_output {
+            if resumable && has_checkpoint(train_out) {
+                cmd.push("--resume".into());
+                resumed = true;
+            } else if train_out.exists() {
+                // Cut before its first checkpoint: nothing to resume, start over.
+                std::fs::remove_dir_all(train_out).map_err(|e| Error::io(train_out, e))?;
+            }
+        } else if resumable && step.kind == Kind::Eval {
+            resumed = true;
+        }
+        progress(&format!("  $ {}", command_line(&cmd)));
+        exec(&cmd).map_err(|msg| Error::Step {
+            step: step.name.clone(),
+            command: command_line(&cmd),
+            msg,
+        })?;
+    }
+    Ok(resumed)
+}
+
+/// A finished step's `manifest.json`: its key's inputs (`body`), the key, its outputs,
+/// resolved training config and command lines.
+fn manifest_of(step: &Step, body: Value, key: &str) -> Value {
+    let mut m = body;
+    m["key"] = json!(key);
+    m["outputs"] = json!(step
+        .outputs
+        .iter()
+        .map(|p| p.to_string_lossy())
+        .collect::<Vec<_>>());
+    if let Some(cfg) = &step.resolved {
+        m["resolved_config"] = cfg.clone();
+    }
+    m["command_lines"] = json!(step
+        .commands
+        .iter()
+        .map(|c| command_line(c))
+        .collect::<Vec<_>>());
+    m
 }
 
 /// Seconds a step of `kind` is expected to take: the mean of those of its kind that ran,

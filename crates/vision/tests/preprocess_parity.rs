@@ -1,3 +1,6 @@
+// Kept as one file (~630 lines): every test reads the one golden fixture through the shared case
+// helpers, the whole-image report needs both the decoder and the processor halves, and a second
+// test binary would relink candle for no gain.
 //! Image preprocessing against transformers' CLIPImageProcessor on Pillow (spec llava-model.md
 //! M3/M4). Goldens: tests/fixtures/image, written by scripts/reference/make_image_fixtures.py.
 //!
@@ -12,7 +15,7 @@
 //! chroma upsampling differently from libjpeg-turbo and came out up to 4 grey levels apart on
 //! 10-25% of the photos' pixels (3 levels on up to 38% of the crop pixels, i.e. pixel values up
 //! to 0.044 apart, where one grey level is 1/255/std ≈ 0.0146..0.0150 after normalisation).
-//! `preprocess/jpeg.rs` now reproduces libjpeg-turbo's arithmetic instead.
+//! `preprocess/jpeg/` now reproduces libjpeg-turbo's arithmetic instead.
 
 use std::path::{Path, PathBuf};
 

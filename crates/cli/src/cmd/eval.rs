@@ -12,10 +12,10 @@ use clap::{Args as ClapArgs, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sightline_eval::cache::RequestCache;
 use sightline_eval::data::{DataSource, TruthfulQaVersion};
-use sightline_eval::evaluator::{evaluate, EvalOptions, Phase};
+use sightline_eval::evaluator::{evaluate, EvalOptions, Phase, TaskResult};
 use sightline_eval::lm::{CandleLm, LanguageModel};
-use sightline_eval::mm::Protocol;
 use sightline_eval::mm_lm::{ImageCorruption, LlavaLm};
+use sightline_eval::protocol::Protocol;
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
 use sightline_model::hub;
 
@@ -156,6 +156,8 @@ fn write_file(path: &Path, overwrite: bool, contents: &[u8]) -> Result<()> {
     out.finish()
 }
 
+/// `sightline eval`: check the arguments, load the model, evaluate, write `results.json` (and
+/// samples), print the table.
 pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let date = SystemTime::now()
@@ -163,62 +165,133 @@ pub fn run(a: Args) -> Result<()> {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let tasks = sightline_eval::tasks::resolve(&a.tasks)?;
-    let image_tasks: Vec<&str> = tasks
-        .iter()
-        .filter(|t| t.needs_images())
-        .map(|t| t.name())
-        .collect();
-    let multimodal = !image_tasks.is_empty();
-    if multimodal && image_tasks.len() != tasks.len() {
-        bail!(
-            "image tasks ({}) and text tasks run in separate `sightline eval` calls",
-            image_tasks.join(", ")
-        );
-    }
-    if multimodal && !a.model.is_multimodal()? {
-        bail!(
-            "{} is a text-only model: image tasks ({}) need a LLaVA checkpoint, or --mm-projector (and --vision-tower) on a LLaMA one",
-            a.model.model,
-            image_tasks.join(", ")
-        );
-    }
-    if let Some(root) = &a.image_root {
-        if !root.is_dir() {
-            bail!("--image-root {}: not a directory", root.display());
-        }
-    }
-    let corruption = a
-        .corrupt
-        .as_deref()
-        .map(|s| parse_corruption(s, a.corrupt_seed))
-        .transpose()?;
-    if corruption.is_some() && !multimodal {
-        bail!(
-            "--corrupt applies to image tasks only ({} has none)",
-            a.tasks
-        );
-    }
-    // Results named by corruption: runs at several corruptions can share --output.
-    let suffix = corruption
-        .map(|c| format!("_{}_{}", c.kind.name(), c.severity))
-        .unwrap_or_default();
-    let results_name = format!("results{suffix}.json");
-    let protocol = match a.protocol {
-        ProtocolArg::Sbt => Protocol::Sbt,
-        ProtocolArg::Greedy => Protocol::Greedy,
-    };
+    let run = RunKind::check(&a, &tasks)?;
     if let Some(dir) = &a.output {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create", dir.display()))?;
-        let results = dir.join(&results_name);
-        if results.exists() && !a.overwrite {
+        refuse_to_overwrite(dir, &run.results_name(), a.overwrite)?;
+    }
+    let data = data_source(&a, run.protocol);
+    let opts = EvalOptions {
+        limit: a.limit,
+        shuffle_seed: a.seed,
+        data: data.clone(),
+        log_samples: a.log_samples,
+        skip_missing_images: a.skip_missing_images,
+    };
+    let (lm, max_length) = load_lm(&a, &run)?;
+    let mut cache = match &a.cache {
+        Some(dir) => Some(RequestCache::open(dir)?),
+        None => None,
+    };
+
+    let results = evaluate_with_bars(lm.as_ref(), &tasks, &opts, cache.as_mut())?;
+
+    let cache_hits = cache.as_ref().map_or(0, |c| c.hits);
+    let info = run_info(&a, &run, &data, max_length, (date, started), cache_hits);
+    warn_about(&results);
+    if let Some(dir) = &a.output {
+        write_results(&a, dir, &run, &results, &info)?;
+    }
+    if info.cache_hits > 0 {
+        eprintln!(
+            "reused {} cached responses from {}",
+            info.cache_hits,
+            a.cache.as_deref().unwrap_or(Path::new("")).display()
+        );
+    }
+    if let Some(c) = &run.corruption {
+        println!("corruption: {} at severity {}", c.kind.name(), c.severity);
+    }
+    print!("{}", markdown_table(&results));
+    Ok(())
+}
+
+/// What kind of run the arguments ask for, checked before any model is loaded.
+struct RunKind {
+    /// Image tasks (on a LLaVA model) rather than text tasks.
+    multimodal: bool,
+    corruption: Option<ImageCorruption>,
+    protocol: Protocol,
+}
+
+impl RunKind {
+    /// Refuses mixed text and image tasks, image tasks on a text model, a missing
+    /// `--image-root`, and `--corrupt` without image tasks (in that order).
+    fn check(a: &Args, tasks: &[Box<dyn sightline_eval::task::Task>]) -> Result<Self> {
+        let image_tasks: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t.needs_images())
+            .map(|t| t.name())
+            .collect();
+        let multimodal = !image_tasks.is_empty();
+        if multimodal && image_tasks.len() != tasks.len() {
             bail!(
-                "{}: already exists (pass --overwrite to replace it)",
-                results.display()
+                "image tasks ({}) and text tasks run in separate `sightline eval` calls",
+                image_tasks.join(", ")
             );
         }
+        if multimodal && !a.model.is_multimodal()? {
+            bail!(
+                "{} is a text-only model: image tasks ({}) need a LLaVA checkpoint, or --mm-projector (and --vision-tower) on a LLaMA one",
+                a.model.model,
+                image_tasks.join(", ")
+            );
+        }
+        if let Some(root) = &a.image_root {
+            if !root.is_dir() {
+                bail!("--image-root {}: not a directory", root.display());
+            }
+        }
+        let corruption = a
+            .corrupt
+            .as_deref()
+            .map(|s| parse_corruption(s, a.corrupt_seed))
+            .transpose()?;
+        if corruption.is_some() && !multimodal {
+            bail!(
+                "--corrupt applies to image tasks only ({} has none)",
+                a.tasks
+            );
+        }
+        let protocol = match a.protocol {
+            ProtocolArg::Sbt => Protocol::Sbt,
+            ProtocolArg::Greedy => Protocol::Greedy,
+        };
+        Ok(Self {
+            multimodal,
+            corruption,
+            protocol,
+        })
     }
-    let data = DataSource {
+
+    /// Results named by corruption: runs at several corruptions can share --output.
+    fn suffix(&self) -> String {
+        self.corruption
+            .map(|c| format!("_{}_{}", c.kind.name(), c.severity))
+            .unwrap_or_default()
+    }
+
+    fn results_name(&self) -> String {
+        format!("results{}.json", self.suffix())
+    }
+}
+
+/// Creates `--output` and refuses to replace its results file without `--overwrite`, before
+/// any work is done.
+fn refuse_to_overwrite(dir: &Path, results_name: &str, overwrite: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let results = dir.join(results_name);
+    if results.exists() && !overwrite {
+        bail!(
+            "{}: already exists (pass --overwrite to replace it)",
+            results.display()
+        );
+    }
+    Ok(())
+}
+
+/// Where the tasks read their data, from the data flags.
+fn data_source(a: &Args, protocol: Protocol) -> DataSource {
+    DataSource {
         dir: a.data_dir.clone(),
         truthfulqa: match a.truthfulqa_data {
             TqaData::V0 => TruthfulQaVersion::V0,
@@ -233,15 +306,12 @@ pub fn run(a: Args) -> Result<()> {
         flickr30k_caption_dir: a.flickr30k_caption_dir.clone(),
         mathqa_train: a.mathqa_train.clone(),
         squad2_json: a.squad2_json.clone(),
-    };
-    let opts = EvalOptions {
-        limit: a.limit,
-        shuffle_seed: a.seed,
-        data: data.clone(),
-        log_samples: a.log_samples,
-        skip_missing_images: a.skip_missing_images,
-    };
-    let adapter = a.model.adapter.as_ref().map(|p| p.display().to_string());
+    }
+}
+
+/// Loads the model (LLaVA for image tasks) with the cache identity its answers are stored
+/// under; returns it with its context length.
+fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
     // Cache identities pin Hub ids to the commit they resolved to (`repo@commit`, known once
     // loaded), so a moved branch is a new model; local paths stay as given.
     let pin = |p: Option<&Path>| p.map_or(String::new(), |p| hub::identity(&p.to_string_lossy()));
@@ -252,7 +322,7 @@ pub fn run(a: Args) -> Result<()> {
             a.model.dtype
         )
     };
-    let (lm, max_length): (Box<dyn LanguageModel>, usize) = if multimodal {
+    if run.multimodal {
         let llava = a.model.load_llava()?;
         let max_length = llava.llm.config.max_position_embeddings;
         let mut tag = format!(
@@ -270,9 +340,9 @@ pub fn run(a: Args) -> Result<()> {
             llava,
             batch_size: a.scoring.batch_size.max(1),
             tag,
-            corruption,
+            corruption: run.corruption,
         };
-        (Box::new(lm), max_length)
+        Ok((Box::new(lm), max_length))
     } else {
         let loaded = a.model.load()?;
         let mut tag = tag();
@@ -291,36 +361,47 @@ pub fn run(a: Args) -> Result<()> {
             tag,
             prefix_cache: Default::default(),
         };
-        (Box::new(lm), max_length)
-    };
-    let mut cache = match &a.cache {
-        Some(dir) => Some(RequestCache::open(dir)?),
-        None => None,
-    };
+        Ok((Box::new(lm), max_length))
+    }
+}
 
+/// [`evaluate`] with a progress bar per phase on stderr.
+fn evaluate_with_bars(
+    lm: &dyn LanguageModel,
+    tasks: &[Box<dyn sightline_eval::task::Task>],
+    opts: &EvalOptions,
+    cache: Option<&mut RequestCache>,
+) -> Result<Vec<TaskResult>> {
     let multi = MultiProgress::new();
     let ll_bar = bar(&multi, "loglikelihood");
     let gen_bar = bar(&multi, "generate");
-    let results = evaluate(
-        lm.as_ref(),
-        &tasks,
-        &opts,
-        cache.as_mut(),
-        &mut |phase, done, total| {
-            let b = match phase {
-                Phase::Loglikelihood => &ll_bar,
-                Phase::Generate => &gen_bar,
-            };
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        },
-    )?;
+    let results = evaluate(lm, tasks, opts, cache, &mut |phase, done, total| {
+        let b = match phase {
+            Phase::Loglikelihood => &ll_bar,
+            Phase::Generate => &gen_bar,
+        };
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+    })?;
     ll_bar.finish_and_clear();
     gen_bar.finish_and_clear();
+    Ok(results)
+}
 
+/// What `results.json` records about the run: its `config`, when it started (`date`, Unix
+/// seconds) and how long it took (`started`), and how many answers came from the cache.
+fn run_info(
+    a: &Args,
+    run: &RunKind,
+    data: &DataSource,
+    max_length: usize,
+    (date, started): (f64, Instant),
+    cache_hits: usize,
+) -> RunInfo {
+    let adapter = a.model.adapter.as_ref().map(|p| p.display().to_string());
     let model_hub = hub::cached_source(&a.model.model);
     let adapter_hub = adapter.as_deref().and_then(hub::cached_source);
-    let info = RunInfo {
+    RunInfo {
         model_revision: model_hub.as_ref().map(|h| h.revision.clone()),
         model_sha: model_hub.map(|h| h.commit),
         peft_sha: adapter_hub.map(|h| h.commit),
@@ -334,18 +415,18 @@ pub fn run(a: Args) -> Result<()> {
         git_hash: Some(env!("SIGHTLINE_GIT_HASH").to_string()).filter(|h| !h.is_empty()),
         date,
         total_seconds: started.elapsed().as_secs_f64(),
-        cache_hits: cache.as_ref().map_or(0, |c| c.hits),
+        cache_hits,
         add_bos: a.scoring.add_bos,
         empty_context_prefix: format!("{:?}", a.scoring.empty_context_prefix).to_lowercase(),
         max_length,
-        multimodal: multimodal.then(|| {
+        multimodal: run.multimodal.then(|| {
             serde_json::json!({
-                "protocol": protocol.describe(),
+                "protocol": run.protocol.describe(),
                 "image_root": a.image_root.as_ref().map(|p| p.display().to_string()),
                 "skip_missing_images": a.skip_missing_images,
                 "generation_batch_size": a.scoring.batch_size.max(1),
                 "batching": "equal-length prompts per batch, no padding (batch-size invariant)",
-                "corruption": corruption.map(|c| serde_json::json!({
+                "corruption": run.corruption.map(|c| serde_json::json!({
                     "name": c.kind.name(),
                     "severity": c.severity,
                     "seed": c.seed,
@@ -353,8 +434,13 @@ pub fn run(a: Args) -> Result<()> {
                 })),
             })
         }),
-    };
-    for r in &results {
+    }
+}
+
+/// Notes on stderr about what the results lack: caption metrics that are not computed, records
+/// skipped for a missing image.
+fn warn_about(results: &[TaskResult]) {
+    for r in results {
         if r.name.ends_with("_caption") {
             eprintln!(
                 "{}: METEOR and SPICE are absent (they need Java and the pycocoevalcap jars, which sightline does not run)",
@@ -368,34 +454,31 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
-    if let Some(dir) = &a.output {
-        let json = serde_json::to_string_pretty(&results_json(&results, &info))?;
-        write_file(&dir.join(&results_name), a.overwrite, json.as_bytes())?;
-        if a.log_samples {
-            for r in &results {
-                let mut text = String::new();
-                for s in &r.samples {
-                    text.push_str(&serde_json::to_string(s)?);
-                    text.push('\n');
-                }
-                write_file(
-                    &dir.join(format!("samples_{}{suffix}.jsonl", r.name)),
-                    a.overwrite,
-                    text.as_bytes(),
-                )?;
+}
+
+/// `results<suffix>.json` and, with `--log-samples`, `samples_<task><suffix>.jsonl` in `dir`.
+fn write_results(
+    a: &Args,
+    dir: &Path,
+    run: &RunKind,
+    results: &[TaskResult],
+    info: &RunInfo,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(&results_json(results, info))?;
+    write_file(&dir.join(run.results_name()), a.overwrite, json.as_bytes())?;
+    if a.log_samples {
+        for r in results {
+            let mut text = String::new();
+            for s in &r.samples {
+                text.push_str(&serde_json::to_string(s)?);
+                text.push('\n');
             }
+            write_file(
+                &dir.join(format!("samples_{}{}.jsonl", r.name, run.suffix())),
+                a.overwrite,
+                text.as_bytes(),
+            )?;
         }
     }
-    if info.cache_hits > 0 {
-        eprintln!(
-            "reused {} cached responses from {}",
-            info.cache_hits,
-            a.cache.as_deref().unwrap_or(Path::new("")).display()
-        );
-    }
-    if let Some(c) = &corruption {
-        println!("corruption: {} at severity {}", c.kind.name(), c.severity);
-    }
-    print!("{}", markdown_table(&results));
     Ok(())
 }

@@ -24,13 +24,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use sightline_metrics::caption::score;
+use sightline_random::{PyRandom, RandomState};
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
 use crate::mm::{doc_demos, doc_protocol, image_request};
-use crate::pyrandom::PyRandom;
 use crate::task::{int_field, Metric, Request, Response, Task};
-use sightline_corrupt::rng::RandomState;
 
 /// SBT's `max_generation_length` default (captions are capped too).
 const SBT_MAX_NEW_TOKENS: usize = 10;
@@ -233,7 +232,7 @@ impl Task for Caption {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm::Protocol;
+    use crate::protocol::Protocol;
 
     pub(crate) fn write_split(dir: &Path, prefix: &str, n_train: usize, n_test: usize) {
         let train: Vec<Value> = (0..n_train)

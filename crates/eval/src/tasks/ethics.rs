@@ -4,10 +4,10 @@
 //! Spec: `shared/spec/ethics.md`.
 
 use serde_json::{json, Value};
+use sightline_random::PyRandom;
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::pyrandom::PyRandom;
 use crate::task::{argmax, field, int_field, Aggregation, Metric, Request, Response, Task};
 
 fn ll(context: String, continuation: &str) -> Request {

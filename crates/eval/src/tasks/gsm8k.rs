@@ -10,10 +10,10 @@
 //! other stops. Neither is what the paper ran, and neither is offered here.
 
 use serde_json::{json, Value};
+use sightline_random::PyRandom;
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::pyrandom::PyRandom;
 use crate::task::{field, Metric, Request, Response, Task};
 
 /// Few-shot examples per document (`eval_nlp.sh`: `--num_fewshot 8`).

@@ -10,10 +10,10 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
+use sightline_random::PyRandom;
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::pyrandom::PyRandom;
 use crate::task::{field, int_field, np_argmax, Metric, Request, Response, Task};
 
 /// `eval_nlp.sh`: `--num_fewshot 4`.

@@ -24,7 +24,8 @@ use sightline_metrics::mme::{score_task, COGNITION, PERCEPTION};
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::mm::{doc_protocol, image_request, Protocol};
+use crate::mm::{doc_protocol, image_request};
+use crate::protocol::Protocol;
 use crate::task::{field, int_field, Metric, Request, Response, Task};
 
 /// SBT's `max_generation_length` default.

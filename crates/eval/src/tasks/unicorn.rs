@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 
 use crate::data::DataSource;
 use crate::error::Result;
-use crate::mm::{doc_protocol, image_ref, image_request, read_records, str_field, Protocol, STOP};
+use crate::mm::{doc_protocol, image_ref, image_request, read_records, str_field};
+use crate::protocol::{Protocol, STOP};
 use crate::task::{field, int_field, Metric, Request, Response, Task};
 
 /// `max_new_tokens` of the Unicorn LLaVA wrapper.

@@ -24,7 +24,8 @@ use sightline_metrics::vqa::process_punctuation;
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
-use crate::mm::{doc_protocol, image_ref, image_request, read_records, str_field, Protocol};
+use crate::mm::{doc_protocol, image_ref, image_request, read_records, str_field};
+use crate::protocol::Protocol;
 use crate::task::{field, int_field, Aggregation, Metric, Request, Response, Task};
 use crate::tasks::unicorn::unicorn_strip;
 

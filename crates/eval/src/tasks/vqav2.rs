@@ -23,13 +23,12 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use sightline_metrics::vqa::{accuracy, postprocess_generation};
+use sightline_random::{PyRandom, RandomState};
 
 use crate::data::DataSource;
 use crate::error::{Error, Result};
 use crate::mm::{doc_demos, doc_protocol, image_ref, image_request};
-use crate::pyrandom::PyRandom;
 use crate::task::{field, int_field, Metric, Request, Response, Task};
-use sightline_corrupt::rng::RandomState;
 
 /// SBT's `max_generation_length` default.
 const SBT_MAX_NEW_TOKENS: usize = 10;

@@ -126,10 +126,20 @@ fn split_chunk(chunk: &str, last: bool, out: &mut Vec<String>) {
         out.push(chunk.to_owned()); // an SGML tag such as `<b>`
         return;
     }
+    let Some(s) = leading_punctuation(chunk, out) else {
+        return;
+    };
+    let (s, tail) = trailing_punctuation(s, last);
+    split_inner(s, out);
+    out.extend(tail.into_iter().rev());
+}
+
+/// Splits the punctuation off the front of a chunk into `out`; returns the rest, or `None`
+/// when nothing is left.
+fn leading_punctuation<'c>(chunk: &'c str, out: &mut Vec<String>) -> Option<&'c str> {
     let mut s = chunk;
-    // Leading punctuation.
     loop {
-        let Some(c) = s.chars().next() else { return };
+        let c = s.chars().next()?;
         let tok = match c {
             '"' => "``",
             '(' => "-lrb-",
@@ -161,7 +171,12 @@ fn split_chunk(chunk: &str, last: bool, out: &mut Vec<String>) {
         out.push(tok.to_owned());
         s = &s[c.len_utf8()..];
     }
-    // Trailing punctuation, collected in reverse.
+    Some(s)
+}
+
+/// Splits the punctuation off the end of what is left (`last`: the chunk ends the line);
+/// returns the core and the split-off tokens in reverse order.
+fn trailing_punctuation(mut s: &str, last: bool) -> (&str, Vec<String>) {
     let mut tail: Vec<String> = Vec::new();
     while let Some(c) = s.chars().next_back() {
         if s.chars().count() == 1 {
@@ -230,8 +245,7 @@ fn split_chunk(chunk: &str, last: bool, out: &mut Vec<String>) {
         }
         s = body;
     }
-    split_inner(s, out);
-    out.extend(tail.into_iter().rev());
+    (s, tail)
 }
 
 /// Splits the core of a word at inner punctuation, then splits clitics off each piece.

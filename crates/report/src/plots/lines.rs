@@ -174,6 +174,14 @@ impl Figure for Sweep {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         root.fill(&WHITE)?;
         let (left, right) = root.split_horizontally(560);
+        self.draw_curves(&left)?;
+        self.draw_drops(root, &right)
+    }
+}
+
+impl Sweep {
+    /// Left panel: the metric against severity, one line per corruption, from the clean value.
+    fn draw_curves<DB: DrawingBackend>(&self, left: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let vals: Vec<f64> = self
             .lines
             .values()
@@ -191,7 +199,7 @@ impl Figure for Sweep {
             .map(|p| p.0)
             .max()
             .unwrap_or(5) as f64;
-        let mut chart = ChartBuilder::on(&left)
+        let mut chart = ChartBuilder::on(left)
             .caption(format!("{} vs severity", self.title), text_style(15))
             .margin(10)
             .x_label_area_size(36)
@@ -231,8 +239,13 @@ impl Figure for Sweep {
             .border_style(BLACK)
             .label_font(text_style(11))
             .draw()?;
-        // Average relative drop per corruption: mean over severities of (clean − v) / clean.
-        let drops: Vec<(String, f64)> = match self.clean.filter(|c| *c != 0.0) {
+        Ok(())
+    }
+
+    /// Average relative drop per corruption: mean over severities of (clean − v) / clean; none
+    /// without a clean run (or with a clean value of 0).
+    fn relative_drops(&self) -> Vec<(String, f64)> {
+        match self.clean.filter(|c| *c != 0.0) {
             Some(clean) => self
                 .lines
                 .iter()
@@ -244,7 +257,17 @@ impl Figure for Sweep {
                 })
                 .collect(),
             None => Vec::new(),
-        };
+        }
+    }
+
+    /// Right panel: the relative drops as horizontal bars, labelled on `root` (the labels sit
+    /// left of the panel's plotting area).
+    fn draw_drops<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        right: &DrawingArea<DB, Shift>,
+    ) -> DrawResult<DB> {
+        let drops = self.relative_drops();
         if drops.is_empty() {
             right.draw(&Text::new(
                 "no clean run: relative drop not computed",
@@ -257,7 +280,7 @@ impl Figure for Sweep {
         let dhi = drops.iter().map(|d| d.1).fold(0.0f64, f64::max) * 1.15;
         let dhi = if dhi > dlo { dhi } else { dlo + 0.01 };
         let n = drops.len() as f64;
-        let mut chart = ChartBuilder::on(&right)
+        let mut chart = ChartBuilder::on(right)
             .caption("mean relative drop vs clean", text_style(15))
             .margin(10)
             .x_label_area_size(36)

@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use sightline_model::hub::HubId;
+
 use crate::config::{StudyFile, Variant};
 use crate::error::Result;
 
@@ -119,19 +121,14 @@ fn p(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Whether a spec names a hub repository rather than a path: `org/name` or `org/name@rev`
-/// that does not exist locally.
+/// Whether a spec names a hub repository rather than a path, by the loader's own rule
+/// ([`sightline_model::hub::resolve`]): not a `builtin:`/`bundled:` spec, no such local path,
+/// and a valid `org/name[@revision]` ([`HubId::parse`]).
 pub fn is_hub_id(spec: &str) -> bool {
-    let base = spec.split('@').next().unwrap_or(spec);
     !spec.starts_with("builtin:")
         && !spec.starts_with("bundled:")
         && !Path::new(spec).exists()
-        && !base.starts_with('.')
-        && !base.starts_with('/')
-        && base.matches('/').count() == 1
-        && base
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && HubId::parse(spec).is_some()
 }
 
 /// Builds plans; holds what earlier steps made available to later ones.

@@ -98,38 +98,14 @@ pub(super) fn plan_variant(
         inputs.extend(tin);
     }
     if let Some(s1) = &v.stage1 {
-        let proj = stage1_out
-            .get(&(base_name.to_string(), s1.clone()))
-            .cloned()
-            .ok_or_else(|| {
-                Error::Plan(format!(
-                    "{where_}: stage1 `{s1}` is not a stage-1 run (tune_mm_mlp_adapter)"
-                ))
-            })?;
-        overrides.push(format!(
-            "pretrain_mm_mlp_adapter={}",
-            toml_str(&p(&proj.join("mm_projector.safetensors")))
-        ));
-        let s1_label = if b.study.bases.len() == 1 {
-            s1.clone()
-        } else {
-            format!("{base_name}-{s1}")
-        };
-        deps.push(format!("train-{s1_label}"));
+        let (projector, dep) = stage1_projector(b, s1, base_name, stage1_out, &where_)?;
+        overrides.push(projector);
+        deps.push(dep);
     }
     overrides.extend(b.study.train.overrides.iter().cloned());
     overrides.extend(v.overrides.iter().cloned());
     let cfg = read_run(b, v, &overrides)?;
-    let kind = match &cfg {
-        Some(c) if c.tune_mm_mlp_adapter => RunKind::Stage1,
-        Some(c) if c.vision_tower.is_some() => RunKind::Stage2 {
-            lora: c.lora_enable,
-        },
-        Some(c) => RunKind::TextOnly {
-            lora: c.lora_enable,
-        },
-        None => RunKind::TextOnly { lora: false },
-    };
+    let kind = RunKind::of(cfg.as_ref());
     if kind == RunKind::Stage1 {
         stage1_out.insert((base_name.to_string(), v.name.clone()), out.clone());
     }
@@ -147,44 +123,7 @@ pub(super) fn plan_variant(
         train_output: Some(out.clone()),
         resolved: cfg.as_ref().and_then(|c| serde_json::to_value(c).ok()),
     });
-    let tower_args = |mut args: Vec<String>| {
-        if let Some((spec, _, _)) = tower {
-            args.extend([s("--vision-tower"), spec.clone()]);
-        }
-        args
-    };
-    let o = p(&out);
-    let (text_args, image_args) = match kind {
-        RunKind::Stage1 => (
-            vec![s("--model"), base_model.clone()],
-            Some(tower_args(vec![
-                s("--model"),
-                base_model.clone(),
-                s("--mm-projector"),
-                p(&out.join("mm_projector.safetensors")),
-            ])),
-        ),
-        RunKind::Stage2 { lora: false } => (
-            vec![s("--model"), o.clone()],
-            Some(tower_args(vec![s("--model"), o.clone()])),
-        ),
-        RunKind::Stage2 { lora: true } => (
-            vec![s("--model"), base_model.clone(), s("--adapter"), o.clone()],
-            Some(tower_args(vec![
-                s("--model"),
-                base_model.clone(),
-                s("--adapter"),
-                o.clone(),
-                s("--mm-projector"),
-                p(&out.join("mm_projector.safetensors")),
-            ])),
-        ),
-        RunKind::TextOnly { lora: false } => (vec![s("--model"), o.clone()], None),
-        RunKind::TextOnly { lora: true } => (
-            vec![s("--model"), base_model.clone(), s("--adapter"), o],
-            None,
-        ),
-    };
+    let (text_args, image_args) = eval_args(kind, &base_model, &out, tower);
     let wants = |what: &str, default: bool| {
         v.eval
             .as_ref()
@@ -203,6 +142,114 @@ pub(super) fn plan_variant(
         step: Some(step),
         inputs: model_inputs,
     })
+}
+
+impl RunKind {
+    /// The kind of run a run file describes (a missing file plans as plain text training).
+    fn of(cfg: Option<&TrainConfig>) -> Self {
+        match cfg {
+            Some(c) if c.tune_mm_mlp_adapter => RunKind::Stage1,
+            Some(c) if c.vision_tower.is_some() => RunKind::Stage2 {
+                lora: c.lora_enable,
+            },
+            Some(c) => RunKind::TextOnly {
+                lora: c.lora_enable,
+            },
+            None => RunKind::TextOnly { lora: false },
+        }
+    }
+}
+
+/// The `pretrain_mm_mlp_adapter` override and the step dependency of a variant that starts
+/// from stage-1 run `s1`'s projector.
+fn stage1_projector(
+    b: &Builder,
+    s1: &str,
+    base_name: &str,
+    stage1_out: &BTreeMap<(String, String), PathBuf>,
+    where_: &str,
+) -> Result<(String, String)> {
+    let Some(proj) = stage1_out
+        .get(&(base_name.to_string(), s1.to_string()))
+        .cloned()
+    else {
+        // A stage-1 variant whose run file is missing plans as a text run: name the file
+        // rather than call it "not a stage-1 run".
+        if let Some(run) = b
+            .study
+            .variants
+            .iter()
+            .find(|x| x.name == s1)
+            .map(|x| &x.run)
+            .filter(|run| !run.starts_with("bundled:") && !Path::new(run).exists())
+        {
+            return Err(Error::Plan(format!(
+                "{where_}: stage1 `{s1}`: its run file {run} does not exist"
+            )));
+        }
+        return Err(Error::Plan(format!(
+            "{where_}: stage1 `{s1}` is not a stage-1 run (tune_mm_mlp_adapter)"
+        )));
+    };
+    let projector = format!(
+        "pretrain_mm_mlp_adapter={}",
+        toml_str(&p(&proj.join("mm_projector.safetensors")))
+    );
+    let s1_label = if b.study.bases.len() == 1 {
+        s1.to_string()
+    } else {
+        format!("{base_name}-{s1}")
+    };
+    Ok((projector, format!("train-{s1_label}")))
+}
+
+/// The `sightline eval` model arguments of a trained variant: for text tasks, and for image
+/// tasks when the variant has a vision side (stage 1's projector on the base, or a stage-2
+/// model), given the run's output directory `out`.
+fn eval_args(
+    kind: RunKind,
+    base_model: &str,
+    out: &Path,
+    tower: Option<&Tower>,
+) -> (Vec<String>, Option<Vec<String>>) {
+    let tower_args = |mut args: Vec<String>| {
+        if let Some((spec, _, _)) = tower {
+            args.extend([s("--vision-tower"), spec.clone()]);
+        }
+        args
+    };
+    let base_model = s(base_model);
+    let o = p(out);
+    match kind {
+        RunKind::Stage1 => (
+            vec![s("--model"), base_model.clone()],
+            Some(tower_args(vec![
+                s("--model"),
+                base_model,
+                s("--mm-projector"),
+                p(&out.join("mm_projector.safetensors")),
+            ])),
+        ),
+        RunKind::Stage2 { lora: false } => (
+            vec![s("--model"), o.clone()],
+            Some(tower_args(vec![s("--model"), o])),
+        ),
+        RunKind::Stage2 { lora: true } => (
+            vec![s("--model"), base_model.clone(), s("--adapter"), o.clone()],
+            Some(tower_args(vec![
+                s("--model"),
+                base_model,
+                s("--adapter"),
+                o,
+                s("--mm-projector"),
+                p(&out.join("mm_projector.safetensors")),
+            ])),
+        ),
+        RunKind::TextOnly { lora: false } => (vec![s("--model"), o], None),
+        RunKind::TextOnly { lora: true } => {
+            (vec![s("--model"), base_model, s("--adapter"), o], None)
+        }
+    }
 }
 
 /// A training set's text when it can be read at plan time: a file that exists, or a bundled

@@ -64,115 +64,20 @@ impl CorruptProtocol {
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
+/// `sightline data corrupt`: every output is checked before the first is written, then each
+/// input is corrupted at every (corruption, severity) asked for, and the first input's results
+/// make the contact sheet.
 pub fn run_corrupt(a: CorruptArgs) -> Result<()> {
-    let corruptions: Vec<Corruption> = if a.corruption == "all" {
-        Corruption::ALL.to_vec()
-    } else {
-        vec![a
-            .corruption
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--corruption {}: {e}", a.corruption))?]
-    };
-    let severities: Vec<u8> = if a.severity == "all" {
-        (1..=5).collect()
-    } else {
-        match a.severity.parse::<u8>() {
-            Ok(s) if (1..=5).contains(&s) => vec![s],
-            _ => bail!("--severity {}: expected 1 to 5 or `all`", a.severity),
-        }
-    };
+    let (corruptions, severities) = selection(&a)?;
     let inputs = list_inputs(&a.input)?;
-
-    let target = |input: &Path, c: Corruption, s: u8| -> Result<PathBuf> {
-        let stem = input
-            .file_stem()
-            .and_then(OsStr::to_str)
-            .with_context(|| format!("{}: file name is not UTF-8", input.display()))?;
-        Ok(a.output_dir
-            .join(c.name())
-            .join(s.to_string())
-            .join(format!("{stem}.{}", a.protocol.extension())))
-    };
-
-    // Everything that can fail before a file is written: names, existing outputs, the input.
-    let mut planned = std::collections::HashSet::new();
-    for input in &inputs {
-        for &c in &corruptions {
-            for &s in &severities {
-                let t = target(input, c, s)?;
-                if same_file(&t, input) {
-                    bail!(
-                        "{}: the output would replace the input; choose another OUT_DIR",
-                        t.display()
-                    );
-                }
-                if t.exists() && !a.overwrite {
-                    bail!(
-                        "{}: already exists (pass --overwrite to replace it)",
-                        t.display()
-                    );
-                }
-                if !planned.insert(t.clone()) {
-                    bail!(
-                        "{}: two inputs have the same file stem and would write the same output",
-                        t.display()
-                    );
-                }
-            }
-        }
-    }
-    if let Some(sheet) = &a.contact_sheet {
-        if inputs.iter().any(|i| same_file(sheet, i)) {
-            bail!(
-                "{}: the contact sheet would replace the input",
-                sheet.display()
-            );
-        }
-        if sheet.exists() && !a.overwrite {
-            bail!(
-                "{}: already exists (pass --overwrite to replace it)",
-                sheet.display()
-            );
-        }
-    }
+    let planned = check_outputs(&a, &inputs, &corruptions, &severities)?;
 
     let cfg = ImageProcessorConfig::clip(sightline_corrupt::SIZE as usize);
     // The first image and its corruptions, kept for the contact sheet.
     let mut first: Option<(RgbImage, Vec<(Corruption, RgbImage)>)> = None;
     for (k, input) in inputs.iter().enumerate() {
-        let img = match a.protocol {
-            CorruptProtocol::Clip => load_224(input, &cfg)?,
-            CorruptProtocol::ImagenetC => {
-                sightline_corrupt::imagenet_c_geometry(&vp::load_rgb(input)?)
-            }
-        };
-        let name = input
-            .file_name()
-            .and_then(OsStr::to_str)
-            .unwrap_or_default();
-        let mut outs = Vec::new();
-        for &c in &corruptions {
-            for &s in &severities {
-                let out = sightline_corrupt::corrupt(&img, c, s, derive_seed(a.seed, name, c, s))
-                    .with_context(|| format!("{}: {c} severity {s}", input.display()))?;
-                let t = target(input, c, s)?;
-                if let Some(dir) = t.parent() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("{}: cannot create", dir.display()))?;
-                }
-                match a.protocol {
-                    CorruptProtocol::Clip => write_png(&t, &out, a.overwrite)?,
-                    CorruptProtocol::ImagenetC => {
-                        let bytes = sightline_corrupt::encode_jpeg(&out, 85)
-                            .with_context(|| format!("{}: cannot encode JPEG", t.display()))?;
-                        write_bytes(&t, &bytes, a.overwrite)?;
-                    }
-                }
-                if k == 0 && a.contact_sheet.is_some() {
-                    outs.push((c, out));
-                }
-            }
-        }
+        let keep = k == 0 && a.contact_sheet.is_some();
+        let (img, outs) = corrupt_input(&a, &cfg, input, &corruptions, &severities, keep)?;
         if k == 0 {
             first = Some((img, outs));
         }
@@ -208,6 +113,135 @@ pub fn run_corrupt(a: CorruptArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--corruption` and `--severity` (each a name or `all`).
+fn selection(a: &CorruptArgs) -> Result<(Vec<Corruption>, Vec<u8>)> {
+    let corruptions: Vec<Corruption> = if a.corruption == "all" {
+        Corruption::ALL.to_vec()
+    } else {
+        vec![a
+            .corruption
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--corruption {}: {e}", a.corruption))?]
+    };
+    let severities: Vec<u8> = if a.severity == "all" {
+        (1..=5).collect()
+    } else {
+        match a.severity.parse::<u8>() {
+            Ok(s) if (1..=5).contains(&s) => vec![s],
+            _ => bail!("--severity {}: expected 1 to 5 or `all`", a.severity),
+        }
+    };
+    Ok((corruptions, severities))
+}
+
+/// Where the corruption `c` at severity `s` of `input` goes:
+/// `OUT_DIR/<corruption>/<severity>/<stem>.<png|jpg>`.
+fn target(a: &CorruptArgs, input: &Path, c: Corruption, s: u8) -> Result<PathBuf> {
+    let stem = input
+        .file_stem()
+        .and_then(OsStr::to_str)
+        .with_context(|| format!("{}: file name is not UTF-8", input.display()))?;
+    Ok(a.output_dir
+        .join(c.name())
+        .join(s.to_string())
+        .join(format!("{stem}.{}", a.protocol.extension())))
+}
+
+/// Everything that can fail before a file is written: names, existing outputs, an output
+/// that would replace an input. Returns the files to write.
+fn check_outputs(
+    a: &CorruptArgs,
+    inputs: &[PathBuf],
+    corruptions: &[Corruption],
+    severities: &[u8],
+) -> Result<std::collections::HashSet<PathBuf>> {
+    let mut planned = std::collections::HashSet::new();
+    for input in inputs {
+        for &c in corruptions {
+            for &s in severities {
+                let t = target(a, input, c, s)?;
+                if same_file(&t, input) {
+                    bail!(
+                        "{}: the output would replace the input; choose another OUT_DIR",
+                        t.display()
+                    );
+                }
+                if t.exists() && !a.overwrite {
+                    bail!(
+                        "{}: already exists (pass --overwrite to replace it)",
+                        t.display()
+                    );
+                }
+                if !planned.insert(t.clone()) {
+                    bail!(
+                        "{}: two inputs have the same file stem and would write the same output",
+                        t.display()
+                    );
+                }
+            }
+        }
+    }
+    if let Some(sheet) = &a.contact_sheet {
+        if inputs.iter().any(|i| same_file(sheet, i)) {
+            bail!(
+                "{}: the contact sheet would replace the input",
+                sheet.display()
+            );
+        }
+        if sheet.exists() && !a.overwrite {
+            bail!(
+                "{}: already exists (pass --overwrite to replace it)",
+                sheet.display()
+            );
+        }
+    }
+    Ok(planned)
+}
+
+/// Loads one input in the protocol's geometry and writes its corruptions; returns the loaded
+/// image and (when `keep`, for the contact sheet) the corrupted ones.
+fn corrupt_input(
+    a: &CorruptArgs,
+    cfg: &ImageProcessorConfig,
+    input: &Path,
+    corruptions: &[Corruption],
+    severities: &[u8],
+    keep: bool,
+) -> Result<(RgbImage, Vec<(Corruption, RgbImage)>)> {
+    let img = match a.protocol {
+        CorruptProtocol::Clip => load_224(input, cfg)?,
+        CorruptProtocol::ImagenetC => sightline_corrupt::imagenet_c_geometry(&vp::load_rgb(input)?),
+    };
+    let name = input
+        .file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or_default();
+    let mut outs = Vec::new();
+    for &c in corruptions {
+        for &s in severities {
+            let out = sightline_corrupt::corrupt(&img, c, s, derive_seed(a.seed, name, c, s))
+                .with_context(|| format!("{}: {c} severity {s}", input.display()))?;
+            let t = target(a, input, c, s)?;
+            if let Some(dir) = t.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("{}: cannot create", dir.display()))?;
+            }
+            match a.protocol {
+                CorruptProtocol::Clip => write_png(&t, &out, a.overwrite)?,
+                CorruptProtocol::ImagenetC => {
+                    let bytes = sightline_corrupt::encode_jpeg(&out, 85)
+                        .with_context(|| format!("{}: cannot encode JPEG", t.display()))?;
+                    write_bytes(&t, &bytes, a.overwrite)?;
+                }
+            }
+            if keep {
+                outs.push((c, out));
+            }
+        }
+    }
+    Ok((img, outs))
 }
 
 /// The input file, or the images directly inside the input folder, sorted by name.

@@ -5,7 +5,7 @@
 //! (numpy 2.4.6) in `tests/fixtures/corrupt/golden.json`.
 
 use serde_json::Value;
-use sightline_corrupt::RandomState;
+use sightline_random::RandomState;
 
 fn golden() -> Value {
     let p = concat!(

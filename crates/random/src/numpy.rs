@@ -1,100 +1,16 @@
 //! numpy's legacy global random stream (`np.random.seed` / `np.random.RandomState`), so that a
 //! corruption run with seed `s` draws the very numbers `np.random.seed(s)` would make
-//! hendrycks' functions draw.
+//! hendrycks' functions draw, the image tasks pick numpy's subsets, and the report's paired
+//! bootstrap resamples numpy's indices.
 //!
-//! Ported from numpy's `_mt19937.pyx` (`_legacy_seeding`), `mt19937.c` (`mt19937_seed`,
-//! `mt19937_init_by_array`, `mt19937_gen`), `legacy-distributions.c` (`legacy_gauss`, the polar
+//! Ported from numpy's `_mt19937.pyx` (`_legacy_seeding`), `mt19937.c` (through
+//! [`crate::mt19937`]), `legacy-distributions.c` (`legacy_gauss`, the polar
 //! Box–Muller that caches its second value) and `distributions.c` (`random_poisson_mult`,
 //! `random_poisson_ptrs`, `random_loggam`, `random_bounded_uint64_fill` with the masked
-//! rejection sampler that legacy `randint` uses). `tests/rng.rs` checks every stream against
-//! numpy's output.
+//! rejection sampler that legacy `randint` uses). `tests/numpy.rs` checks every stream against
+//! numpy's output; the unit tests below hold the image tasks' `choice` vectors.
 
-const N: usize = 624;
-const M: usize = 397;
-const MATRIX_A: u32 = 0x9908_b0df;
-const UPPER_MASK: u32 = 0x8000_0000;
-const LOWER_MASK: u32 = 0x7fff_ffff;
-
-/// The MT19937 generator with the two seeding routines that numpy's legacy `RandomState` and
-/// CPython's `random.Random` both build on (`init_genrand`, `init_by_array`). sightline's
-/// Python-equal streams (`sightline_eval::pyrandom`) use it too.
-#[derive(Clone)]
-pub struct Mt19937 {
-    key: [u32; N],
-    pos: usize,
-}
-
-impl Mt19937 {
-    /// `init_genrand` / numpy's `mt19937_seed` (Knuth's initialiser).
-    pub fn init_genrand(seed: u32) -> Self {
-        let mut key = [0u32; N];
-        key[0] = seed;
-        for i in 1..N {
-            key[i] = 1_812_433_253u32
-                .wrapping_mul(key[i - 1] ^ (key[i - 1] >> 30))
-                .wrapping_add(i as u32);
-        }
-        Self { key, pos: N }
-    }
-
-    /// `init_by_array` (numpy's `mt19937_init_by_array`, CPython's `init_by_array`).
-    pub fn init_by_array(init: &[u32]) -> Self {
-        let mut s = Self::init_genrand(19_650_218);
-        let mt = &mut s.key;
-        let len = init.len().max(1);
-        let (mut i, mut j) = (1usize, 0usize);
-        for _ in 0..N.max(len) {
-            let prev = mt[i - 1] ^ (mt[i - 1] >> 30);
-            mt[i] = (mt[i] ^ prev.wrapping_mul(1_664_525))
-                .wrapping_add(init.get(j).copied().unwrap_or(0))
-                .wrapping_add(j as u32);
-            i += 1;
-            j += 1;
-            if i >= N {
-                mt[0] = mt[N - 1];
-                i = 1;
-            }
-            if j >= len {
-                j = 0;
-            }
-        }
-        for _ in 0..N - 1 {
-            let prev = mt[i - 1] ^ (mt[i - 1] >> 30);
-            mt[i] = (mt[i] ^ prev.wrapping_mul(1_566_083_941)).wrapping_sub(i as u32);
-            i += 1;
-            if i >= N {
-                mt[0] = mt[N - 1];
-                i = 1;
-            }
-        }
-        mt[0] = 0x8000_0000;
-        s.pos = N;
-        s
-    }
-
-    fn generate(&mut self) {
-        let mt = &mut self.key;
-        for k in 0..N {
-            let y = (mt[k] & UPPER_MASK) | (mt[(k + 1) % N] & LOWER_MASK);
-            let mag = if y & 1 == 1 { MATRIX_A } else { 0 };
-            mt[k] = mt[(k + M) % N] ^ (y >> 1) ^ mag;
-        }
-        self.pos = 0;
-    }
-
-    /// One tempered 32-bit output (`genrand_uint32`).
-    pub fn next_u32(&mut self) -> u32 {
-        if self.pos >= N {
-            self.generate();
-        }
-        let mut y = self.key[self.pos];
-        self.pos += 1;
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c_5680;
-        y ^= (y << 15) & 0xefc6_0000;
-        y ^ (y >> 18)
-    }
-}
+use crate::mt19937::Mt19937;
 
 /// numpy's `RandomState` (MT19937 and the legacy distributions).
 #[derive(Clone)]

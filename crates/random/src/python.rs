@@ -2,14 +2,14 @@
 //! the seed-42 document shuffle that decides which docs `--limit` takes, ETHICS
 //! utilitarianism's `random.Random(activity_string)` scenario order, and (for VQAv2 and the
 //! caption tasks) `random.sample`. numpy's legacy `RandomState`, which those tasks also draw from,
-//! is [`sightline_corrupt::rng::RandomState`]; both share its [`Mt19937`].
+//! is [`crate::numpy::RandomState`]; both share [`Mt19937`].
 //!
 //! Reference: CPython 3.11 `Modules/_randommodule.c` (`init_by_array`, `genrand_uint32`,
 //! `random_seed` for int and str/bytes seeds, version 2) and `Lib/random.py`
 //! (`_randbelow_with_getrandbits`, `shuffle`).
 
+use crate::mt19937::Mt19937;
 use sha2::{Digest, Sha512};
-use sightline_corrupt::rng::Mt19937;
 
 /// A Mersenne Twister seeded exactly as `random.Random(seed)`.
 pub struct PyRandom {
@@ -137,7 +137,7 @@ impl PyRandom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sightline_corrupt::rng::RandomState;
+    use crate::numpy::RandomState;
 
     // Test vectors: shared spec lm-eval-scoring.md item 29 and ethics.md item 14 (CPython 3.x).
     #[test]

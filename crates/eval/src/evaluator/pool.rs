@@ -1,0 +1,204 @@
+//! The model calls of an evaluation: every task's requests pooled in one list, the cached
+//! answers taken first, then one call per request kind (log-likelihoods, text generations,
+//! image generations), each answer written to the cache as it arrives.
+
+use crate::cache::{self, RequestCache};
+use crate::error::Result;
+use crate::lm::{ImageGen, LanguageModel};
+use crate::task::{Request, Response};
+
+/// Which phase a progress report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Loglikelihood,
+    Generate,
+}
+
+/// Every request of every task in (task, document, request) order, with its cache key and,
+/// once known, its response.
+pub(super) struct Pool<'a> {
+    requests: Vec<&'a Request>,
+    keys: Vec<String>,
+    pub(super) responses: Vec<Option<Response>>,
+}
+
+impl<'a> Pool<'a> {
+    /// Pools the requests (every task's, in task, document, request order) and takes the
+    /// responses the cache already holds.
+    pub(super) fn new(
+        requests: Vec<&'a Request>,
+        identity: &str,
+        cache: Option<&mut RequestCache>,
+    ) -> Self {
+        let keys: Vec<String> = requests.iter().map(|r| cache::key(identity, r)).collect();
+        let responses: Vec<Option<Response>> = keys
+            .iter()
+            .map(|k| cache.as_ref().and_then(|c| c.get(k).cloned()))
+            .collect();
+        if let Some(c) = cache {
+            c.hits = responses.iter().filter(|r| r.is_some()).count();
+        }
+        Self {
+            requests,
+            keys,
+            responses,
+        }
+    }
+
+    /// Log-likelihoods: one call for all tasks.
+    pub(super) fn run_loglikelihood(
+        &mut self,
+        lm: &dyn LanguageModel,
+        mut cache: Option<&mut RequestCache>,
+        progress: &mut dyn FnMut(Phase, usize, usize),
+    ) -> Result<()> {
+        let ll_slots: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| matches!(self.requests[i], Request::Loglikelihood { .. }))
+            .collect();
+        let pairs: Vec<(String, String)> = ll_slots
+            .iter()
+            .map(|&i| match self.requests[i] {
+                Request::Loglikelihood {
+                    context,
+                    continuation,
+                } => (context.clone(), continuation.clone()),
+                _ => (String::new(), String::new()),
+            })
+            .collect();
+        let total_ll = ll_slots.len();
+        let responses = &mut self.responses;
+        let keys = &self.keys;
+        let mut done = ll_slots.iter().filter(|&&i| responses[i].is_some()).count();
+        progress(Phase::Loglikelihood, done, total_ll);
+        let cached: Vec<bool> = ll_slots.iter().map(|&i| responses[i].is_some()).collect();
+        lm.loglikelihood(&pairs, &|j| cached[j], &mut |unit| {
+            let mut fresh = Vec::new();
+            for &(j, scored) in unit {
+                let slot = ll_slots[j];
+                if responses[slot].is_none() {
+                    done += 1;
+                    fresh.push((keys[slot].clone(), Response::Loglikelihood(scored)));
+                }
+                responses[slot] = Some(Response::Loglikelihood(scored));
+            }
+            if let Some(c) = cache.as_mut() {
+                c.put_all(fresh)?;
+            }
+            progress(Phase::Loglikelihood, done, total_ll);
+            Ok(())
+        })
+    }
+
+    /// Text generations, one at a time (greedy decoding is batch-invariant only up to
+    /// near-ties).
+    pub(super) fn run_generations(
+        &mut self,
+        lm: &dyn LanguageModel,
+        mut cache: Option<&mut RequestCache>,
+        progress: &mut dyn FnMut(Phase, usize, usize),
+    ) -> Result<()> {
+        let mut gen_slots: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| {
+                matches!(
+                    self.requests[i],
+                    Request::GenerateUntil { .. } | Request::GenerateFit { .. }
+                )
+            })
+            .collect();
+        // MMLU prompts grouped by subject (a stable sort; responses do not depend on the order),
+        // so that the model's prefix cache holds each subject's 5-shot block while it is used.
+        gen_slots.sort_by_key(|&i| match self.requests[i] {
+            Request::GenerateFit { header, .. } => Some(header.as_str()),
+            _ => None,
+        });
+        let mut done = gen_slots
+            .iter()
+            .filter(|&&i| self.responses[i].is_some())
+            .count();
+        progress(Phase::Generate, done, gen_slots.len());
+        for &slot in &gen_slots {
+            if self.responses[slot].is_some() {
+                continue;
+            }
+            let text = match self.requests[slot] {
+                Request::GenerateUntil { context, until } => {
+                    Some(lm.generate_until(context, until)?)
+                }
+                Request::GenerateFit {
+                    header,
+                    shots,
+                    question,
+                    fit_tokens,
+                    max_new_tokens,
+                } => {
+                    Some(lm.generate_fit(header, shots, question, *fit_tokens, *max_new_tokens)?)
+                }
+                _ => None,
+            };
+            if let Some(text) = text {
+                let r = Response::Generated(text);
+                if let Some(c) = cache.as_mut() {
+                    c.put_all(vec![(self.keys[slot].clone(), r.clone())])?;
+                }
+                self.responses[slot] = Some(r);
+                done += 1;
+                progress(Phase::Generate, done, gen_slots.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Image generations: one call, batched by the model.
+    pub(super) fn run_image_generations(
+        &mut self,
+        lm: &dyn LanguageModel,
+        mut cache: Option<&mut RequestCache>,
+        progress: &mut dyn FnMut(Phase, usize, usize),
+    ) -> Result<()> {
+        let img_slots: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| {
+                self.responses[i].is_none()
+                    && matches!(self.requests[i], Request::GenerateImage { .. })
+            })
+            .collect();
+        if img_slots.is_empty() {
+            return Ok(());
+        }
+        let reqs: Vec<ImageGen> = img_slots
+            .iter()
+            .filter_map(|&i| match self.requests[i] {
+                Request::GenerateImage {
+                    context,
+                    image_ref,
+                    decoding,
+                    ..
+                } => Some(ImageGen {
+                    context: context.clone(),
+                    image: image_ref.clone(),
+                    decoding: decoding.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let total = img_slots.len();
+        let mut done = 0;
+        progress(Phase::Generate, done, total);
+        let responses = &mut self.responses;
+        let keys = &self.keys;
+        lm.generate_images(&reqs, &mut |unit| {
+            let mut fresh = Vec::new();
+            for (j, text) in unit {
+                let slot = img_slots[*j];
+                let r = Response::Generated(text.clone());
+                fresh.push((keys[slot].clone(), r.clone()));
+                responses[slot] = Some(r);
+                done += 1;
+            }
+            if let Some(c) = cache.as_mut() {
+                c.put_all(fresh)?;
+            }
+            progress(Phase::Generate, done, total);
+            Ok(())
+        })
+    }
+}

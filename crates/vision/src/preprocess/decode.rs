@@ -1,0 +1,209 @@
+//! Files to RGB pixels exactly as Pillow's `Image.open(path).convert('RGB')` gives them: JPEGs
+//! through our libjpeg-turbo–equal decoder ([`super::jpeg`]), PNG and WebP (and the JPEGs outside
+//! that decoder's scope) through the `image` crate, then Pillow's conversion rules.
+
+use std::path::Path;
+
+use image::{DynamicImage, ImageFormat, RgbImage};
+
+use super::jpeg;
+use crate::{Error, Result};
+
+/// Decodes a file into RGB like Pillow's `Image.open(path).convert('RGB')`.
+///
+/// JPEG (baseline and progressive), PNG (any colour type and depth) and WebP (lossy and
+/// lossless) are read; the format comes from the file's signature, not its extension. JPEGs
+/// decode to the same bytes as Pillow's libjpeg-turbo (see the module docs). The
+/// conversion follows Pillow: alpha is dropped (no compositing on any background), grey is
+/// copied to R, G and B, 16-bit RGB(A) and grey+alpha keep the high byte, and 16-bit grey (which
+/// Pillow opens as `I;16`) is *clipped* to 255, so most 16-bit grey pixels become white, as they
+/// do in Pillow. EXIF orientation is not applied (neither does `Image.open`).
+///
+/// Errors name the file: it cannot be opened, is empty, is not a JPEG/PNG/WebP, is
+/// truncated or corrupt, or has zero width or height.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(e.kind(), format!("cannot open image: {e}")),
+        )
+    })?;
+    decode_rgb(&bytes, path)
+}
+
+/// [`load_rgb`] on bytes already in memory; `path` is only used in error messages.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    const EXPECTED: &str = "expected a JPEG, PNG or WebP image";
+    if bytes.is_empty() {
+        return Err(Error::format(
+            path,
+            format!("empty file (0 bytes); {EXPECTED}"),
+        ));
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        Error::format(
+            path,
+            format!("not an image (unrecognised file signature); {EXPECTED}"),
+        )
+    })?;
+    let name = match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::WebP => "WebP",
+        other => {
+            return Err(Error::format(
+                path,
+                format!("unsupported image format {other:?}; {EXPECTED}"),
+            ))
+        }
+    };
+    // Why our JPEG decoder passed the file on to the `image` crate, for its error message.
+    let mut passed_on = String::new();
+    if format == ImageFormat::Jpeg {
+        // libjpeg decodes a truncated JPEG with a warning (the missing part comes out grey), but
+        // Pillow refuses it ("image file is truncated"), and so do we.
+        if !jpeg_reaches_eoi(bytes) {
+            return Err(Error::format(
+                path,
+                "truncated JPEG (the data ends before the end-of-image marker); expected a complete image",
+            ));
+        }
+        match jpeg::decode(bytes) {
+            Ok((width, height, rgb)) => {
+                return RgbImage::from_raw(width, height, rgb)
+                    .ok_or_else(|| Error::format(path, "decoded JPEG buffer has the wrong size"))
+            }
+            Err(jpeg::JpegError::Invalid(msg)) => {
+                return Err(Error::format(
+                    path,
+                    format!("cannot decode JPEG image (corrupt or truncated?): {msg}"),
+                ))
+            }
+            // CMYK, 12-bit, arithmetic-coded, lossless...: the `image` crate's decoder below.
+            Err(jpeg::JpegError::Unsupported(why)) => passed_on = format!("{why}; "),
+        }
+    }
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| {
+        Error::format(
+            path,
+            format!("cannot decode {name} image ({passed_on}corrupt or truncated?): {e}"),
+        )
+    })?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(Error::format(
+            path,
+            format!(
+                "image has zero size ({}x{}); {EXPECTED}",
+                img.width(),
+                img.height()
+            ),
+        ));
+    }
+    to_rgb_like_pil(img).map_err(|msg| Error::format(path, msg))
+}
+
+/// Whether a JPEG's marker structure runs from SOI to an EOI marker. Segments are skipped by
+/// their length (so the EOI of an EXIF thumbnail inside APP1 does not count), entropy-coded data
+/// is scanned for the next real marker (`FF 00` is a stuffed byte, `FF D0..D7` restart markers).
+/// Trailing bytes after EOI are fine, as in Pillow.
+fn jpeg_reaches_eoi(b: &[u8]) -> bool {
+    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
+        return false;
+    }
+    let mut i = 2;
+    while i < b.len() {
+        if b[i] != 0xFF {
+            // Entropy-coded data (or junk, which libjpeg skips with a warning).
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < b.len() && b[j] == 0xFF {
+            j += 1; // fill bytes
+        }
+        let Some(&marker) = b.get(j) else {
+            return false;
+        };
+        match marker {
+            0xD9 => return true,
+            // Stuffed zero, restart markers, TEM, a stray SOI: no length field.
+            0x00 | 0x01 | 0xD0..=0xD8 => i = j + 1,
+            _ => {
+                let Some(len) = b.get(j + 1..j + 3) else {
+                    return false;
+                };
+                i = j + 1 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+            }
+        }
+    }
+    false
+}
+
+/// Pillow's `convert('RGB')` on what the `image` crate decoded (see [`load_rgb`]).
+fn to_rgb_like_pil(img: DynamicImage) -> std::result::Result<RgbImage, String> {
+    let (w, h) = (img.width(), img.height());
+    let n = w as usize * h as usize;
+    let rgb: Vec<u8> = match img {
+        DynamicImage::ImageRgb8(im) => return Ok(im),
+        DynamicImage::ImageRgba8(im) => rgb_from(im.as_raw(), 4, n, |v| v),
+        DynamicImage::ImageLuma8(im) => grey_from(im.as_raw(), 1, n, |v| v),
+        DynamicImage::ImageLumaA8(im) => grey_from(im.as_raw(), 2, n, |v| v),
+        // Pillow: I;16 -> RGB saturates at 255 (it is an integer mode, not a 16-bit scale).
+        DynamicImage::ImageLuma16(im) => grey_from(im.as_raw(), 1, n, |v: u16| v.min(255) as u8),
+        // Pillow reads these through the "LA;16B" / "RGB;16B" / "RGBA;16B" raw modes: high byte.
+        DynamicImage::ImageLumaA16(im) => grey_from(im.as_raw(), 2, n, |v: u16| (v >> 8) as u8),
+        DynamicImage::ImageRgb16(im) => rgb_from(im.as_raw(), 3, n, |v: u16| (v >> 8) as u8),
+        DynamicImage::ImageRgba16(im) => rgb_from(im.as_raw(), 4, n, |v: u16| (v >> 8) as u8),
+        other => {
+            let layout = other.color();
+            return Err(format!(
+                "unsupported pixel layout {layout:?}; expected 8/16-bit grey, grey+alpha, RGB(A)"
+            ));
+        }
+    };
+    RgbImage::from_raw(w, h, rgb).ok_or_else(|| "decoded buffer has the wrong size".to_string())
+}
+
+/// First three channels of each `stride`-channel pixel (drops alpha without compositing).
+fn rgb_from<T: Copy>(raw: &[T], stride: usize, n: usize, to8: impl Fn(T) -> u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 3);
+    for px in raw.chunks_exact(stride) {
+        out.extend_from_slice(&[to8(px[0]), to8(px[1]), to8(px[2])]);
+    }
+    out
+}
+
+/// Grey (first channel of each `stride`-channel pixel) copied to R, G and B.
+fn grey_from<T: Copy>(raw: &[T], stride: usize, n: usize, to8: impl Fn(T) -> u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 3);
+    for px in raw.chunks_exact(stride) {
+        let v = to8(px[0]);
+        out.extend_from_slice(&[v, v, v]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jpeg_eoi_scan() {
+        // SOI, APP1 (length 8) holding an EXIF-thumbnail-like FF D9, SOS (length 4), entropy data
+        // with a stuffed FF 00 and a restart marker, then EOI.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x08, 1, 2, 0xFF, 0xD9, 3, 4];
+        jpeg.extend_from_slice(&[
+            0xFF, 0xDA, 0x00, 0x04, 9, 9, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56,
+        ]);
+        assert!(
+            !jpeg_reaches_eoi(&jpeg),
+            "the thumbnail's EOI is inside APP1"
+        );
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(jpeg_reaches_eoi(&jpeg));
+        jpeg.extend_from_slice(b"trailing junk");
+        assert!(jpeg_reaches_eoi(&jpeg));
+        assert!(!jpeg_reaches_eoi(&jpeg[..5]));
+        assert!(!jpeg_reaches_eoi(b"not a jpeg"));
+    }
+}
