@@ -95,6 +95,18 @@ fn retention_group_runs_on_bundled_data() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The stand-in pool is not the official train.json: one warning line names it.
+    let err = String::from_utf8_lossy(&o.stderr);
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("warning: --mathqa-train"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("mathqa_train_sample.json") && warnings[0].contains("64 records"),
+        "{}",
+        warnings[0]
+    );
     let r = results(&out);
     for (task, n) in [
         ("mmlu", 14042),
@@ -123,6 +135,59 @@ fn retention_group_runs_on_bundled_data() {
         err.contains("train.json") && err.contains("--mathqa-train"),
         "{err}"
     );
+    // A pool with a bad record: the file, the record and the field, before anything runs.
+    let bad = tmp.path().join("pool.json");
+    std::fs::write(
+        &bad,
+        r#"[{"Problem": "p", "options": "a ) 1 , e ) 2", "correct": "a"}, {"Problem": "q", "correct": "b"}]"#,
+    )
+    .unwrap();
+    let o = sightline()
+        .args([
+            "eval",
+            "--tasks",
+            "mathqa",
+            "--limit",
+            "1",
+            "--mathqa-train",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pool.json: record 2: field `options`"),
+        "{err}"
+    );
+    // lm-eval 0.4.9.1's gsm8k: its metric keys, version and shots in results.json.
+    let out04 = tmp.path().join("out04");
+    let o = sightline()
+        .args([
+            "eval",
+            "--tasks",
+            "gsm8k",
+            "--gsm8k-harness",
+            "0.4",
+            "--limit",
+            "2",
+            "--output",
+        ])
+        .arg(&out04)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = results(&out04);
+    for k in ["exact_match,strict-match", "exact_match,flexible-extract"] {
+        assert!(
+            r["results"]["gsm8k"][k].is_number(),
+            "{k}: {}",
+            r["results"]
+        );
+    }
+    assert!(r["results"]["gsm8k"]["exact_match_stderr,strict-match"].is_number());
+    assert_eq!(r["versions"]["gsm8k"], 3);
+    assert_eq!(r["n-shot"]["gsm8k"], 5);
 }
 
 #[test]

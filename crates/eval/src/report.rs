@@ -49,12 +49,13 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
         m.insert("alias".into(), json!(r.name));
         let mut hib = Map::new();
         for metric in &r.metrics {
-            m.insert(format!("{},none", metric.name), number(metric.value));
+            let (name, filter) = split_filter(metric.name);
+            m.insert(format!("{name},{filter}"), number(metric.value));
             m.insert(
-                format!("{}_stderr,none", metric.name),
+                format!("{name}_stderr,{filter}"),
                 metric.stderr.map_or(json!("N/A"), number),
             );
-            hib.insert(metric.name.into(), json!(metric.higher_is_better));
+            hib.insert(name.into(), json!(metric.higher_is_better));
         }
         res.insert(r.name.into(), Value::Object(m));
         versions.insert(r.name.into(), json!(r.version));
@@ -121,6 +122,12 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
     out
 }
 
+/// A metric's lm-eval name and filter: `exact_match,strict-match` for a task that names its
+/// filter (lm-eval 0.4's `gsm8k`), `acc` → (`acc`, `none`).
+fn split_filter(name: &str) -> (&str, &str) {
+    name.split_once(',').unwrap_or((name, "none"))
+}
+
 /// JSON number, or the string "NaN" where the value is not finite (JSON has no NaN).
 fn number(x: f64) -> Value {
     if x.is_finite() {
@@ -144,8 +151,12 @@ pub fn markdown_table(results: &[TaskResult]) -> String {
         "Stderr".into(),
     ]];
     for r in results {
+        let mut last_filter = None;
         for (i, m) in r.metrics.iter().enumerate() {
             let first = i == 0;
+            let (name, filter) = split_filter(m.name);
+            let new_filter = last_filter != Some(filter);
+            last_filter = Some(filter);
             rows.push([
                 if first {
                     r.name.to_string()
@@ -157,13 +168,17 @@ pub fn markdown_table(results: &[TaskResult]) -> String {
                 } else {
                     String::new()
                 },
-                if first { "none".into() } else { String::new() },
+                if new_filter {
+                    filter.to_string()
+                } else {
+                    String::new()
+                },
                 if first {
                     r.num_fewshot.to_string()
                 } else {
                     String::new()
                 },
-                m.name.to_string(),
+                name.to_string(),
                 if m.higher_is_better {
                     "↑".into()
                 } else {

@@ -5,6 +5,11 @@
 //! `scripts/reference/make_retention_fixtures.py`: PyPI `lm_eval==0.3.0`'s own task classes and
 //! evaluator (GSM8K with the paper commit's stop strings) answered by lm_eval 0.4.9.1 HFLM, and
 //! the paper's `evaluate_mmlu.py` logic on transformers 4.46.3 (slow LlamaTokenizer, pandas).
+//!
+//! And the lm-eval 0.4 side: `tests/fixtures/eval/retention_v04_stories260k.json`, written by
+//! `scripts/reference/make_retention_v04_fixtures.py`: lm_eval 0.4.9.1's own `gsm8k`, `boolq`
+//! and `squadv2` through its `simple_evaluate`, for `--gsm8k-harness 0.4` and to show that BoolQ
+//! and SQuAD2 need no such flag.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +17,7 @@ use serde_json::Value;
 use sightline_eval::data::DataSource;
 use sightline_eval::evaluator::{evaluate, EvalOptions, TaskResult};
 use sightline_eval::lm::{fit_prompt, CandleLm};
-use sightline_eval::task::Task;
+use sightline_eval::task::{Response, Task};
 use sightline_eval::tasks::{self, mmlu};
 use sightline_model::score::ScoreOptions;
 use sightline_model::{load, LoadOptions};
@@ -123,6 +128,153 @@ fn harness_tasks_match_lm_eval_0_3_on_stories260k() {
             assert_eq!(got, want, "{}: few-shot examples", r.name);
         }
         check_metrics(r, want);
+    }
+}
+
+fn golden_v04() -> Value {
+    let p = root().join("tests/fixtures/eval/retention_v04_stories260k.json");
+    serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("json")
+}
+
+/// `r`'s metrics equal lm-eval 0.4.9.1's `results[task]` entries (`name,filter` keys; a metric
+/// without a filter in its name is `name,none`), values and stderrs, and no metric is missing.
+fn check_metrics_v04(r: &TaskResult, want: &Value) {
+    let wm = want["metrics"].as_object().unwrap();
+    for m in &r.metrics {
+        let (name, filter) = m.name.split_once(',').unwrap_or((m.name, "none"));
+        let w = wm[&format!("{name},{filter}")].as_f64().unwrap();
+        assert!(
+            (m.value - w).abs() <= 1e-6,
+            "{} {}: {} vs lm-eval 0.4.9.1 {w}",
+            r.name,
+            m.name,
+            m.value
+        );
+        if let Some(ws) = wm[&format!("{name}_stderr,{filter}")].as_f64() {
+            let s = m.stderr.expect("a mean metric has a stderr");
+            assert!(
+                (s - ws).abs() <= 1e-6,
+                "{} {}_stderr: {s} vs {ws}",
+                r.name,
+                m.name
+            );
+        }
+    }
+    let n_ref = wm.keys().filter(|k| !k.contains("_stderr,")).count();
+    assert_eq!(r.metrics.len(), n_ref, "{}: metric count", r.name);
+}
+
+/// `--gsm8k-harness 0.4`: lm-eval 0.4.9.1's own `gsm8k` (5-shot, seed-1234 sampler, its stops,
+/// `exact_match` under `strict-match` and `flexible-extract`) on the same documents.
+#[test]
+fn gsm8k_v04_matches_lm_eval_0_4_9_1_on_stories260k() {
+    let g = golden_v04();
+    let want = &g["tasks"]["gsm8k"];
+    let lm = model();
+    let variants = tasks::Variants {
+        gsm8k: tasks::gsm8k::Harness::V04,
+    };
+    let tasks = tasks::resolve_with("gsm8k", variants).unwrap();
+    assert_eq!(
+        tasks[0].num_fewshot() as u64,
+        want["n_shot"].as_u64().unwrap()
+    );
+    let until: Vec<&str> = want["until"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(until, tasks::gsm8k::V04_UNTIL);
+    let opts = EvalOptions {
+        limit: Some(g["limit"].as_u64().unwrap() as usize),
+        log_samples: true,
+        ..Default::default()
+    };
+    let results = evaluate(&lm, &tasks, &opts, None, &mut |_, _, _| {}).unwrap();
+    let r = &results[0];
+    // lm-eval writes the YAML's `version: 3.0`.
+    assert_eq!(f64::from(r.version), want["version"].as_f64().unwrap());
+    // lm-eval evaluates the documents in index order; sightline in its shuffled order.
+    let mut samples: Vec<&Value> = r.samples.iter().collect();
+    samples.sort_by_key(|s| s["doc_id"].as_u64().unwrap());
+    let doc_ids: Vec<usize> = samples
+        .iter()
+        .map(|s| s["doc_id"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(doc_ids, ids(&want["doc_ids"]), "documents");
+    let shots: Vec<Vec<usize>> = samples
+        .iter()
+        .map(|s| ids(&s["doc"]["fewshot_ids"]))
+        .collect();
+    let want_shots: Vec<Vec<usize>> = want["fewshot_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
+    assert_eq!(shots, want_shots, "few-shot examples");
+    for (k, s) in samples.iter().enumerate() {
+        assert_eq!(
+            s["resps"][0].as_str().unwrap(),
+            want["responses"][k].as_str().unwrap(),
+            "doc {}: generation",
+            doc_ids[k]
+        );
+        assert_eq!(
+            s["filtered_resps"][0], want["filtered"][k],
+            "doc {}: filtered answers",
+            doc_ids[k]
+        );
+    }
+    check_metrics_v04(r, want);
+}
+
+/// The 0.4 `gsm8k` scoring on responses a story model never writes (numbers, signs, `$`,
+/// commas, periods, case): both filters and `exact_match` equal lm_eval 0.4.9.1's own
+/// `RegexFilter` and `exact_match_hf_evaluate` as `gsm8k.yaml` configures them.
+#[test]
+fn gsm8k_v04_scoring_matches_lm_eval_0_4_9_1_filters() {
+    let g = golden_v04();
+    let cases = g["gsm8k_scoring"].as_array().unwrap();
+    let mut hits = 0.0;
+    for c in cases {
+        let response = c["response"].as_str().unwrap();
+        let doc = serde_json::json!({"answer": c["gold"]});
+        let got = tasks::gsm8k::Gsm8kV04
+            .process_results(&doc, &[Response::Generated(response.to_string())])
+            .unwrap();
+        let extracted = tasks::gsm8k::Gsm8kV04
+            .extracted(&doc, &[Response::Generated(response.to_string())])
+            .unwrap();
+        for (k, filter) in ["strict-match", "flexible-extract"].iter().enumerate() {
+            assert_eq!(extracted[filter], c[filter], "{response:?}: {filter}");
+            let want = c[format!("{filter}:exact_match")].as_f64().unwrap();
+            assert_eq!(got[k], want, "{response:?}: exact_match under {filter}");
+            hits += want;
+        }
+    }
+    assert!(cases.len() >= 30 && hits >= 6.0);
+}
+
+/// BoolQ and SQuAD2 need no 0.4 flag: lm-eval 0.4.9.1's `boolq` (super_glue YAML) and
+/// `squadv2` (task class) give sightline's numbers on the same documents.
+#[test]
+fn boolq_and_squad2_equal_lm_eval_0_4_9_1() {
+    let g = golden_v04();
+    let lm = model();
+    let tasks = tasks::resolve("boolq,squad2").unwrap();
+    let opts = EvalOptions {
+        limit: Some(g["limit"].as_u64().unwrap() as usize),
+        ..Default::default()
+    };
+    let results = evaluate(&lm, &tasks, &opts, None, &mut |_, _, _| {}).unwrap();
+    for (r, key) in results.iter().zip(["boolq", "squadv2"]) {
+        let want = &g["tasks"][key];
+        let mut got = r.doc_ids.clone();
+        got.sort_unstable();
+        assert_eq!(got, ids(&want["doc_ids"]), "{key}: documents");
+        check_metrics_v04(r, want);
     }
 }
 

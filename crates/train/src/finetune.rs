@@ -69,6 +69,9 @@ pub struct StepReport {
     /// Mean CE of each micro-batch (what transformers' `outputs.loss` is without
     /// `num_items_in_batch`).
     pub losses: Vec<f64>,
+    /// The step's loss under the rule that trains, what HF Trainer logs with `logging_steps =
+    /// 1` (see [`group_loss`]); None when no micro-batch had a trained token.
+    pub loss: Option<f64>,
     /// The group learning rate used (the LLM's; the schedule multiplier times `learning_rate`).
     pub lr: f64,
     /// Total gradient 2-norm before clipping.
@@ -171,6 +174,12 @@ impl Trainer {
     /// Forward and backward over one accumulation group, adding into the gradient buffers.
     /// Returns each micro-batch's mean loss and the tokens processed.
     pub fn accumulate(&mut self, group: &[Batch]) -> Result<(Vec<f64>, usize)> {
+        let acc = self.accumulate_group(group)?;
+        Ok((acc.losses, acc.tokens))
+    }
+
+    /// [`Trainer::accumulate`], also returning the group's loss under the rule that trains.
+    fn accumulate_group(&mut self, group: &[Batch]) -> Result<Accumulated> {
         let vocab = self.model.config.vocab_size;
         let labels: Vec<Vec<Vec<i64>>> = group
             .iter()
@@ -188,6 +197,7 @@ impl Trainer {
             })
             .sum();
         let mut losses = Vec::with_capacity(group.len());
+        let mut targets = Vec::with_capacity(group.len());
         let mut tokens = 0;
         for (batch, labels) in group.iter().zip(labels) {
             let mut embeds = self.model.embed(&batch.input_ids)?;
@@ -201,6 +211,7 @@ impl Trainer {
                     splice(&embeds, &feats, &img.positions, &labels, self.stage1_branch)?;
             }
             tokens += embeds.dim(0)? * embeds.dim(1)?;
+            targets.push(shifted_targets(&labels));
             if self.checkpointing {
                 let n = group.len();
                 losses.push(self.backward_checkpointed(&embeds, &labels, n, group_labels)?);
@@ -227,7 +238,12 @@ impl Trainer {
                 }
             }
         }
-        Ok((losses, tokens))
+        let loss = group_loss(self.settings.accum_loss, &losses, &targets, group_labels);
+        Ok(Accumulated {
+            losses,
+            loss,
+            tokens,
+        })
     }
 
     /// Clips, updates and zeroes the gradient buffers; returns (lr used, grad norm).
@@ -246,7 +262,11 @@ impl Trainer {
 
     /// One optimizer step over a gradient-accumulation group of micro-batches.
     pub fn train_step(&mut self, group: &[Batch]) -> Result<StepReport> {
-        let (losses, tokens) = self.accumulate(group)?;
+        let Accumulated {
+            losses,
+            loss,
+            tokens,
+        } = self.accumulate_group(group)?;
         let (lr, grad_norm) = self.apply()?;
         tracing::debug!(
             step = self.opt.step,
@@ -257,6 +277,7 @@ impl Trainer {
         );
         Ok(StepReport {
             losses,
+            loss,
             lr,
             grad_norm,
             tokens,
@@ -351,6 +372,62 @@ impl Trainer {
         )?;
         Ok(loss)
     }
+}
+
+/// One accumulation group's losses.
+struct Accumulated {
+    losses: Vec<f64>,
+    loss: Option<f64>,
+    tokens: usize,
+}
+
+/// Shifted targets of a micro-batch's label rows (positions `1..t` not -100), as
+/// [`causal_lm_loss`] counts them.
+fn shifted_targets(labels: &[Vec<i64>]) -> usize {
+    labels
+        .iter()
+        .map(|r| {
+            r.iter()
+                .skip(1)
+                .filter(|&&l| l != crate::loss::IGNORE_INDEX)
+                .count()
+        })
+        .sum()
+}
+
+/// The loss an optimizer step logs: the loss it trains on, as transformers 4.46.3's `Trainer`
+/// logs it with `logging_steps = 1` (`_inner_training_loop` sums what `training_step` returns
+/// over the group's micro-batches into `tr_loss`; `_maybe_log_save_evaluate` divides by the
+/// steps since the last log, here 1, and rounds to 4 decimals, which is left out here).
+/// - [`AccumLoss::Tokens`]: `training_step` returns each micro-batch's Σ CE /
+///   `num_items_in_batch` (labels ≠ -100 of the whole group, before the shift), so the step
+///   logs Σ over the group of Σ CE, divided by that count.
+/// - [`AccumLoss::Mean`]: each micro-batch's mean CE / accumulation steps, summed: the mean of
+///   the micro-batch means (micro-batches without a target left out).
+///
+/// `losses[i]` is micro-batch i's mean CE (NaN without targets) and `targets[i]` its shifted
+/// target count. None when no micro-batch had a target (nothing was back-propagated).
+pub fn group_loss(
+    rule: AccumLoss,
+    losses: &[f64],
+    targets: &[usize],
+    group_labels: usize,
+) -> Option<f64> {
+    let trained: Vec<(f64, usize)> = losses
+        .iter()
+        .zip(targets)
+        .filter(|(l, &t)| t > 0 && l.is_finite())
+        .map(|(&l, &t)| (l, t))
+        .collect();
+    if trained.is_empty() {
+        return None;
+    }
+    Some(match rule {
+        AccumLoss::Tokens => {
+            trained.iter().map(|(l, t)| l * *t as f64).sum::<f64>() / group_labels as f64
+        }
+        AccumLoss::Mean => trained.iter().map(|(l, _)| l).sum::<f64>() / trained.len() as f64,
+    })
 }
 
 fn add_into(buf: &mut [f32], g: &Tensor) -> Result<()> {

@@ -31,9 +31,12 @@ pub struct StepLog {
     pub step: usize,
     /// Fractional epoch at the end of the step (HF's `epoch` in logs).
     pub epoch: f64,
-    /// Mean of the micro-batch losses of the step; None when no micro-batch had a trained
-    /// token (every label −100, e.g. answers truncated away): HF would log NaN, and nothing
-    /// was back-propagated.
+    /// The loss the step trained on, as HF Trainer logs it with `logging_steps = 1` (see
+    /// [`crate::finetune::group_loss`]): under `accum_loss = "tokens"` the group's summed
+    /// cross-entropy over its label count, under `"mean"` the mean of the micro-batch mean
+    /// losses; None when no micro-batch had a trained token (every label −100, e.g. answers
+    /// truncated away): nothing was back-propagated (HF logs 0 or, through
+    /// `logging_nan_inf_filter`, the running average there).
     pub loss: Option<f64>,
     pub lr: f64,
     pub grad_norm: f64,
@@ -204,14 +207,7 @@ pub fn run(
             let report = trainer.train_step(&group)?;
             group_in_epoch += 1;
             done_here += 1;
-            let finite: Vec<f64> = report
-                .losses
-                .iter()
-                .copied()
-                .filter(|l| l.is_finite())
-                .collect();
-            let loss =
-                (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64);
+            let loss = report.loss;
             if loss.is_none() {
                 empty_steps += 1;
             }

@@ -17,6 +17,7 @@ use sightline_eval::lm::{CandleLm, LanguageModel};
 use sightline_eval::mm_lm::{ImageCorruption, LlavaLm};
 use sightline_eval::protocol::Protocol;
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
+use sightline_eval::tasks::mathqa::TrainFile;
 use sightline_model::hub;
 
 use super::model_args::ModelArgs;
@@ -29,6 +30,17 @@ enum TqaData {
     V0,
     /// The 2021-10-10 release with extra reference answers.
     Current,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Gsm8kHarnessArg {
+    /// The paper's: the 0.3-era harness (commit 0bf683b), 8-shot from the seed-42 stream,
+    /// stops ":", "Question:", "Question"; `acc`.
+    Paper,
+    /// lm-eval 0.4.9.1's `gsm8k`: 5-shot from its seed-1234 sampler, stops "Question:",
+    /// "</s>", "<|im_end|>"; `exact_match` under `strict-match` and `flexible-extract`.
+    #[value(name = "0.4")]
+    V04,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +86,9 @@ pub struct Args {
     /// TruthfulQA release.
     #[arg(long, value_enum, default_value = "v0")]
     truthfulqa_data: TqaData,
+    /// gsm8k: which harness version's task (prompt shots, stops, metric).
+    #[arg(long, value_enum, default_value = "paper")]
+    gsm8k_harness: Gsm8kHarnessArg,
     /// Image tasks: the folder holding the task's images (POPE: the COCO val2014 images;
     /// sketchy-VQA: a full copy of the sketches, default the bundled ones).
     #[arg(long, value_name = "DIR")]
@@ -101,7 +116,7 @@ pub struct Args {
     flickr30k_caption_dir: Option<PathBuf>,
     /// mathqa (4-shot): MathQA's `train.json` (HF `math_qa` train split), the few-shot pool;
     /// not bundled (`mathqa_0shot` runs without it).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = mathqa_train_file)]
     mathqa_train: Option<PathBuf>,
     /// squad2: the official `dev-v2.0.json`, read instead of the bundled SQuAD-explorer pages
     /// (both give the same documents).
@@ -119,6 +134,17 @@ pub struct Args {
     /// file name, the corruption and the severity).
     #[arg(long, default_value_t = 0)]
     corrupt_seed: u64,
+}
+
+/// `--mathqa-train FILE`: every record validated (errors name the file, record and field), and
+/// one warning line on stderr when it is not MathQA's official `train.json`.
+fn mathqa_train_file(arg: &str) -> std::result::Result<PathBuf, String> {
+    let path = PathBuf::from(arg);
+    let file = TrainFile::check(&path).map_err(|e| e.to_string())?;
+    if let Some(w) = file.warning(&path) {
+        eprintln!("{w}");
+    }
+    Ok(path)
 }
 
 /// `gaussian_noise:3` → the corruption and its severity.
@@ -164,7 +190,13 @@ pub fn run(a: Args) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let tasks = sightline_eval::tasks::resolve(&a.tasks)?;
+    let variants = sightline_eval::tasks::Variants {
+        gsm8k: match a.gsm8k_harness {
+            Gsm8kHarnessArg::Paper => sightline_eval::tasks::gsm8k::Harness::Paper,
+            Gsm8kHarnessArg::V04 => sightline_eval::tasks::gsm8k::Harness::V04,
+        },
+    };
+    let tasks = sightline_eval::tasks::resolve_with(&a.tasks, variants)?;
     let run = RunKind::check(&a, &tasks)?;
     if let Some(dir) = &a.output {
         refuse_to_overwrite(dir, &run.results_name(), a.overwrite)?;

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
+use sha2::Digest;
 use sightline_random::PyRandom;
 
 use crate::data::DataSource;
@@ -108,15 +109,61 @@ fn read_docs(text: &str, file: &str) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// Records in MathQA's official `train.json` (HF `math_qa` train).
+pub const TRAIN_RECORDS: usize = 29837;
+/// sha256 of MathQA's official `train.json` (the oid of its Git LFS pointer, see
+/// `data/mathqa/SOURCES.md`).
+pub const TRAIN_SHA256: &str = "00e8919347d65dbba9289bf04ed998a6c48dbf451ca909eeb66a35f2419c2bf6";
+
+/// What a `--mathqa-train` file holds, every record validated as the task reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainFile {
+    pub records: usize,
+    pub sha256: String,
+}
+
+impl TrainFile {
+    /// Reads, validates (errors name the file, the 1-based record and the field) and hashes
+    /// `path`.
+    pub fn check(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let name = path.display().to_string();
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| Error::data(&name, 0, format!("not UTF-8: {e}")))?;
+        let records = read_docs(text, &name)?.len();
+        if records < SHOTS {
+            return Err(Error::data(
+                &name,
+                0,
+                format!("{records} records, fewer than the {SHOTS} examples each prompt draws"),
+            ));
+        }
+        let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
+        Ok(Self { records, sha256 })
+    }
+
+    /// One line for stderr when the file is not the official `train.json` (another pool is
+    /// allowed, but its numbers are not the paper's); None when it is.
+    pub fn warning(&self, path: &Path) -> Option<String> {
+        (self.sha256 != TRAIN_SHA256).then(|| {
+            format!(
+                "warning: --mathqa-train {}: {} records, sha256 {} is not MathQA's official train.json ({TRAIN_RECORDS} records, sha256 {TRAIN_SHA256}); 4-shot mathqa will not be the paper's",
+                path.display(),
+                self.records,
+                self.sha256
+            )
+        })
+    }
+}
+
 /// The user's `train.json`, processed as the harness's `training_docs`.
 fn train_docs(path: Option<&Path>) -> Result<Vec<Value>> {
     let path = path.ok_or_else(|| {
-        Error::Config(
+        Error::Config(format!(
             "mathqa: the 4-shot task draws its examples from MathQA's train.json (HF `math_qa` \
-             train, 29837 records, sha256 00e8919347d65dbba9289bf04ed998a6c48dbf451ca909eeb66a35f2419c2bf6), \
+             train, {TRAIN_RECORDS} records, sha256 {TRAIN_SHA256}), \
              which is not bundled: pass --mathqa-train FILE, or run `mathqa_0shot`"
-                .into(),
-        )
+        ))
     })?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     read_docs(&text, &path.display().to_string())
@@ -264,6 +311,62 @@ mod tests {
         for d in &docs {
             assert_eq!(choices(d).unwrap().len(), 5);
         }
+    }
+
+    #[test]
+    fn train_file_check_counts_hashes_and_names_bad_records() {
+        let dir = std::env::temp_dir().join(format!("sightline-mathqa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/retention/mathqa_train_sample.json");
+        let t = TrainFile::check(&sample).unwrap();
+        assert_eq!(t.records, 64);
+        assert_eq!(t.sha256.len(), 64);
+        let w = t.warning(&sample).unwrap();
+        assert!(
+            w.contains("mathqa_train_sample.json") && w.contains(TRAIN_SHA256) && !w.contains('\n'),
+            "{w}"
+        );
+        assert!(TrainFile {
+            records: TRAIN_RECORDS,
+            sha256: TRAIN_SHA256.into()
+        }
+        .warning(&sample)
+        .is_none());
+        // A bad record: the file, its 1-based index and the field.
+        let rec = |correct: &str| {
+            format!(
+                r#"{{"Problem": "p", "options": "a ) 1 , b ) 2 , c ) 3 , d ) 4 , e ) 5", "correct": "{correct}"}}"#
+            )
+        };
+        let bad = dir.join("bad.json");
+        let recs: Vec<String> = (0..5)
+            .map(|i| rec(if i == 2 { "z" } else { "a" }))
+            .collect();
+        std::fs::write(&bad, format!("[{}]", recs.join(","))).unwrap();
+        let err = TrainFile::check(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("record 3:") && err.contains("`correct`"),
+            "{err}"
+        );
+        let missing = dir.join("missing.json");
+        std::fs::write(&missing, r#"[{"Problem": "p", "correct": "a"}]"#).unwrap();
+        let err = TrainFile::check(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("missing.json") && err.contains("`options`"),
+            "{err}"
+        );
+        let short = dir.join("short.json");
+        std::fs::write(&short, format!("[{}]", rec("a"))).unwrap();
+        let err = TrainFile::check(&short).unwrap_err().to_string();
+        assert!(err.contains("fewer than the 4"), "{err}");
+        let not_json = dir.join("not.json");
+        std::fs::write(&not_json, "{").unwrap();
+        assert!(TrainFile::check(&not_json)
+            .unwrap_err()
+            .to_string()
+            .contains("not.json"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

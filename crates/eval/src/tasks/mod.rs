@@ -72,6 +72,25 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ("retention", &["mmlu", "gsm8k", "mathqa", "boolq", "squad2"]),
 ];
 
+/// Where harness versions differ in a task's protocol, which one to run (the defaults are the
+/// paper's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Variants {
+    /// `--gsm8k-harness`: the paper's 0.3-era GSM8K or lm-eval 0.4.9.1's.
+    pub gsm8k: gsm8k::Harness,
+}
+
+/// [`resolve`], with the tasks that have another harness version's protocol set to `variants`.
+pub fn resolve_with(list: &str, variants: Variants) -> Result<Vec<Box<dyn Task>>> {
+    let mut tasks = resolve(list)?;
+    for t in &mut tasks {
+        if t.name() == "gsm8k" && variants.gsm8k == gsm8k::Harness::V04 {
+            *t = Box::new(gsm8k::Gsm8kV04);
+        }
+    }
+    Ok(tasks)
+}
+
 /// Resolves a comma-separated list of task and group names, keeping first-mention order and
 /// dropping repeats.
 pub fn resolve(list: &str) -> Result<Vec<Box<dyn Task>>> {
