@@ -18,8 +18,8 @@ use sightline_vision::preprocess::ImageProcessorConfig;
 use crate::config::TrainConfig;
 use crate::dataset::{on_mismatch, Dataset, LoadSettings};
 use crate::error::{Error, Result};
-use crate::model::TrainLlama;
 use crate::projector::{Projector, ProjectorType};
+use sightline_model::Llama;
 
 /// How a new vocabulary row is initialised (M6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Vision {
 
 /// Everything a run needs before its first step.
 pub struct Setup {
-    pub model: TrainLlama,
+    pub model: Llama,
     pub projector: Option<Projector>,
     pub vision: Option<Vision>,
     pub tokenizer: Tokenizer,
@@ -293,7 +293,7 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         weights.with_overrides(overrides, config_path.clone())
     };
     let trainable = cfg.trainable()?;
-    let model = TrainLlama::new(&llm_cfg, &weights, &config_path, &trainable)?;
+    let model = Llama::new_trainable(&llm_cfg, &weights, &config_path, &trainable)?;
 
     let mut opts = Options::for_template(&template, &tokenizer);
     opts.mm_use_im_start_end = cfg.mm_use_im_start_end;

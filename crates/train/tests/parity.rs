@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use sightline_model::lora::LoraSpec;
+use sightline_model::{Llama, Trainable};
 use sightline_model::{LlamaConfig, LoadOptions, Weights};
 use sightline_train::finetune::{Batch, ImageInput, OptimSettings, Trainer};
-use sightline_train::lora::LoraSpec;
-use sightline_train::model::{TrainLlama, Trainable};
 use sightline_train::projector::{Projector, ProjectorType};
 
 fn fixtures() -> PathBuf {
@@ -82,12 +82,12 @@ impl Fixture {
     }
 }
 
-fn base_model(trainable: &Trainable) -> Result<TrainLlama> {
+fn base_model(trainable: &Trainable) -> Result<Llama> {
     let dir = fixtures().join("base");
     let cfg_path = dir.join("config.json");
     let cfg = LlamaConfig::from_file(&cfg_path)?;
     let w = Weights::from_dir(&dir, DType::F32, &Device::Cpu)?;
-    Ok(TrainLlama::new(&cfg, &w, &cfg_path, trainable)?)
+    Ok(Llama::new_trainable(&cfg, &w, &cfg_path, trainable)?)
 }
 
 fn lora_spec(fx: &Fixture) -> Result<LoraSpec> {
@@ -297,7 +297,7 @@ fn saved_checkpoints_load_back() -> Result<()> {
             tr.train_step(&[fx.batch(case, step)?])?;
         }
         let out = tmp.path().join(case);
-        let mine = tr.model.forward(&ids)?;
+        let mine = tr.model.forward(&ids, None)?;
         let loaded = match case {
             "full" => {
                 sightline_train::checkpoint::save_full(&out, &tr.model, Some(&base))?;
@@ -482,7 +482,7 @@ fn checkpointing_tied_embeddings_matches_plain() -> Result<()> {
     tensors.remove("lm_head.weight");
     let build = |on: bool| -> Result<Trainer> {
         let w = Weights::from_tensors(tensors.clone(), cfg_path.clone(), DType::F32, &Device::Cpu);
-        let model = TrainLlama::new(&cfg, &w, &cfg_path, &Trainable::Full)?;
+        let model = Llama::new_trainable(&cfg, &w, &cfg_path, &Trainable::Full)?;
         let mut tr = Trainer::new(model, None, fx.settings("full")?);
         tr.set_gradient_checkpointing(on);
         Ok(tr)

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use sightline_model::Weights;
 
@@ -285,9 +285,10 @@ impl Linear {
 }
 
 /// `nn.LayerNorm` over the last dim, two-pass (mean, then variance of the centred values) in
-/// f32 whatever the model dtype. Why not `candle_nn::ops::layer_norm`: it takes the variance as
-/// `E[x²] − E[x]²` in one pass, which cancels catastrophically on residual streams with a large
-/// common offset; PyTorch's kernel (Welford, f32 accumulation) does not.
+/// f32 whatever the model dtype ([`sightline_kernels::layer_norm`], forward and backward). Why
+/// not `candle_nn::ops::layer_norm`: it takes the variance as `E[x²] − E[x]²` in one pass, which
+/// cancels catastrophically on residual streams with a large common offset; PyTorch's kernel
+/// (Welford, f32 accumulation) does not.
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -308,14 +309,7 @@ impl LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
         let x = xs.to_dtype(DType::F32)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        let y = centred
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?;
+        let y = sightline_kernels::layer_norm(&x, &self.weight, &self.bias, self.eps)?;
         Ok(y.to_dtype(dtype)?)
     }
 }
