@@ -15,8 +15,8 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::param::NamedParam;
-use crate::projector::Projector;
 use sightline_model::Llama;
+use sightline_vision::projector::Projector;
 
 /// Files copied from the base model next to saved full weights (those that exist).
 pub const COPIED_FILES: &[&str] = &[

@@ -10,9 +10,10 @@ use crate::error::{Error, Result};
 use crate::loss::{causal_lm_loss, label_rows};
 use crate::optim::{clip_grad_norm, grad_norm, AdamW, ParamSpec};
 use crate::param::{decays, NamedParam};
-use crate::projector::{splice, Projector};
 use crate::schedule::{lr_lambda, SchedulerType};
 use sightline_model::Llama;
+use sightline_vision::projector::Projector;
+use sightline_vision::splice::splice_batch;
 
 /// How micro-batch losses are combined under gradient accumulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -86,7 +87,7 @@ pub struct Trainer {
     opt: AdamW,
     settings: OptimSettings,
     /// LLaVA's stage-1 splice branch (`tune_mm_mlp_adapter` with `mm_use_im_start_end`, see
-    /// [`splice`]); off by default.
+    /// [`splice_batch`]); off by default.
     pub stage1_branch: bool,
     /// Per-layer gradient checkpointing (`gradient_checkpointing` of the run config).
     checkpointing: bool,
@@ -198,7 +199,7 @@ impl Trainer {
                 })?;
                 let feats = proj.forward(&img.features)?;
                 (embeds, labels) =
-                    splice(&embeds, &feats, &img.positions, &labels, self.stage1_branch)?;
+                    splice_batch(&embeds, &feats, &img.positions, &labels, self.stage1_branch)?;
             }
             tokens += embeds.dim(0)? * embeds.dim(1)?;
             if self.checkpointing {

@@ -4,7 +4,8 @@
 //!   weights are candle `Var`s and frozen ones plain tensors (`Trainable`: full, frozen,
 //!   embeddings only, LoRA), LoRA is `sightline_model::lora`, and the ops with a backward are
 //!   `sightline_kernels`. This crate has no model code of its own.
-//! - [`projector`]: LLaVA's projector and the splice of image features.
+//! - LLaVA's projector and the splice of image features are `sightline_vision`'s
+//!   (`projector`, `splice`), the ones evaluation uses.
 //! - [`loss`]: transformers' shifted cross-entropy; [`optim`]: torch AdamW and
 //!   `clip_grad_norm_`; [`schedule`]: HF's warmup + linear/cosine schedules.
 //! - [`finetune::Trainer`]: one HF-Trainer optimizer step (accumulate, clip, AdamW, schedule);
@@ -50,7 +51,6 @@ pub mod loss;
 pub mod merge;
 pub mod optim;
 pub mod param;
-pub mod projector;
 pub mod run;
 pub mod schedule;
 pub mod setup;

@@ -11,8 +11,7 @@ use candle_core::{DType, Tensor};
 use crate::error::{Error, Result};
 use sightline_model::Llama;
 
-/// `ignore_index` of transformers' loss.
-pub const IGNORE_INDEX: i64 = -100;
+pub use sightline_vision::splice::IGNORE_INDEX;
 
 /// A batch's summed loss and the counts the normalisations need.
 pub struct LossParts {

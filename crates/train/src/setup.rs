@@ -18,8 +18,8 @@ use sightline_vision::preprocess::ImageProcessorConfig;
 use crate::config::TrainConfig;
 use crate::dataset::{on_mismatch, Dataset, LoadSettings};
 use crate::error::{Error, Result};
-use crate::projector::{Projector, ProjectorType};
 use sightline_model::Llama;
+use sightline_vision::projector::{Projector, ProjectorKind};
 
 /// How a new vocabulary row is initialised (M6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +217,16 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         _ => None,
     };
     let projector = if multimodal {
-        let kind = ProjectorType::parse(&cfg.mm_projector_type)?;
+        // Checked by `TrainConfig::validate` (linear or mlp2x_gelu).
+        let kind = ProjectorKind::parse_name(&cfg.mm_projector_type).ok_or_else(|| {
+            usage(format!(
+                "mm_projector_type `{}` is not supported",
+                cfg.mm_projector_type
+            ))
+        })?;
         Some(match &stage1 {
             Some((p, w)) => {
-                let proj = Projector::from_weights(w, p, vision_dim, hidden)?;
+                let proj = Projector::trainable_from_stage1(w, p, vision_dim, hidden)?;
                 if proj.kind != kind {
                     return Err(usage(format!(
                         "{}: a {} projector, but mm_projector_type is {}",

@@ -15,7 +15,7 @@ use sightline_model::lora::LoraSpec;
 use sightline_model::{Llama, Trainable};
 use sightline_model::{LlamaConfig, LoadOptions, Weights};
 use sightline_train::finetune::{Batch, ImageInput, OptimSettings, Trainer};
-use sightline_train::projector::{Projector, ProjectorType};
+use sightline_vision::projector::{Projector, ProjectorKind};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/train")
@@ -118,9 +118,12 @@ fn trainer(fx: &Fixture, case: &str) -> Result<Trainer> {
             t
         }
         "stage1" => {
-            let proj = Projector::from_tensors(
-                fx.t("stage1.init.model.mm_projector.weight")?,
-                fx.t("stage1.init.model.mm_projector.bias")?,
+            let proj = Projector::trainable(
+                ProjectorKind::Linear,
+                &[(
+                    fx.t("stage1.init.model.mm_projector.weight")?.clone(),
+                    fx.t("stage1.init.model.mm_projector.bias")?.clone(),
+                )],
             )?;
             Trainer::new(base_model(&Trainable::Frozen)?, Some(proj), settings)
         }
@@ -133,7 +136,8 @@ fn trainer(fx: &Fixture, case: &str) -> Result<Trainer> {
                         .clone(),
                 ))
             };
-            let proj = Projector::from_layers(ProjectorType::Mlp2xGelu, &[layer(0)?, layer(2)?])?;
+            let proj =
+                Projector::trainable(ProjectorKind::MlpGelu { depth: 2 }, &[layer(0)?, layer(2)?])?;
             Trainer::new(base_model(&Trainable::Full)?, Some(proj), settings)
         }
         _ => anyhow::bail!("unknown case {case}"),
@@ -319,8 +323,11 @@ fn saved_checkpoints_load_back() -> Result<()> {
                 let proj = tr.projector.as_ref().context("projector")?;
                 sightline_train::checkpoint::save_projector(&out, proj)?;
                 let file = out.join("mm_projector.safetensors");
-                let back = Projector::from_file(&file, 24, 32, &Device::Cpu)?;
-                let d = logits_diff(back.weight().as_tensor(), proj.weight().as_tensor())?;
+                let back = Projector::trainable_from_file(&file, 24, 32, &Device::Cpu)?;
+                let d = logits_diff(
+                    back.weight().context("weight")?,
+                    proj.weight().context("weight")?,
+                )?;
                 assert_eq!(d, 0.0);
                 continue;
             }

@@ -35,6 +35,7 @@ use crate::preprocess::{
     normalization_table, pixel_values, resize_and_crop, AspectMode, ImageProcessorConfig,
 };
 use crate::projector::{Projector, ProjectorKind};
+use crate::splice::splice_rows;
 
 /// LLaVA's `IMAGE_TOKEN_INDEX`: the id that marks the image in a tokenized prompt. Never a
 /// vocabulary id.
@@ -490,25 +491,14 @@ impl Llava {
                 features.len()
             )));
         }
-        let dev = self.llm.device();
-        let mut parts: Vec<Tensor> = Vec::new();
-        let mut text: Vec<u32> = Vec::new();
-        let mut next_image = features.iter();
         let vocab = self.llm.config.vocab_size;
-        let flush = |text: &mut Vec<u32>, parts: &mut Vec<Tensor>| -> Result<()> {
-            if !text.is_empty() {
-                let t = Tensor::from_slice(text, (1, text.len()), dev)?;
-                parts.push(self.llm.embed(&t)?.squeeze(0)?);
-                text.clear();
-            }
-            Ok(())
-        };
-        for &id in ids {
+        let mut text: Vec<u32> = Vec::with_capacity(ids.len());
+        let mut positions = Vec::with_capacity(markers);
+        for (i, &id) in ids.iter().enumerate() {
             if id == IMAGE_TOKEN_INDEX {
-                flush(&mut text, &mut parts)?;
-                if let Some(f) = next_image.next() {
-                    parts.push(f.to_dtype(self.llm.dtype())?);
-                }
+                // Any valid id: the marker's embedding row is replaced below.
+                positions.push(i);
+                text.push(0);
             } else if id < 0 || id as usize >= vocab {
                 return Err(Error::Request(format!(
                     "token id {id} is outside the vocabulary ({vocab})"
@@ -517,8 +507,13 @@ impl Llava {
                 text.push(id as u32);
             }
         }
-        flush(&mut text, &mut parts)?;
-        Ok(Tensor::cat(&parts, 0)?)
+        let t = Tensor::from_vec(text, (1, ids.len()), self.llm.device())?;
+        let embeds = self.llm.embed(&t)?.squeeze(0)?;
+        let feats = features
+            .iter()
+            .map(|f| f.to_dtype(self.llm.dtype()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        splice_rows(&embeds, &positions, &feats)
     }
 
     /// The spliced embeddings `[1, len, hidden]` of a prompt and its image (if any).
