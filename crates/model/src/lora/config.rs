@@ -265,6 +265,13 @@ impl LoraConfig {
                 return refuse(format!("`{field}` is {v}: {what} is not supported"));
             }
         }
+        self.validate_patterns(path)
+    }
+
+    /// The pattern fields (`exclude_modules`, `rank_pattern`, `alpha_pattern`,
+    /// `layers_pattern`): only forms whose meaning sightline evaluates exactly.
+    fn validate_patterns(&self, path: &Path) -> Result<()> {
+        let refuse = |msg: String| Err(Error::format(path, msg));
         if let Some(ModuleNames::Pattern(p)) = &self.exclude_modules {
             return refuse(format!(
                 "`exclude_modules` is the regular expression `{p}`, which sightline does not \
