@@ -17,6 +17,7 @@
 
 pub mod layers;
 pub mod train;
+mod trainable;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ use crate::weights::Weights;
 use layers::{Attention, Ctx, DecoderLayer, Linear, Mlp, RmsNorm, Rope};
 
 pub use layers::{inv_freq, KvCache};
-pub use train::Trainable;
+pub use trainable::Trainable;
 
 /// Where the LoRA updates of a model come from.
 enum LoraSource {

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::{names_module, LoraConfig};
 use super::layer::LoraLayer;
-use super::{
+use super::names::{
     module_name, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LINEAR_MODULES, PROJECTOR_MODULE,
     PROJECTOR_PREFIX,
 };

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::{DEFAULT_TARGETS, LINEAR_MODULES, PROJECTOR_MODULE};
+use super::names::{DEFAULT_TARGETS, LINEAR_MODULES, PROJECTOR_MODULE};
 use crate::error::{Error, Result};
 
 /// `target_modules` / `exclude_modules`: PEFT accepts a list of names (matched on a `.`-bounded

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::LINEAR_MODULES;
+use super::names::LINEAR_MODULES;
 use crate::error::{Error, Result};
 use crate::param::{NamedParam, Param};
 

@@ -40,19 +40,6 @@ fn select_feature(s: &str, key: &str, path: &Path) -> Result<SelectFeature> {
     }
 }
 
-/// Whether a model directory (or Hub id) has a `config.json` that describes a LLaVA checkpoint
-/// (either layout).
-pub fn is_llava_dir(dir: &Path) -> Result<bool> {
-    let path = hub::resolve_path(dir, Need::Model)?
-        .path
-        .join("config.json");
-    if !path.is_file() {
-        return Ok(false);
-    }
-    let (layout, _, _) = read_checkpoint_config(&path)?;
-    Ok(layout.is_multimodal())
-}
-
 impl Llava {
     /// Loads a LLaVA checkpoint directory (or Hub id), or a text LLM plus `opts.mm_projector`.
     pub fn load(model: &Path, opts: &LlavaOptions) -> Result<Self> {

@@ -26,8 +26,9 @@ mod score;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use sightline_model::config::CheckpointLayout;
+use sightline_model::config::{read_checkpoint_config, CheckpointLayout};
 use sightline_model::generate::{generate_embeds, GenerateOptions, Generation};
+use sightline_model::hub::{self, Need};
 use sightline_model::{LoadOptions, Tokenizer};
 
 use crate::batch_generate::{generate_batched, BatchPrompt, Decoding, OutputSink};
@@ -90,8 +91,26 @@ pub struct Llava {
     image_tokens: ImageTokens,
 }
 
-pub use load::is_llava_dir;
-pub use score::ImageRequest;
+/// Whether a model directory (or Hub id) has a `config.json` that describes a LLaVA checkpoint
+/// (either layout).
+pub fn is_llava_dir(dir: &Path) -> Result<bool> {
+    let path = hub::resolve_path(dir, Need::Model)?
+        .path
+        .join("config.json");
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let (layout, _, _) = read_checkpoint_config(&path)?;
+    Ok(layout.is_multimodal())
+}
+
+/// A scoring request with an optional image (`sightline score` JSONL: `"image": path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRequest {
+    pub context: String,
+    pub continuation: String,
+    pub image: Option<PathBuf>,
+}
 
 impl Llava {
     /// What LLaVA's eval scripts put before the question: `<im_start><image><im_end>` when the

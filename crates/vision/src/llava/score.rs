@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use sightline_model::llama::logprob_and_greedy;
 use sightline_model::score::{Request, ScoreOptions, Scored};
 
-use super::{Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
+use super::{ImageRequest, Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
 use crate::error::{Error, Result};
 
 impl Llava {
@@ -185,14 +185,6 @@ impl Llava {
             targets,
         })
     }
-}
-
-/// A scoring request with an optional image (`sightline score` JSONL: `"image": path`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRequest {
-    pub context: String,
-    pub continuation: String,
-    pub image: Option<PathBuf>,
 }
 
 struct PreparedRequest {
