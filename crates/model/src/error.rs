@@ -42,6 +42,9 @@ pub enum Error {
     /// missing file and cache directory.
     #[error("{0}")]
     Hub(String),
+    /// Settings that cannot work (a LoRA rank of 0, training on non-f32 weights, ...).
+    #[error("{0}")]
+    Config(String),
     /// Something the model family or the build does not support.
     #[error("{0}")]
     Unsupported(String),

@@ -7,7 +7,9 @@
 //!   shared-prefix KV caching.
 //! - [`generate`] decodes greedily or by sampling with a KV cache.
 //! - [`lora`] applies a PEFT LoRA adapter unmerged, as lm-eval's `peft=` does
-//!   ([`LoadOptions::adapter`]).
+//!   ([`LoadOptions::adapter`]), and trains fresh ones ([`llama::Trainable::Lora`]).
+//! - [`llama::Llama`] is the one decoder: frozen for evaluation, with `Var`s where it trains
+//!   ([`param`]); its ops are `sightline_kernels`'.
 //!
 //! ```no_run
 //! use sightline_model::{load, score::{score, Request, ScoreOptions}, LoadOptions};
@@ -18,7 +20,6 @@
 //! # Ok::<(), sightline_model::Error>(())
 //! ```
 
-pub mod attention;
 pub mod builtin;
 pub mod config;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod hub;
 pub mod llama;
 pub mod llama2c;
 pub mod lora;
+pub mod param;
 pub mod score;
 pub mod tokenizer;
 pub mod weights;
@@ -37,7 +39,7 @@ use candle_core::{DType, Device};
 
 pub use config::{CheckpointLayout, LlamaConfig};
 pub use error::{Error, Result};
-pub use llama::Llama;
+pub use llama::{Llama, Trainable};
 pub use lora::LoraAdapter;
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;

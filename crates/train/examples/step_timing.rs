@@ -22,10 +22,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use sightline_model::lora::LoraSpec;
+use sightline_model::{Llama, Trainable};
 use sightline_model::{LlamaConfig, Weights};
 use sightline_train::finetune::{AccumLoss, Batch, OptimSettings, Trainer};
-use sightline_train::lora::LoraSpec;
-use sightline_train::model::{TrainLlama, Trainable};
 use sightline_train::schedule::SchedulerType;
 
 #[global_allocator]
@@ -106,7 +106,7 @@ fn main() -> Result<()> {
         }),
         other => bail!("mode `{other}`: expected full or lora"),
     };
-    let model = TrainLlama::new(&cfg, &w, &cfg_path, &trainable)?;
+    let model = Llama::new_trainable(&cfg, &w, &cfg_path, &trainable)?;
     drop(w);
     let settings = OptimSettings {
         learning_rate: 1e-4,

@@ -18,8 +18,8 @@ use crate::checkpoint::{atomic_write, copy_base_files, save_safetensors, COPIED_
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::finetune::Trainer;
-use crate::lora::adapter_config_json;
 use crate::param::NamedParam;
+use sightline_model::lora::adapter_config_json;
 
 /// Writes a run's artefacts into a directory.
 pub struct Saver<'a> {

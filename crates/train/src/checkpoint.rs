@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::TrainLlama;
 use crate::param::NamedParam;
-use crate::projector::Projector;
+use sightline_model::Llama;
+use sightline_vision::projector::Projector;
 
 /// Files copied from the base model next to saved full weights (those that exist).
 pub const COPIED_FILES: &[&str] = &[
@@ -83,7 +83,7 @@ fn create_dir(dir: &Path) -> Result<()> {
 
 /// Full weights (frozen and trained) as `dir/model.safetensors` with HF names, plus the base
 /// model's config and tokenizer files from `base_dir` (when given).
-pub fn save_full(dir: &Path, model: &TrainLlama, base_dir: Option<&Path>) -> Result<()> {
+pub fn save_full(dir: &Path, model: &Llama, base_dir: Option<&Path>) -> Result<()> {
     create_dir(dir)?;
     if model.lora_spec().is_some() {
         return Err(Error::Config(
@@ -105,13 +105,13 @@ pub fn save_projector(dir: &Path, projector: &Projector) -> Result<()> {
 }
 
 /// The LoRA adapter in PEFT's format; `base_model` goes to `base_model_name_or_path`.
-pub fn save_lora(dir: &Path, model: &TrainLlama, base_model: &str) -> Result<()> {
+pub fn save_lora(dir: &Path, model: &Llama, base_model: &str) -> Result<()> {
     let spec = model
         .lora_spec()
         .ok_or_else(|| Error::Config("the model has no LoRA adapters to save".into()))?;
     create_dir(dir)?;
     save_safetensors(&dir.join("adapter_model.safetensors"), &model.lora_params())?;
-    let cfg = crate::lora::adapter_config_json(spec, base_model);
+    let cfg = sightline_model::lora::adapter_config_json(spec, base_model);
     let text = serde_json::to_string_pretty(&cfg)
         .map_err(|e| Error::Config(format!("adapter_config.json: {e}")))?;
     atomic_write(

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::finetune::{AccumLoss, OptimSettings};
-use crate::lora::LoraSpec;
-use crate::model::Trainable;
 use crate::schedule::{warmup_steps, SchedulerType};
+use sightline_model::lora::LoraSpec;
+use sightline_model::Trainable;
 
 /// One training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,11 +8,12 @@ use candle_core::{Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::loss::{causal_lm_loss, label_rows};
-use crate::model::TrainLlama;
 use crate::optim::{clip_grad_norm, grad_norm, AdamW, ParamSpec};
 use crate::param::{decays, NamedParam};
-use crate::projector::{splice, Projector};
 use crate::schedule::{lr_lambda, SchedulerType};
+use sightline_model::Llama;
+use sightline_vision::projector::Projector;
+use sightline_vision::splice::splice_batch;
 
 /// How micro-batch losses are combined under gradient accumulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -82,14 +83,14 @@ pub struct StepReport {
 
 /// A model, its optional projector, their optimizer and the gradient buffers.
 pub struct Trainer {
-    pub model: TrainLlama,
+    pub model: Llama,
     pub projector: Option<Projector>,
     params: Vec<NamedParam>,
     grads: Vec<Vec<f32>>,
     opt: AdamW,
     settings: OptimSettings,
     /// LLaVA's stage-1 splice branch (`tune_mm_mlp_adapter` with `mm_use_im_start_end`, see
-    /// [`splice`]); off by default.
+    /// [`splice_batch`]); off by default.
     pub stage1_branch: bool,
     /// Per-layer gradient checkpointing (`gradient_checkpointing` of the run config).
     checkpointing: bool,
@@ -98,7 +99,7 @@ pub struct Trainer {
 impl Trainer {
     /// Registers every trainable tensor (decoder first, then the projector) with AdamW, in
     /// HF's two groups per learning rate: decayed and not (see [`decays`]).
-    pub fn new(model: TrainLlama, projector: Option<Projector>, settings: OptimSettings) -> Self {
+    pub fn new(model: Llama, projector: Option<Projector>, settings: OptimSettings) -> Self {
         let mut params = model.trainable();
         let n_decoder = params.len();
         if let Some(p) = &projector {
@@ -208,7 +209,7 @@ impl Trainer {
                 })?;
                 let feats = proj.forward(&img.features)?;
                 (embeds, labels) =
-                    splice(&embeds, &feats, &img.positions, &labels, self.stage1_branch)?;
+                    splice_batch(&embeds, &feats, &img.positions, &labels, self.stage1_branch)?;
             }
             tokens += embeds.dim(0)? * embeds.dim(1)?;
             targets.push(shifted_targets(&labels));
@@ -217,7 +218,7 @@ impl Trainer {
                 losses.push(self.backward_checkpointed(&embeds, &labels, n, group_labels)?);
                 continue;
             }
-            let hidden = self.model.forward_hidden(&embeds, true)?;
+            let hidden = self.model.forward_hidden_train(&embeds, true)?;
             let parts = causal_lm_loss(&self.model, &hidden, &labels)?;
             if parts.targets == 0 {
                 losses.push(f64::NAN);
@@ -319,7 +320,7 @@ impl Trainer {
     }
 }
 
-/// Gradient checkpointing (see [`TrainLlama::checkpointed_backward`]): same losses and
+/// Gradient checkpointing (see [`Llama::checkpointed_backward`]): same losses and
 /// gradients as the plain path, activation memory of one layer instead of all of them.
 impl Trainer {
     /// Turns per-decoder-layer gradient checkpointing on or off (off by default).
@@ -345,7 +346,7 @@ impl Trainer {
         let model = &self.model;
         let (params, grads) = (&self.params, &mut self.grads);
         let mut loss = f64::NAN;
-        model.checkpointed_backward(
+        model.checkpointed_backward::<Error>(
             embeds,
             true,
             |hidden| {

@@ -1,19 +1,19 @@
 //! `sightline-train`: the training core for LLaVA's two-stage recipe and text-only tuning.
 //!
-//! - [`model::TrainLlama`]: a differentiable `LlamaForCausalLM` whose trainable weights are
-//!   candle `Var`s and frozen ones plain tensors ([`model::Trainable`]: full, frozen, LoRA).
-//! - [`lora`]: PEFT LoRA (init, dropout, saved keys); [`projector`]: LLaVA's linear projector
-//!   and the splice of image features.
+//! - The model is `sightline_model::Llama` built with [`Llama::new_trainable`]: its trainable
+//!   weights are candle `Var`s and frozen ones plain tensors (`Trainable`: full, frozen,
+//!   embeddings only, LoRA), LoRA is `sightline_model::lora`, and the ops with a backward are
+//!   `sightline_kernels`. This crate has no model code of its own.
+//! - LLaVA's projector and the splice of image features are `sightline_vision`'s
+//!   (`projector`, `splice`), the ones evaluation uses.
 //! - [`loss`]: transformers' shifted cross-entropy; [`optim`]: torch AdamW and
 //!   `clip_grad_norm_`; [`schedule`]: HF's warmup + linear/cosine schedules.
 //! - [`finetune::Trainer`]: one HF-Trainer optimizer step (accumulate, clip, AdamW, schedule);
 //!   [`finetune::Trainer::set_gradient_checkpointing`] recomputes each decoder layer in the
 //!   backward instead of keeping its activations (same losses and gradients, bit for bit in
 //!   the tests; activation memory of one layer plus each layer's input).
-//! - [`fused`]: CPU ops with hand-written backward passes (RMSNorm, RoPE, causal softmax,
-//!   SwiGLU, cross-entropy, a matmul that skips the frozen weight's gradient) that replace
-//!   chains of generic autograd ops; AdamW updates parameters in place. Speed and memory
-//!   against PyTorch: `bench/train_step_vs_torch.py`, figures in BENCHMARKS.md.
+//! - AdamW updates parameters in place. Speed and memory against PyTorch:
+//!   `bench/train_step_vs_torch.py`, figures in BENCHMARKS.md.
 //! - [`checkpoint`]: full weights, `mm_projector.safetensors`, PEFT adapters, atomically.
 //! - [`config::TrainConfig`]: the run settings with HF-Trainer / LLaVA field names.
 //!
@@ -23,12 +23,12 @@
 //! ```no_run
 //! use std::path::Path;
 //! use candle_core::{DType, Device};
-//! use sightline_model::{LlamaConfig, Weights};
-//! use sightline_train::{finetune::*, model::*, schedule::SchedulerType};
+//! use sightline_model::{Llama, LlamaConfig, Trainable, Weights};
+//! use sightline_train::{finetune::*, schedule::SchedulerType};
 //! let dir = Path::new("tests/fixtures/train/base");
 //! let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
 //! let w = Weights::from_dir(dir, DType::F32, &Device::Cpu)?;
-//! let model = TrainLlama::new(&cfg, &w, &dir.join("config.json"), &Trainable::Full)?;
+//! let model = Llama::new_trainable(&cfg, &w, &dir.join("config.json"), &Trainable::Full)?;
 //! let settings = OptimSettings {
 //!     learning_rate: 2e-5, mm_projector_lr: None, weight_decay: 0.0,
 //!     adam_beta1: 0.9, adam_beta2: 0.999, adam_epsilon: 1e-8,
@@ -47,16 +47,15 @@ pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod finetune;
-pub mod fused;
-pub mod lora;
 pub mod loss;
 pub mod merge;
-pub mod model;
 pub mod optim;
 pub mod param;
-pub mod projector;
 pub mod run;
 pub mod schedule;
 pub mod setup;
 
 pub use error::{Error, Result};
+
+#[doc(no_inline)]
+pub use sightline_model::Llama;

@@ -9,10 +9,9 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::TrainLlama;
+use sightline_model::Llama;
 
-/// `ignore_index` of transformers' loss.
-pub const IGNORE_INDEX: i64 = -100;
+pub use sightline_vision::splice::IGNORE_INDEX;
 
 /// A batch's summed loss and the counts the normalisations need.
 pub struct LossParts {
@@ -42,11 +41,7 @@ pub fn label_rows(labels: &Tensor, vocab: usize) -> Result<Vec<Vec<i64>>> {
 }
 
 /// Shifted next-token cross-entropy of final hidden states `[b, t, hidden]` against label rows.
-pub fn causal_lm_loss(
-    model: &TrainLlama,
-    hidden: &Tensor,
-    labels: &[Vec<i64>],
-) -> Result<LossParts> {
+pub fn causal_lm_loss(model: &Llama, hidden: &Tensor, labels: &[Vec<i64>]) -> Result<LossParts> {
     let (b, t, hs) = hidden.dims3()?;
     if labels.len() != b || labels.iter().any(|r| r.len() != t) {
         return Err(Error::Batch(format!(
@@ -79,8 +74,8 @@ pub fn causal_lm_loss(
     let h = hidden.reshape((b * t, hs))?.index_select(&idx, 0)?;
     let logits = model.logits(&h)?.to_dtype(DType::F32)?; // [n, vocab]
 
-    // One pass per row forward and back, no [n, vocab] log-probabilities kept (fused.rs).
-    let nll = crate::fused::cross_entropy_rows(&logits, &targets)?; // [n]
+    // One pass per row forward and back, no [n, vocab] log-probabilities kept (`sightline_kernels`).
+    let nll = sightline_kernels::cross_entropy_rows(&logits, &targets)?; // [n]
     Ok(LossParts {
         sum: nll.sum_all()?,
         targets: n,

@@ -63,14 +63,8 @@ pub fn merge_lora(base: &Path, adapter: &Path, out: &Path, tolerance: f32) -> Re
         let w = weights.get_any_shape(&name)?;
         let module = name.strip_suffix(".weight").unwrap_or(&name);
         let t = match deltas.get(module) {
-            Some(delta) => {
-                let (out_dim, in_dim) = w.dims2()?;
-                let eye = Tensor::eye(in_dim, DType::F32, &dev)?;
-                // apply(x, 0) = scaling · x·Aᵀ·Bᵀ; with x = I that is ΔWᵀ.
-                let dw_t =
-                    delta.apply(&eye, Tensor::zeros((in_dim, out_dim), DType::F32, &dev)?)?;
-                (w + dw_t.t()?)?
-            }
+            // ΔW = scaling · B·A, as the unmerged layer adds it (see `LoraLayer::delta_weight`).
+            Some(delta) => (w + delta.delta_weight()?)?,
             None => w,
         };
         merged.insert(name, t);

@@ -327,6 +327,7 @@ fn lora_position(trainer: &Trainer) -> Result<Option<u128>> {
         .next()
         .map(|l| l.rng_position())
         .transpose()
+        .map_err(Into::into)
 }
 
 /// The newest `checkpoint-N` directory of `out`, if any.

@@ -18,8 +18,8 @@ use sightline_vision::preprocess::ImageProcessorConfig;
 use crate::config::TrainConfig;
 use crate::dataset::{on_mismatch, Dataset, LoadSettings};
 use crate::error::{Error, Result};
-use crate::model::TrainLlama;
-use crate::projector::{Projector, ProjectorType};
+use sightline_model::Llama;
+use sightline_vision::projector::{Projector, ProjectorKind};
 
 /// How a new vocabulary row is initialised (M6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Vision {
 
 /// Everything a run needs before its first step.
 pub struct Setup {
-    pub model: TrainLlama,
+    pub model: Llama,
     pub projector: Option<Projector>,
     pub vision: Option<Vision>,
     pub tokenizer: Tokenizer,
@@ -217,10 +217,16 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         _ => None,
     };
     let projector = if multimodal {
-        let kind = ProjectorType::parse(&cfg.mm_projector_type)?;
+        // Checked by `TrainConfig::validate` (linear or mlp2x_gelu).
+        let kind = ProjectorKind::parse_name(&cfg.mm_projector_type).ok_or_else(|| {
+            usage(format!(
+                "mm_projector_type `{}` is not supported",
+                cfg.mm_projector_type
+            ))
+        })?;
         Some(match &stage1 {
             Some((p, w)) => {
-                let proj = Projector::from_weights(w, p, vision_dim, hidden)?;
+                let proj = Projector::trainable_from_stage1(w, p, vision_dim, hidden)?;
                 if proj.kind != kind {
                     return Err(usage(format!(
                         "{}: a {} projector, but mm_projector_type is {}",
@@ -293,7 +299,7 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         weights.with_overrides(overrides, config_path.clone())
     };
     let trainable = cfg.trainable()?;
-    let model = TrainLlama::new(&llm_cfg, &weights, &config_path, &trainable)?;
+    let model = Llama::new_trainable(&llm_cfg, &weights, &config_path, &trainable)?;
 
     let mut opts = Options::for_template(&template, &tokenizer);
     opts.mm_use_im_start_end = cfg.mm_use_im_start_end;

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use sightline_model::{LlamaConfig, Weights};
+use sightline_model::{Llama, LlamaConfig, Trainable, Weights};
 use sightline_train::finetune::{group_loss, AccumLoss, Batch, OptimSettings, Trainer};
-use sightline_train::model::{TrainLlama, Trainable};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/train")
@@ -46,7 +45,7 @@ fn full_case() -> Result<(Trainer, Vec<Batch>, usize)> {
     let cfg_path = dir.join("config.json");
     let cfg = LlamaConfig::from_file(&cfg_path)?;
     let w = Weights::from_dir(&dir, DType::F32, &Device::Cpu)?;
-    let model = TrainLlama::new(&cfg, &w, &cfg_path, &Trainable::Full)?;
+    let model = Llama::new_trainable(&cfg, &w, &cfg_path, &Trainable::Full)?;
     let tensors =
         candle_core::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu)?;
     let t = |name: String| -> Result<Tensor> {

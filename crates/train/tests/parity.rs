@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use sightline_model::lora::LoraSpec;
+use sightline_model::{Llama, Trainable};
 use sightline_model::{LlamaConfig, LoadOptions, Weights};
 use sightline_train::finetune::{Batch, ImageInput, OptimSettings, Trainer};
-use sightline_train::lora::LoraSpec;
-use sightline_train::model::{TrainLlama, Trainable};
-use sightline_train::projector::{Projector, ProjectorType};
+use sightline_vision::projector::{Projector, ProjectorKind};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/train")
@@ -82,12 +82,12 @@ impl Fixture {
     }
 }
 
-fn base_model(trainable: &Trainable) -> Result<TrainLlama> {
+fn base_model(trainable: &Trainable) -> Result<Llama> {
     let dir = fixtures().join("base");
     let cfg_path = dir.join("config.json");
     let cfg = LlamaConfig::from_file(&cfg_path)?;
     let w = Weights::from_dir(&dir, DType::F32, &Device::Cpu)?;
-    Ok(TrainLlama::new(&cfg, &w, &cfg_path, trainable)?)
+    Ok(Llama::new_trainable(&cfg, &w, &cfg_path, trainable)?)
 }
 
 fn lora_spec(fx: &Fixture) -> Result<LoraSpec> {
@@ -118,9 +118,12 @@ fn trainer(fx: &Fixture, case: &str) -> Result<Trainer> {
             t
         }
         "stage1" => {
-            let proj = Projector::from_tensors(
-                fx.t("stage1.init.model.mm_projector.weight")?,
-                fx.t("stage1.init.model.mm_projector.bias")?,
+            let proj = Projector::trainable(
+                ProjectorKind::Linear,
+                &[(
+                    fx.t("stage1.init.model.mm_projector.weight")?.clone(),
+                    fx.t("stage1.init.model.mm_projector.bias")?.clone(),
+                )],
             )?;
             Trainer::new(base_model(&Trainable::Frozen)?, Some(proj), settings)
         }
@@ -133,7 +136,8 @@ fn trainer(fx: &Fixture, case: &str) -> Result<Trainer> {
                         .clone(),
                 ))
             };
-            let proj = Projector::from_layers(ProjectorType::Mlp2xGelu, &[layer(0)?, layer(2)?])?;
+            let proj =
+                Projector::trainable(ProjectorKind::MlpGelu { depth: 2 }, &[layer(0)?, layer(2)?])?;
             Trainer::new(base_model(&Trainable::Full)?, Some(proj), settings)
         }
         _ => anyhow::bail!("unknown case {case}"),
@@ -297,7 +301,7 @@ fn saved_checkpoints_load_back() -> Result<()> {
             tr.train_step(&[fx.batch(case, step)?])?;
         }
         let out = tmp.path().join(case);
-        let mine = tr.model.forward(&ids)?;
+        let mine = tr.model.forward(&ids, None)?;
         let loaded = match case {
             "full" => {
                 sightline_train::checkpoint::save_full(&out, &tr.model, Some(&base))?;
@@ -319,8 +323,11 @@ fn saved_checkpoints_load_back() -> Result<()> {
                 let proj = tr.projector.as_ref().context("projector")?;
                 sightline_train::checkpoint::save_projector(&out, proj)?;
                 let file = out.join("mm_projector.safetensors");
-                let back = Projector::from_file(&file, 24, 32, &Device::Cpu)?;
-                let d = logits_diff(back.weight().as_tensor(), proj.weight().as_tensor())?;
+                let back = Projector::trainable_from_file(&file, 24, 32, &Device::Cpu)?;
+                let d = logits_diff(
+                    back.weight().context("weight")?,
+                    proj.weight().context("weight")?,
+                )?;
                 assert_eq!(d, 0.0);
                 continue;
             }
@@ -482,7 +489,7 @@ fn checkpointing_tied_embeddings_matches_plain() -> Result<()> {
     tensors.remove("lm_head.weight");
     let build = |on: bool| -> Result<Trainer> {
         let w = Weights::from_tensors(tensors.clone(), cfg_path.clone(), DType::F32, &Device::Cpu);
-        let model = TrainLlama::new(&cfg, &w, &cfg_path, &Trainable::Full)?;
+        let model = Llama::new_trainable(&cfg, &w, &cfg_path, &Trainable::Full)?;
         let mut tr = Trainer::new(model, None, fx.settings("full")?);
         tr.set_gradient_checkpointing(on);
         Ok(tr)

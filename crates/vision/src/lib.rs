@@ -8,6 +8,7 @@ pub mod conversation;
 pub mod llava;
 pub mod preprocess;
 pub mod projector;
+pub mod splice;
 
 /// The decoded RGB image type that image hooks (corruptions) transform.
 pub use image::RgbImage;

@@ -1,9 +1,10 @@
-//! The fused ops of `sightline_train::fused` against the composed candle ops they replace
-//! (forward and gradients, ≤ 1e-5 relative) and against central finite differences.
+//! Every kernel of `sightline-kernels` against the composed candle ops it replaces (forward and
+//! gradients, ≤ 1e-5 relative), against central finite differences, and its forward-only path
+//! (nothing tracks a gradient) against its path with a backward.
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
-use sightline_train::fused;
+use sightline_kernels as fused;
 
 fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
     // A small LCG: fixed values on every machine, no dependency on candle's RNG.
@@ -126,22 +127,23 @@ fn rms_norm_matches_composed_and_finite_differences() -> Result<()> {
 #[test]
 fn rope_matches_composed_and_finite_differences() -> Result<()> {
     let (t, d) = (5, 8);
-    // HF tables: angles pos · inv_freq, each half repeated.
+    // Tables [t, d/2]: angles pos · inv_freq.
     let mut cos = Vec::new();
     let mut sin = Vec::new();
     for p in 0..t {
-        for _ in 0..2 {
-            for i in 0..d / 2 {
-                let a = p as f32 / 10000f32.powf(2.0 * i as f32 / d as f32);
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
+        for i in 0..d / 2 {
+            let a = p as f32 / 10000f32.powf(2.0 * i as f32 / d as f32);
+            cos.push(a.cos());
+            sin.push(a.sin());
         }
     }
-    let cos = Tensor::from_vec(cos, (t, d), &Device::Cpu)?;
-    let sin = Tensor::from_vec(sin, (t, d), &Device::Cpu)?;
+    let cos = Tensor::from_vec(cos, (t, d / 2), &Device::Cpu)?;
+    let sin = Tensor::from_vec(sin, (t, d / 2), &Device::Cpu)?;
     let x = randn(&[2, 3, t, d], 3)?;
     let (c1, s1) = (cos.clone(), sin.clone());
+    // HF's composed form, on [t, d] tables that repeat each half.
+    let cos_full = Tensor::cat(&[&cos, &cos], 1)?;
+    let sin_full = Tensor::cat(&[&sin, &sin], 1)?;
     check(
         "rope",
         &|a| fused::rope(&a[0], &c1, &s1),
@@ -149,10 +151,32 @@ fn rope_matches_composed_and_finite_differences() -> Result<()> {
             let x1 = a[0].narrow(D::Minus1, 0, d / 2)?;
             let x2 = a[0].narrow(D::Minus1, d / 2, d / 2)?;
             let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-            a[0].broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+            a[0].broadcast_mul(&cos_full)? + rotated.broadcast_mul(&sin_full)?
         },
         &[x],
     )
+}
+
+/// RoPE with the head transpose: the forward-only kernel (which reads the tables at an offset)
+/// agrees with candle's `rope_slow` on the transposed copy, and so does the path with gradients.
+#[test]
+fn rope_to_heads_matches_candle_rope() -> Result<()> {
+    let (b, t, h, d, offset) = (2, 5, 3, 16, 4);
+    let x = randn(&[b, t, h, d], 21)?;
+    let cos = randn(&[12, d / 2], 22)?;
+    let sin = randn(&[12, d / 2], 23)?;
+    let fast = fused::rope_to_heads(&x, &cos, &sin, offset)?;
+    let want = candle_nn::rotary_emb::rope_slow(
+        &x.transpose(1, 2)?.contiguous()?,
+        &cos.narrow(0, offset, t)?,
+        &sin.narrow(0, offset, t)?,
+    )?;
+    ensure!(rel(&fast, &want)? < 1e-6, "forward-only path");
+    let xv = Var::from_tensor(&x)?;
+    let tracked = fused::rope_to_heads(xv.as_tensor(), &cos, &sin, offset)?;
+    ensure!(tracked.track_op(), "no graph recorded");
+    ensure!(rel(&tracked, &want)? < 1e-6, "path with gradients");
+    Ok(())
 }
 
 #[test]
@@ -252,4 +276,151 @@ fn swiglu_matches_composed_and_finite_differences() -> Result<()> {
         &|a| a[0].silu()? * &a[1],
         &[gate, up],
     )
+}
+
+#[test]
+fn layer_norm_matches_composed_and_finite_differences() -> Result<()> {
+    // A large common offset: the two-pass variance must not cancel.
+    let x = (randn(&[6, 16], 15)? + 30.0)?;
+    let w = (randn(&[16], 16)? + 1.0)?;
+    let b = randn(&[16], 17)?;
+    let eps = 1e-5;
+    check(
+        "layer_norm",
+        &|a| fused::layer_norm(&a[0], &a[1], &a[2], eps),
+        &|a| {
+            let mean = a[0].mean_keepdim(D::Minus1)?;
+            let c = a[0].broadcast_sub(&mean)?;
+            let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+            c.broadcast_div(&(var + eps)?.sqrt()?)?
+                .broadcast_mul(&a[1])?
+                .broadcast_add(&a[2])
+        },
+        &[x, w, b],
+    )
+}
+
+/// Reference attention: K/V repeated per query head, dense scores, mask, differentiable softmax.
+fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let total = k.dim(2)?;
+    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
+        let (b, kvh, n, d) = x.dims4()?;
+        x.unsqueeze(2)?
+            .expand((b, kvh, h / kvh, n, d))?
+            .reshape((b, h, n, d))
+    };
+    let att = (q.matmul(&rep(k)?.t()?)? / (d as f64).sqrt())?;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let att = att.broadcast_add(&Tensor::from_vec(mask, (t, total), &Device::Cpu)?)?;
+    Ok(candle_nn::ops::softmax(&att, D::Minus1)?
+        .matmul(&rep(v)?)?
+        .transpose(1, 2)?
+        .reshape((b * t, h * d))?)
+}
+
+/// Every attention path (fused forward-only kernel, composed forward-only, with gradients at
+/// offset 0 and after a cached prefix) agrees with the reference, GQA included.
+#[test]
+fn causal_attention_paths_agree() -> Result<()> {
+    for (d, offset) in [(24, 3), (24, 0), (64, 5), (64, 0)] {
+        let (b, h, kvh, t) = (2, 4, 2, 5);
+        let q = randn(&[b, h, t, d], 31)?;
+        let k = randn(&[b, kvh, offset + t, d], 32)?;
+        let v = randn(&[b, kvh, offset + t, d], 33)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let want = reference_attention(&q, &k, &v, offset)?;
+        let fast = fused::causal_attention(&q, &k, &v, offset, scale)?;
+        let d1 = rel(&fast, &want)?;
+        ensure!(
+            d1 < 1e-5,
+            "d {d} offset {offset}: forward-only differs by {d1:.2e}"
+        );
+        let qv = Var::from_tensor(&q)?;
+        let tracked = fused::causal_attention(qv.as_tensor(), &k, &v, offset, scale)?;
+        ensure!(tracked.track_op(), "no graph recorded");
+        let d2 = rel(&tracked, &want)?;
+        ensure!(
+            d2 < 1e-5,
+            "d {d} offset {offset}: tracked differs by {d2:.2e}"
+        );
+    }
+    Ok(())
+}
+
+/// Gradients through the whole attention (q, k and v) against the reference and finite
+/// differences.
+#[test]
+fn causal_attention_gradients() -> Result<()> {
+    let (b, h, kvh, t, d) = (1, 4, 2, 4, 8);
+    let q = randn(&[b, h, t, d], 41)?;
+    let k = randn(&[b, kvh, t, d], 42)?;
+    let v = randn(&[b, kvh, t, d], 43)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    check(
+        "causal_attention",
+        &|a| fused::causal_attention(&a[0], &a[1], &a[2], 0, scale),
+        &|a| {
+            reference_attention(&a[0], &a[1], &a[2], 0)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        },
+        &[q, k, v],
+    )
+}
+
+/// The forward-only path of each op gives the values of its path with a backward.
+#[test]
+fn forward_only_paths_match_paths_with_backward() -> Result<()> {
+    let x = randn(&[6, 16], 51)?;
+    let w = (randn(&[16], 52)? + 1.0)?;
+    let b = randn(&[16], 53)?;
+    let xv = Var::from_tensor(&x)?;
+    let pairs: Vec<(&str, Tensor, Tensor)> = vec![
+        (
+            "rms_norm",
+            fused::rms_norm(&x, &w, 1e-6)?,
+            fused::rms_norm(xv.as_tensor(), &w, 1e-6)?,
+        ),
+        (
+            "layer_norm",
+            fused::layer_norm(&x, &w, &b, 1e-5)?,
+            fused::layer_norm(xv.as_tensor(), &w, &b, 1e-5)?,
+        ),
+        (
+            "swiglu",
+            fused::swiglu(&x, &x)?,
+            fused::swiglu(xv.as_tensor(), &x)?,
+        ),
+        (
+            "causal_softmax",
+            fused::causal_softmax(&x.reshape((1, 6, 16))?.narrow(2, 0, 6)?)?,
+            fused::causal_softmax(&xv.as_tensor().reshape((1, 6, 16))?.narrow(2, 0, 6)?)?,
+        ),
+        (
+            "cross_entropy",
+            fused::cross_entropy_rows(&x, &[0, 1, 2, 3, 4, 5])?,
+            fused::cross_entropy_rows(xv.as_tensor(), &[0, 1, 2, 3, 4, 5])?,
+        ),
+        (
+            "frozen_linear",
+            fused::frozen_linear(&x, &randn(&[3, 16], 54)?)?,
+            fused::frozen_linear(xv.as_tensor(), &randn(&[3, 16], 54)?)?,
+        ),
+    ];
+    for (name, fast, tracked) in pairs {
+        ensure!(!fast.track_op() && tracked.track_op(), "{name}: wrong path");
+        let d = rel(&fast, &tracked)?;
+        ensure!(d <= 1e-6, "{name}: paths differ by {d:.2e}");
+    }
+    Ok(())
 }

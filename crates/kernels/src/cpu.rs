@@ -1,0 +1,61 @@
+//! What every kernel shares: the dispatch decision and access to contiguous CPU f32 data.
+
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+
+pub(crate) type CResult<T> = candle_core::Result<T>;
+
+/// The three ways an op can run (see the crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The CPU f32 kernel, forward only (no input tracks a gradient).
+    Forward,
+    /// The CPU f32 kernel with its backward.
+    WithBackward,
+    /// candle's ops: another dtype or device.
+    Candle,
+}
+
+impl Path {
+    /// The path for an op on `inputs`: the CPU f32 kernel when every input is a CPU f32 tensor,
+    /// with a backward when any of them tracks a gradient.
+    pub fn of(inputs: &[&Tensor]) -> Self {
+        if !inputs
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        {
+            Path::Candle
+        } else if tracks(inputs) {
+            Path::WithBackward
+        } else {
+            Path::Forward
+        }
+    }
+}
+
+/// Whether any input is part of a graph that a backward pass will walk.
+pub(crate) fn tracks(inputs: &[&Tensor]) -> bool {
+    inputs.iter().any(|t| t.track_op())
+}
+
+/// The contiguous f32 values of a CPU storage under `layout`.
+pub(crate) fn slice<'a>(s: &'a CpuStorage, layout: &Layout) -> CResult<&'a [f32]> {
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused op: non-contiguous input".into()))?;
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// Runs `f` on the contiguous f32 values of a CPU tensor (copied only if strided).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
+    let t = t.contiguous()?;
+    let (st, layout) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(s) => f(slice(s, layout)?),
+        _ => candle_core::bail!("fused op: tensor is not on the CPU"),
+    }
+}
+
+/// Rows per parallel task: big enough to amortise rayon, small enough to split 2+ ways.
+pub(crate) fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(64).clamp(1, 64)
+}

@@ -1,0 +1,51 @@
+//! The matmul by a frozen weight, whose backward skips the weight's gradient.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+
+use crate::cpu::{CResult, Path};
+
+/// `x · Wᵀ` where `W` is frozen: the backward returns x's gradient only. candle's matmul
+/// backward always computes the right operand's gradient too, which for a frozen base weight
+/// (LoRA, LLaVA stage 1) is a wasted `[out, in]` matmul and allocation per layer per step.
+struct FrozenMatmul {
+    /// `Wᵀ`: `[in, out]` (a transposed view of the contiguous `[out, in]` weight).
+    w_t: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (n, k) = l.shape().dims2()?;
+        let (k2, out) = self.w_t.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-matmul: x has {k} columns, W has {k2}");
+        }
+        let (wst, wl) = self.w_t.storage_and_layout();
+        let Storage::Cpu(w) = &*wst else {
+            candle_core::bail!("frozen-matmul: weight is not on the CPU");
+        };
+        Ok((s.matmul(w, (1, n, out, k), l, wl)?, Shape::from((n, out))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w_t.t()?)?))
+    }
+}
+
+/// `x · Wᵀ` for `x: [n, in]` and a weight `w: [out, in]` that is not trained.
+///
+/// Forward only (nothing tracks), another dtype or device, or a batched `x`: candle's matmul,
+/// which is what gemm gives either way. With gradients on CPU f32: the op whose backward
+/// returns x's gradient only.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+    if Path::of(&[x, w]) != Path::WithBackward || x.rank() != 2 {
+        return x.matmul(&w.t()?);
+    }
+    x.apply_op1(FrozenMatmul {
+        w_t: w.contiguous()?.t()?,
+    })
+}

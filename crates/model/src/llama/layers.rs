@@ -1,0 +1,263 @@
+//! The parts of a LLaMA decoder layer: linear layers (with an optional LoRA update), RMSNorm,
+//! RoPE tables, GQA self-attention with its KV cache, and the SwiGLU MLP.
+//!
+//! Every op goes through `sightline_kernels`, which runs forward-only kernels when nothing
+//! tracks a gradient (scoring, generation) and ops with a backward when something does
+//! (training): one forward serves both.
+
+use std::f64::consts::PI;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{LlamaConfig, RopeScaling};
+use crate::error::Result;
+use crate::lora::LoraLayer;
+use crate::param::{linear, Param};
+
+/// `x·Wᵀ (+ b)` on rows `[n, in]` with an HF-layout weight `[out, in]`, plus an unmerged LoRA
+/// update when an adapter targets this layer.
+#[derive(Clone)]
+pub(crate) struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub lora: Option<LoraLayer>,
+}
+
+impl Linear {
+    /// `[n, in] -> [n, out]`; `train` switches LoRA dropout on.
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let ys = linear(xs, &self.weight)?;
+        let ys = match &self.bias {
+            Some(b) => ys.broadcast_add(b.tensor())?,
+            None => ys,
+        };
+        match &self.lora {
+            Some(l) => l.forward(xs, ys, train),
+            None => Ok(ys),
+        }
+    }
+}
+
+/// transformers' `LlamaRMSNorm`.
+#[derive(Clone)]
+pub(crate) struct RmsNorm {
+    pub weight: Param,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(sightline_kernels::rms_norm(
+            xs,
+            self.weight.tensor(),
+            self.eps,
+        )?)
+    }
+}
+
+/// RoPE inverse frequencies, as `transformers.modeling_rope_utils` (v4.46) computes them.
+pub fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+    let base: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    let scaled: Vec<f64> = match scaling {
+        RopeScaling::Default => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        } => {
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    };
+    scaled.into_iter().map(|f| f as f32).collect()
+}
+
+/// cos/sin tables `[max_positions, head_dim / 2]` in the model dtype.
+#[derive(Clone)]
+pub(crate) struct Rope {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(
+        cfg: &LlamaConfig,
+        scaling: &RopeScaling,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let freqs = inv_freq(cfg.head_dim(), cfg.rope_theta, scaling);
+        let n = cfg.max_position_embeddings;
+        let half = freqs.len();
+        // Angles in f32 as transformers computes them (inv_freq[f32] * position[f32]).
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for pos in 0..n {
+            for &f in &freqs {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Rotates projections `[b, t, heads, head_dim]` for positions `offset..offset + t` and
+    /// returns them head-major, `[b, heads, t, head_dim]`.
+    fn apply(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        Ok(sightline_kernels::rope_to_heads(
+            xs, &self.cos, &self.sin, offset,
+        )?)
+    }
+}
+
+/// Per-layer keys and values `[b, kv_heads, seen, head_dim]` of the tokens seen so far.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What every layer of one forward shares: `b` sequences of `t` new tokens at positions
+/// `offset..`, and the RoPE tables.
+pub(crate) struct Ctx<'a> {
+    pub b: usize,
+    pub t: usize,
+    pub offset: usize,
+    pub rope: &'a Rope,
+}
+
+pub(crate) struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `xs: [b*t, hidden]` → `[b*t, hidden]`. With a cache slot, this step's keys/values are
+    /// appended to it (a prefix cached once at batch 1 serves a batch of continuations).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        c: &Ctx,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, offset) = (c.b, c.t, c.offset);
+        let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(xs, train)?.reshape((b, t, h, d))?;
+        let k = self.k_proj.forward(xs, train)?.reshape((b, t, kvh, d))?;
+        let v = self
+            .v_proj
+            .forward(xs, train)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = c.rope.apply(&q, offset)?; // [b, h, t, d]
+        let k = c.rope.apply(&k, offset)?; // [b, kvh, t, d]
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.as_ref() {
+                    Some((pk, pv)) => {
+                        let (pk, pv) = if pk.dim(0)? != b {
+                            let shape = (b, kvh, pk.dim(2)?, d);
+                            (pk.broadcast_as(shape)?, pv.broadcast_as(shape)?)
+                        } else {
+                            (pk.clone(), pv.clone())
+                        };
+                        (
+                            Tensor::cat(&[&pk, &k], 2)?.contiguous()?,
+                            Tensor::cat(&[&pv, &v], 2)?.contiguous()?,
+                        )
+                    }
+                    None => (k, v),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+            None => (k, v),
+        };
+        let scale = 1.0 / (d as f64).sqrt();
+        let ys = sightline_kernels::causal_attention(&q, &k, &v, offset, scale)?; // [b*t, h*d]
+        self.o_proj.forward(&ys, train)
+    }
+}
+
+pub(crate) struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(xs, train)?;
+        let up = self.up_proj.forward(xs, train)?;
+        let act = sightline_kernels::swiglu(&gate, &up)?; // silu(gate) · up
+        self.down_proj.forward(&act, train)
+    }
+}
+
+pub(crate) struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// One pre-norm decoder layer on rows `[b·t, hidden]` → `[b·t, hidden]`.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        c: &Ctx,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(xs)?;
+        let h = self.self_attn.forward(&h, c, cache, train)?;
+        let xs = (xs + h)?;
+        let h = self.post_attention_layernorm.forward(&xs)?;
+        Ok((&xs + self.mlp.forward(&h, train)?)?)
+    }
+}

@@ -1,0 +1,385 @@
+//! The LLaMA decoder (LLaMA 1/2/3/3.1, Vicuna, OpenLLaMA, TinyLlama: `LlamaForCausalLM`), one
+//! implementation for scoring, generation, LLaVA and training.
+//!
+//! Computes what `transformers.models.llama.modeling_llama` (v4.46.3) computes: pre-norm
+//! blocks of RMSNorm → GQA self-attention with rotate-half RoPE → RMSNorm → SwiGLU MLP.
+//! Reference: <https://github.com/huggingface/transformers/blob/v4.46.3/src/transformers/models/llama/modeling_llama.py>.
+//!
+//! Which weights train is decided at construction ([`Trainable`]): trainable ones are `Var`s,
+//! frozen ones plain tensors ([`Param`]). [`Llama::new`] and [`Llama::new_with_adapter`] freeze
+//! everything, so no op records a graph and every kernel takes its forward-only path
+//! (`sightline_kernels`); [`Llama::new_trainable`] makes some weights `Var`s, and the same
+//! forward then records what backward needs. Files: [`layers`] (the parts of a layer),
+//! [`train`] (trainable parameters, dropout, gradient checkpointing).
+//!
+//! There is no attention mask beyond the causal one: batches are right-padded, and causal
+//! attention keeps padded positions out of every earlier position.
+
+pub mod layers;
+pub mod train;
+mod trainable;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::lora::{self, LoraAdapter, LoraLayer, LoraSpec, SharedRng};
+use crate::param::{linear, NamedParam, Param};
+use crate::weights::Weights;
+use layers::{Attention, Ctx, DecoderLayer, Linear, Mlp, RmsNorm, Rope};
+
+pub use layers::{inv_freq, KvCache};
+pub use trainable::Trainable;
+
+/// Where the LoRA updates of a model come from.
+enum LoraSource {
+    None,
+    /// A PEFT adapter bound to the model: updates by module path, taken as layers are built.
+    Peft(HashMap<String, LoraLayer>, PathBuf),
+    /// Fresh trainable adapters on the spec's target modules, drawing from one stream.
+    Fresh(LoraSpec, SharedRng),
+}
+
+/// Reads weights in checkpoint order, deciding per tensor whether it trains.
+struct Builder<'a> {
+    w: &'a Weights,
+    trainable: &'a Trainable,
+    base: Vec<NamedParam>,
+    lora: LoraSource,
+    loras: Vec<(String, LoraLayer)>,
+}
+
+impl Builder<'_> {
+    fn param(&mut self, shape: &[usize], name: &str) -> Result<Param> {
+        let trains = match self.trainable {
+            Trainable::Full => true,
+            Trainable::EmbeddingsOnly => name == "model.embed_tokens.weight",
+            Trainable::Frozen | Trainable::Lora(_) => false,
+        };
+        let p = Param::new(self.w.get(shape, name)?, trains)?;
+        self.base.push(NamedParam {
+            name: name.to_string(),
+            param: p.clone(),
+        });
+        Ok(p)
+    }
+
+    /// The linear layer `model.layers.{i}.{parent}.{name}` with its LoRA update, if any.
+    fn linear(
+        &mut self,
+        (i, parent, name): (usize, &str, &str),
+        (out_dim, in_dim): (usize, usize),
+        bias: bool,
+    ) -> Result<Linear> {
+        let module = lora::module_name(i, parent, name);
+        let weight = self.param(&[out_dim, in_dim], &format!("{module}.weight"))?;
+        let bias = if bias {
+            Some(self.param(&[out_dim], &format!("{module}.bias"))?)
+        } else {
+            None
+        };
+        let lora =
+            match &mut self.lora {
+                LoraSource::None => None,
+                LoraSource::Peft(deltas, _) => deltas.remove(&module),
+                LoraSource::Fresh(spec, rng) if spec.targets(name) => Some(
+                    LoraLayer::new_trainable(spec, out_dim, in_dim, rng.clone(), &self.w.device)?,
+                ),
+                LoraSource::Fresh(..) => None,
+            };
+        if let Some(l) = &lora {
+            self.loras.push((module, l.clone()));
+        }
+        Ok(Linear { weight, bias, lora })
+    }
+
+    /// Decoder layer `i`: its linear layers first, then its norms (the order of the base
+    /// parameters, which optimizer state and checkpoints follow).
+    fn layer(&mut self, cfg: &LlamaConfig, i: usize) -> Result<DecoderLayer> {
+        let (hs, is) = (cfg.hidden_size, cfg.intermediate_size);
+        let (h, kvh, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+        let self_attn = Attention {
+            q_proj: self.linear((i, "self_attn", "q_proj"), (h * d, hs), ab)?,
+            k_proj: self.linear((i, "self_attn", "k_proj"), (kvh * d, hs), ab)?,
+            v_proj: self.linear((i, "self_attn", "v_proj"), (kvh * d, hs), ab)?,
+            o_proj: self.linear((i, "self_attn", "o_proj"), (hs, h * d), ab)?,
+            n_heads: h,
+            n_kv_heads: kvh,
+            head_dim: d,
+        };
+        let mlp = Mlp {
+            gate_proj: self.linear((i, "mlp", "gate_proj"), (is, hs), mb)?,
+            up_proj: self.linear((i, "mlp", "up_proj"), (is, hs), mb)?,
+            down_proj: self.linear((i, "mlp", "down_proj"), (hs, is), mb)?,
+        };
+        let norm = |b: &mut Self, name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: b.param(&[hs], &format!("model.layers.{i}.{name}.weight"))?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
+        Ok(DecoderLayer {
+            input_layernorm: norm(self, "input_layernorm")?,
+            self_attn,
+            post_attention_layernorm: norm(self, "post_attention_layernorm")?,
+            mlp,
+        })
+    }
+}
+
+/// `LlamaForCausalLM`: embeddings, decoder layers, final norm and LM head.
+pub struct Llama {
+    embed_tokens: Param,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Param,
+    rope: Rope,
+    /// Base weights in checkpoint order (HF names); `lm_head` is absent when tied.
+    base: Vec<NamedParam>,
+    /// LoRA updates by module path, in layer order.
+    loras: Vec<(String, LoraLayer)>,
+    lora_spec: Option<LoraSpec>,
+    /// The stream fresh LoRA layers draw dropout from: gradient checkpointing rewinds it.
+    lora_rng: Option<SharedRng>,
+    pub config: LlamaConfig,
+}
+
+impl Llama {
+    /// Builds the model from checkpoint weights, all frozen; every tensor's shape is checked
+    /// against `cfg`. `config_path` only names `config.json` in errors.
+    pub fn new(cfg: &LlamaConfig, w: &Weights, config_path: &Path) -> Result<Self> {
+        Self::new_with_adapter(cfg, w, config_path, None)
+    }
+
+    /// [`Llama::new`] with a PEFT LoRA adapter applied unmerged to the linear layers it targets
+    /// (see [`crate::lora`]); the adapter is checked against `cfg` before any base weight is read.
+    pub fn new_with_adapter(
+        cfg: &LlamaConfig,
+        w: &Weights,
+        config_path: &Path,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Self> {
+        let lora = match adapter {
+            Some(a) => LoraSource::Peft(a.bind(cfg, &w.device)?, a.weights_path.clone()),
+            None => LoraSource::None,
+        };
+        Self::build(cfg, w, config_path, &Trainable::Frozen, lora)
+    }
+
+    /// The model for training from an HF checkpoint opened in f32 (master weights): the weights
+    /// `trainable` names are `Var`s, and [`Trainable::Lora`] adds fresh adapters.
+    pub fn new_trainable(
+        cfg: &LlamaConfig,
+        w: &Weights,
+        config_path: &Path,
+        trainable: &Trainable,
+    ) -> Result<Self> {
+        if w.dtype != DType::F32 {
+            return Err(Error::Config(format!(
+                "training keeps f32 master weights; open the checkpoint as f32, not {:?}",
+                w.dtype
+            )));
+        }
+        let lora = match trainable {
+            Trainable::Lora(spec) => {
+                spec.validate()?;
+                LoraSource::Fresh(spec.clone(), lora::layer::shared_rng(spec.seed))
+            }
+            _ => LoraSource::None,
+        };
+        Self::build(cfg, w, config_path, trainable, lora)
+    }
+
+    fn build(
+        cfg: &LlamaConfig,
+        w: &Weights,
+        config_path: &Path,
+        trainable: &Trainable,
+        lora: LoraSource,
+    ) -> Result<Self> {
+        let scaling = cfg.rope_scaling(config_path)?;
+        let (lora_spec, lora_rng) = match &lora {
+            LoraSource::Fresh(spec, rng) => (Some(spec.clone()), Some(rng.clone())),
+            _ => (None, None),
+        };
+        let mut b = Builder {
+            w,
+            trainable,
+            base: Vec::new(),
+            lora,
+            loras: Vec::new(),
+        };
+        let (v, hs) = (cfg.vocab_size, cfg.hidden_size);
+        let embed_tokens = b.param(&[v, hs], "model.embed_tokens.weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| b.layer(cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        // `bind` only returns modules of this architecture, so every update found its layer.
+        if let LoraSource::Peft(left, path) = &b.lora {
+            if let Some(module) = left.keys().next() {
+                return Err(Error::format(
+                    path,
+                    format!("the update for `{module}` was not applied to any layer"),
+                ));
+            }
+        }
+        let norm = RmsNorm {
+            weight: b.param(&[hs], "model.norm.weight")?,
+            eps: cfg.rms_norm_eps,
+        };
+        // Tied checkpoints usually omit lm_head.weight; transformers then reuses the embedding
+        // (one parameter serves both ends, so its gradient sums both uses, as in torch).
+        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
+            embed_tokens.clone()
+        } else {
+            b.param(&[v, hs], "lm_head.weight")?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(cfg, &scaling, w.dtype, &w.device)?,
+            base: b.base,
+            loras: b.loras,
+            lora_spec,
+            lora_rng,
+            config: cfg.clone(),
+        })
+    }
+
+    /// The compute device.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.tensor().device()
+    }
+
+    /// The weight dtype.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.tensor().dtype()
+    }
+
+    /// Runs `ids: [b, t]` (positions `cache.len()..`), returns the final-norm hidden states
+    /// `[b, t, hidden]`. With a cache, keys/values of these tokens are appended to it.
+    /// Right padding is harmless: causal attention keeps padded positions out of earlier rows.
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_hidden_embeds(&self.embed(ids)?, cache)
+    }
+
+    /// Input embeddings of `ids: [b, t]` → `[b, t, hidden]` (`inputs_embeds` in transformers).
+    /// Multimodal models splice image features between such rows.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let xs = self
+            .embed_tokens
+            .tensor()
+            .index_select(&ids.flatten_all()?, 0)?;
+        Ok(xs.reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// [`Llama::forward_hidden`] from input embeddings `[b, t, hidden]` (positions
+    /// `cache.len()..`), as transformers' `inputs_embeds=` argument.
+    pub fn forward_hidden_embeds(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.run(embeds, cache, false)
+    }
+
+    /// The decoder on input embeddings `[b, t, hidden]`; `train` switches LoRA dropout on.
+    fn run(&self, embeds: &Tensor, mut cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let (b, t, hidden) = self.check_embeds(embeds, offset)?;
+        if let Some(c) = cache.as_mut() {
+            c.layers.resize(self.layers.len(), None);
+        }
+        let ctx = Ctx {
+            b,
+            t,
+            offset,
+            rope: &self.rope,
+        };
+        let mut xs = embeds
+            .to_dtype(self.dtype())?
+            .reshape((b * t, hidden))?
+            .contiguous()?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            xs = layer.forward(&xs, &ctx, slot, train)?;
+        }
+        let xs = self.norm.forward(&xs)?;
+        Ok(xs.reshape((b, t, hidden))?)
+    }
+
+    /// `(b, t, hidden)` of input embeddings at positions `offset..`, checked against the config.
+    fn check_embeds(&self, embeds: &Tensor, offset: usize) -> Result<(usize, usize, usize)> {
+        let (b, t, hidden) = embeds.dims3()?;
+        if hidden != self.config.hidden_size {
+            return Err(Error::Request(format!(
+                "input embeddings have width {hidden}, the decoder's hidden_size is {}",
+                self.config.hidden_size
+            )));
+        }
+        let max = self.config.max_position_embeddings;
+        if offset + t > max {
+            return Err(Error::Request(format!(
+                "sequence of {} tokens exceeds max_position_embeddings {max}",
+                offset + t
+            )));
+        }
+        Ok((b, t, hidden))
+    }
+
+    /// LM-head logits in f32 for hidden rows `[n, hidden]` → `[n, vocab]` (transformers
+    /// upcasts logits to f32 as well).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let ys = linear(&hidden.contiguous()?, &self.lm_head)?;
+        Ok(ys.to_dtype(DType::F32)?)
+    }
+
+    /// Full forward: `ids: [b, t]` → f32 logits `[b, t, vocab]`.
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let hidden = self.forward_hidden(ids, cache)?;
+        let logits = self.logits(&hidden.reshape((b * t, self.config.hidden_size))?)?;
+        Ok(logits.reshape((b, t, ()))?)
+    }
+
+    /// Logits of the last position of each row: `[b, t]` → `[b, vocab]`.
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        let hidden = self.forward_hidden(ids, cache)?;
+        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+}
+
+/// Log-softmax of one logits row at `target`, and whether `target` is its (first) argmax.
+/// Accumulates in f64; torch does it in f32, which differs by ~1e-7 relative.
+pub fn logprob_and_greedy(row: &[f32], target: u32) -> (f64, bool) {
+    let mut argmax = 0usize;
+    let mut max = f32::NEG_INFINITY;
+    for (i, &x) in row.iter().enumerate() {
+        if x > max {
+            max = x;
+            argmax = i;
+        }
+    }
+    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lp = (row[target as usize] - max) as f64 - sum.ln();
+    (lp, argmax == target as usize)
+}
+
+/// Index of the (first) largest value.
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best
+}
