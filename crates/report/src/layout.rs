@@ -78,11 +78,18 @@ const ETHICS: &[Spec] = &[
     ("ethics_virtue", "acc", "Virtue"),
 ];
 /// The paper's retention checks (Table 2): the skills visual instruction tuning must keep.
-/// SQuAD2's exact/F1 are on the official script's 0–100 scale.
+/// SQuAD2's exact/F1 are on the official script's 0–100 scale. GSM8K run with
+/// `--gsm8k-harness 0.4` reports lm-eval 0.4's `exact_match` per filter instead of `acc`.
 const RETENTION: &[Spec] = &[
     ("mmlu", "acc", "MMLU acc"),
     ("mmlu_loglik", "acc", "MMLU (loglik) acc"),
     ("gsm8k", "acc", "GSM8K acc"),
+    ("gsm8k", "exact_match,strict-match", "GSM8K (0.4) strict EM"),
+    (
+        "gsm8k",
+        "exact_match,flexible-extract",
+        "GSM8K (0.4) flexible EM",
+    ),
     ("mathqa", "acc", "MathQA acc"),
     ("mathqa", "acc_norm", "MathQA acc_norm"),
     ("mathqa_0shot", "acc", "MathQA 0-shot acc"),

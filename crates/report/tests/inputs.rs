@@ -567,3 +567,45 @@ fn lmms_eval_pope_items_are_bootstrapped() {
         assert!(e.p_value.unwrap() < 0.05, "{m}: {:?}", e.p_value);
     }
 }
+
+/// A GSM8K run under `--gsm8k-harness 0.4` reports lm-eval 0.4's `exact_match` per filter
+/// instead of `acc`; the Retention block shows both filters next to the paper harness's `acc`.
+#[test]
+fn gsm8k_v04_exact_match_shows_in_the_retention_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("paper"), tmp.path().join("v04"));
+    write_run(&a, "", "gsm8k", "acc", &bits(10, &[0, 1]), false);
+    std::fs::create_dir_all(&b).unwrap();
+    let results = json!({
+        "results": {"gsm8k": {"alias": "gsm8k",
+            "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1,
+            "exact_match,flexible-extract": 0.375, "exact_match_stderr,flexible-extract": 0.1}},
+        "group_subtasks": {},
+        "n-samples": {"gsm8k": {"original": 1319, "effective": 8}},
+        "config": {"model": "sightline"},
+        "date": 1_700_000_000.5,
+    });
+    std::fs::write(
+        b.join("results.json"),
+        serde_json::to_string_pretty(&results).unwrap(),
+    )
+    .unwrap();
+    let r = build(
+        &[(a, "paper".into()), (b, "v04".into())],
+        None,
+        &Options::default(),
+    )
+    .unwrap();
+    let e = entry(&r.entries, "v04", "gsm8k", "exact_match,flexible-extract");
+    assert!((e.value.unwrap() - 0.375).abs() < 1e-12);
+    let text = md(&r);
+    let block = &text[text.find("## Retention").expect("a Retention block")..];
+    let block = &block[..block[3..].find("\n## ").map_or(block.len(), |i| i + 3)];
+    for col in [
+        "GSM8K acc",
+        "GSM8K (0.4) strict EM",
+        "GSM8K (0.4) flexible EM",
+    ] {
+        assert!(block.contains(col), "{col} missing from:\n{block}");
+    }
+}
