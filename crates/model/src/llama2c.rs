@@ -48,100 +48,169 @@ fn read_i32(bytes: &[u8], at: usize) -> i32 {
 
 /// Parses a version-0 checkpoint; `path` only names it in errors.
 pub fn convert_checkpoint(bytes: &[u8], path: &Path) -> Result<Converted> {
-    if bytes.len() < 28 {
-        return Err(Error::format(
-            path,
-            "too short for a llama2.c header (28 bytes)",
-        ));
-    }
-    if read_i32(bytes, 0) == 0x616b_3432 {
-        return Err(Error::format(
-            path,
-            "a versioned llama2.c export (magic \"ak42\"); only the legacy version-0 format of run.c is supported",
-        ));
-    }
-    let h: Vec<i32> = (0..7).map(|i| read_i32(bytes, 4 * i)).collect();
-    let field_names = [
-        "dim",
-        "hidden_dim",
-        "n_layers",
-        "n_heads",
-        "n_kv_heads",
-        "vocab_size",
-        "seq_len",
-    ];
-    for (v, name) in h.iter().zip(field_names) {
-        if *v == 0 || (*v < 0 && name != "vocab_size") {
-            return Err(Error::format(
-                path,
-                format!("header field {name} = {v} is not a positive size"),
-            ));
-        }
-    }
-    let header = Header {
-        dim: h[0] as usize,
-        hidden_dim: h[1] as usize,
-        n_layers: h[2] as usize,
-        n_heads: h[3] as usize,
-        n_kv_heads: h[4] as usize,
-        vocab_size: h[5].unsigned_abs() as usize,
-        seq_len: h[6] as usize,
-        shared_classifier: h[5] > 0,
-    };
-    let Header {
-        dim,
-        hidden_dim: hid,
-        n_layers: l,
-        n_heads,
-        n_kv_heads,
-        vocab_size: v,
-        seq_len,
-        ..
-    } = header;
-    if dim % n_heads != 0 || n_heads % n_kv_heads != 0 || (dim / n_heads) % 2 != 0 {
-        return Err(Error::format(
-            path,
-            format!("inconsistent heads: dim {dim}, n_heads {n_heads}, n_kv_heads {n_kv_heads}"),
-        ));
-    }
-    let head = dim / n_heads;
-    let kv_dim = head * n_kv_heads;
+    let header = Header::parse(bytes, path)?;
+    let sizes = header.array_sizes(path)?;
     let floats: Vec<f32> = bytes[28..]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let sizes = [
-        v * dim,            // tok_embeddings
-        l * dim,            // rms_att
-        l * dim * dim,      // wq
-        l * kv_dim * dim,   // wk
-        l * kv_dim * dim,   // wv
-        l * dim * dim,      // wo
-        l * dim,            // rms_ffn
-        l * hid * dim,      // w1
-        l * dim * hid,      // w2
-        l * hid * dim,      // w3
-        dim,                // rms_final
-        seq_len * head / 2, // freq_cis_real (unused)
-        seq_len * head / 2, // freq_cis_imag (unused)
-    ];
-    let needed: usize =
-        sizes.iter().sum::<usize>() + if header.shared_classifier { 0 } else { v * dim };
-    if floats.len() < needed {
+    if floats.len() < sizes.total {
         return Err(Error::format(
             path,
             format!(
-                "truncated: the header implies {needed} float32 values, the file has {}",
+                "truncated: the header implies {} float32 values, the file has {}",
+                sizes.total,
                 floats.len()
             ),
         ));
     }
+    Ok(Converted {
+        header,
+        config: header.hf_config(),
+        tensors: hf_tensors(&header, &sizes, &floats)?,
+    })
+}
+
+const HEADER_FIELDS: [&str; 7] = [
+    "dim",
+    "hidden_dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "vocab_size",
+    "seq_len",
+];
+
+/// The lengths of the float arrays `export.py` writes after the header, in file order.
+struct ArraySizes {
+    /// tok_embeddings, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, and the two
+    /// unused freq_cis halves.
+    arrays: [usize; 13],
+    /// Everything the file must hold, the untied classifier included.
+    total: usize,
+}
+
+impl Header {
+    /// Reads and checks the 7-int header.
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        if bytes.len() < 28 {
+            return Err(Error::format(
+                path,
+                "too short for a llama2.c header (28 bytes)",
+            ));
+        }
+        if read_i32(bytes, 0) == 0x616b_3432 {
+            return Err(Error::format(
+                path,
+                "a versioned llama2.c export (magic \"ak42\"); only the legacy version-0 format of run.c is supported",
+            ));
+        }
+        let h: Vec<i32> = (0..7).map(|i| read_i32(bytes, 4 * i)).collect();
+        for (v, name) in h.iter().zip(HEADER_FIELDS) {
+            if *v == 0 || (*v < 0 && name != "vocab_size") {
+                return Err(Error::format(
+                    path,
+                    format!("header field {name} = {v} is not a positive size"),
+                ));
+            }
+        }
+        let header = Header {
+            dim: h[0] as usize,
+            hidden_dim: h[1] as usize,
+            n_layers: h[2] as usize,
+            n_heads: h[3] as usize,
+            n_kv_heads: h[4] as usize,
+            vocab_size: h[5].unsigned_abs() as usize,
+            seq_len: h[6] as usize,
+            shared_classifier: h[5] > 0,
+        };
+        let (dim, n_heads, n_kv_heads) = (header.dim, header.n_heads, header.n_kv_heads);
+        if dim % n_heads != 0 || n_heads % n_kv_heads != 0 || (dim / n_heads) % 2 != 0 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "inconsistent heads: dim {dim}, n_heads {n_heads}, n_kv_heads {n_kv_heads}"
+                ),
+            ));
+        }
+        Ok(header)
+    }
+
+    fn head_dim(&self) -> usize {
+        self.dim / self.n_heads
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.head_dim() * self.n_kv_heads
+    }
+
+    /// The array lengths the header implies. Checked arithmetic: a hostile header must not
+    /// overflow into a small size that the file then seems to satisfy.
+    fn array_sizes(&self, path: &Path) -> Result<ArraySizes> {
+        let (dim, hid, l, v) = (self.dim, self.hidden_dim, self.n_layers, self.vocab_size);
+        let (kv, half) = (self.kv_dim(), self.head_dim() / 2);
+        let overflow = || Error::format(path, "header sizes overflow the address space");
+        let mul = |xs: &[usize]| {
+            xs.iter()
+                .try_fold(1usize, |a, &x| a.checked_mul(x))
+                .ok_or_else(overflow)
+        };
+        let arrays = [
+            mul(&[v, dim])?,             // tok_embeddings
+            mul(&[l, dim])?,             // rms_att
+            mul(&[l, dim, dim])?,        // wq
+            mul(&[l, kv, dim])?,         // wk
+            mul(&[l, kv, dim])?,         // wv
+            mul(&[l, dim, dim])?,        // wo
+            mul(&[l, dim])?,             // rms_ffn
+            mul(&[l, hid, dim])?,        // w1
+            mul(&[l, dim, hid])?,        // w2
+            mul(&[l, hid, dim])?,        // w3
+            dim,                         // rms_final
+            mul(&[self.seq_len, half])?, // freq_cis_real (unused)
+            mul(&[self.seq_len, half])?, // freq_cis_imag (unused)
+        ];
+        let classifier = if self.shared_classifier { 0 } else { arrays[0] };
+        let total = arrays
+            .iter()
+            .chain([&classifier])
+            .try_fold(0usize, |a, &x| a.checked_add(x))
+            .ok_or_else(overflow)?;
+        Ok(ArraySizes { arrays, total })
+    }
+
+    /// transformers' `config.json` for the converted model.
+    fn hf_config(&self) -> Value {
+        json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.dim,
+            "intermediate_size": self.hidden_dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.seq_len,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": self.shared_classifier,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "torch_dtype": "float32"
+        })
+    }
+}
+
+/// The checkpoint's arrays under HF names and shapes, RoPE rows permuted to rotate-half.
+fn hf_tensors(h: &Header, sizes: &ArraySizes, floats: &[f32]) -> Result<HashMap<String, Tensor>> {
     let mut arrays = Vec::new();
     let mut at = 0;
-    for s in sizes {
+    for s in sizes.arrays {
         arrays.push(&floats[at..at + s]);
         at += s;
     }
+    let (dim, hid, v, kv_dim) = (h.dim, h.hidden_dim, h.vocab_size, h.kv_dim());
     let cpu = Device::Cpu;
     let mut tensors = HashMap::new();
     let mut put = |name: String, data: Vec<f32>, shape: &[usize]| -> Result<()> {
@@ -154,85 +223,39 @@ pub fn convert_checkpoint(bytes: &[u8], path: &Path) -> Result<Converted> {
         &[v, dim],
     )?;
     let layer = |a: &[f32], i: usize, n: usize| a[i * n..(i + 1) * n].to_vec();
-    for i in 0..l {
+    for i in 0..h.n_layers {
         let p = format!("model.layers.{i}");
-        put(
-            format!("{p}.input_layernorm.weight"),
-            layer(arrays[1], i, dim),
-            &[dim],
-        )?;
-        put(
-            format!("{p}.self_attn.q_proj.weight"),
-            permute_rope_rows(&layer(arrays[2], i, dim * dim), n_heads, dim),
-            &[dim, dim],
-        )?;
-        put(
-            format!("{p}.self_attn.k_proj.weight"),
-            permute_rope_rows(&layer(arrays[3], i, kv_dim * dim), n_kv_heads, dim),
-            &[kv_dim, dim],
-        )?;
-        put(
-            format!("{p}.self_attn.v_proj.weight"),
+        let q = permute_rope_rows(&layer(arrays[2], i, dim * dim), h.n_heads, dim);
+        let k = permute_rope_rows(&layer(arrays[3], i, kv_dim * dim), h.n_kv_heads, dim);
+        let norm_in = layer(arrays[1], i, dim);
+        put(format!("{p}.input_layernorm.weight"), norm_in, &[dim])?;
+        put(format!("{p}.self_attn.q_proj.weight"), q, &[dim, dim])?;
+        put(format!("{p}.self_attn.k_proj.weight"), k, &[kv_dim, dim])?;
+        let (wv, wo) = (
             layer(arrays[4], i, kv_dim * dim),
-            &[kv_dim, dim],
-        )?;
-        put(
-            format!("{p}.self_attn.o_proj.weight"),
             layer(arrays[5], i, dim * dim),
-            &[dim, dim],
-        )?;
+        );
+        put(format!("{p}.self_attn.v_proj.weight"), wv, &[kv_dim, dim])?;
+        put(format!("{p}.self_attn.o_proj.weight"), wo, &[dim, dim])?;
+        let norm_post = layer(arrays[6], i, dim);
         put(
             format!("{p}.post_attention_layernorm.weight"),
-            layer(arrays[6], i, dim),
+            norm_post,
             &[dim],
         )?;
-        put(
-            format!("{p}.mlp.gate_proj.weight"),
-            layer(arrays[7], i, hid * dim),
-            &[hid, dim],
-        )?;
-        put(
-            format!("{p}.mlp.down_proj.weight"),
-            layer(arrays[8], i, dim * hid),
-            &[dim, hid],
-        )?;
-        put(
-            format!("{p}.mlp.up_proj.weight"),
-            layer(arrays[9], i, hid * dim),
-            &[hid, dim],
-        )?;
+        let gate = layer(arrays[7], i, hid * dim);
+        put(format!("{p}.mlp.gate_proj.weight"), gate, &[hid, dim])?;
+        let down = layer(arrays[8], i, dim * hid);
+        put(format!("{p}.mlp.down_proj.weight"), down, &[dim, hid])?;
+        let up = layer(arrays[9], i, hid * dim);
+        put(format!("{p}.mlp.up_proj.weight"), up, &[hid, dim])?;
     }
     put("model.norm.weight".into(), arrays[10].to_vec(), &[dim])?;
-    if !header.shared_classifier {
-        put(
-            "lm_head.weight".into(),
-            floats[at..at + v * dim].to_vec(),
-            &[v, dim],
-        )?;
+    if !h.shared_classifier {
+        let head = floats[at..at + v * dim].to_vec();
+        put("lm_head.weight".into(), head, &[v, dim])?;
     }
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": dim,
-        "intermediate_size": hid,
-        "num_hidden_layers": l,
-        "num_attention_heads": n_heads,
-        "num_key_value_heads": n_kv_heads,
-        "vocab_size": v,
-        "max_position_embeddings": seq_len,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "hidden_act": "silu",
-        "tie_word_embeddings": header.shared_classifier,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32"
-    });
-    Ok(Converted {
-        header,
-        config,
-        tensors,
-    })
+    Ok(tensors)
 }
 
 /// Reorders the rows of a `[n_heads * head_dim, cols]` projection from adjacent-pair RoPE to

@@ -109,28 +109,7 @@ pub fn run(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary> {
     let out = PathBuf::from(&cfg.output_dir);
-    let resume_from = if opts.resume {
-        Some(newest_checkpoint(&out)?.ok_or_else(|| {
-            Error::Config(format!(
-                "--resume: {} has no checkpoint-N directory to resume from",
-                out.display()
-            ))
-        })?)
-    } else {
-        if out.is_dir()
-            && std::fs::read_dir(&out)
-                .map_err(|e| Error::io(&out, e))?
-                .next()
-                .is_some()
-        {
-            return Err(Error::Config(format!(
-                "output_dir {} is not empty: pass --resume to continue its run, or choose \
-                 another output_dir (sightline never overwrites a run)",
-                out.display()
-            )));
-        }
-        None
-    };
+    let resume_from = resume_point(&out, opts)?;
     let Setup {
         model,
         projector,
@@ -144,11 +123,9 @@ pub fn run(
     } = build(cfg, &opts.device)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let n = data.len();
-    let bs = cfg.per_device_train_batch_size;
-    let accum = cfg.gradient_accumulation_steps;
     let total_steps = cfg.total_steps(n);
-    let micro_per_epoch = n.div_ceil(bs);
-    let groups_per_epoch = micro_per_epoch.div_ceil(accum);
+    let micro_per_epoch = n.div_ceil(cfg.per_device_train_batch_size);
+    let groups_per_epoch = micro_per_epoch.div_ceil(cfg.gradient_accumulation_steps);
     let mut trainer = Trainer::new(model, projector, cfg.optim_settings(total_steps));
     trainer.stage1_branch = cfg.tune_mm_mlp_adapter && cfg.mm_use_im_start_end;
     trainer.set_gradient_checkpointing(cfg.gradient_checkpointing);
@@ -184,39 +161,23 @@ pub fn run(
     let (mut tokens_total, mut last_loss, mut done_here) = (0usize, None, 0usize);
     let mut empty_steps = 0;
     'epochs: while trainer.step() < total_steps {
-        let order = &orders[epoch];
         while group_in_epoch < groups_per_epoch {
             if trainer.step() >= total_steps || opts.stop_after.is_some_and(|s| done_here >= s) {
                 break 'epochs;
             }
             let t0 = Instant::now();
-            let first = group_in_epoch * accum;
-            let last = (first + accum).min(micro_per_epoch);
-            let mut group = Vec::with_capacity(last - first);
-            for m in first..last {
-                let idx = &order[m * bs..((m + 1) * bs).min(n)];
-                let rows: Vec<_> = idx.iter().map(|&i| &data.samples[i]).collect();
-                group.push(make_batch(
-                    &rows,
-                    cfg.model_max_length,
-                    pad_id,
-                    vision.as_ref(),
-                    &opts.device,
-                )?);
-            }
+            let micro = group_in_epoch * cfg.gradient_accumulation_steps..micro_per_epoch;
+            let group = collate_group(cfg, &data, &orders[epoch], micro, pad_id, &vision, opts)?;
             let report = trainer.train_step(&group)?;
             group_in_epoch += 1;
             done_here += 1;
-            let loss = report.loss;
-            if loss.is_none() {
-                empty_steps += 1;
-            }
-            last_loss = loss;
+            empty_steps += usize::from(report.loss.is_none());
+            last_loss = report.loss;
             tokens_total += report.tokens;
             let log = StepLog {
                 step: trainer.step(),
                 epoch: epoch as f64 + group_in_epoch as f64 / groups_per_epoch as f64,
-                loss,
+                loss: report.loss,
                 lr: report.lr,
                 grad_norm: report.grad_norm,
                 tokens: report.tokens,
@@ -226,14 +187,8 @@ pub fn run(
             on_event(Event::Step(&log));
             let step = trainer.step();
             if step.is_multiple_of(cfg.save_steps) && step < total_steps {
-                let dir = write_checkpoint(
-                    &out,
-                    cfg,
-                    &saver,
-                    &trainer,
-                    (epoch, group_in_epoch),
-                    total_steps,
-                )?;
+                let at = (epoch, group_in_epoch);
+                let dir = write_checkpoint(&out, cfg, &saver, &trainer, at, total_steps)?;
                 on_event(Event::Saved(&dir));
             }
         }
@@ -244,22 +199,13 @@ pub fn run(
             write_order(&out, cfg.seed, &orders, &data)?;
         }
     }
-    let finished = trainer.step() >= total_steps;
-    if finished {
+    if trainer.step() >= total_steps {
         saver.save(&out, &trainer)?;
-    } else {
+    } else if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
         // Interrupted on purpose (stop_after): leave a checkpoint to resume from.
-        if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
-            let dir = write_checkpoint(
-                &out,
-                cfg,
-                &saver,
-                &trainer,
-                (epoch, group_in_epoch),
-                total_steps,
-            )?;
-            on_event(Event::Saved(&dir));
-        }
+        let at = (epoch, group_in_epoch);
+        let dir = write_checkpoint(&out, cfg, &saver, &trainer, at, total_steps)?;
+        on_event(Event::Saved(&dir));
     }
     Ok(Summary {
         steps: trainer.step(),
@@ -271,6 +217,55 @@ pub fn run(
         empty_steps,
         output_dir: out,
     })
+}
+
+/// The checkpoint `--resume` continues from, or None for a fresh run, which needs an empty (or
+/// absent) output directory: sightline never overwrites a run.
+fn resume_point(out: &Path, opts: &RunOptions) -> Result<Option<PathBuf>> {
+    if opts.resume {
+        return Ok(Some(newest_checkpoint(out)?.ok_or_else(|| {
+            Error::Config(format!(
+                "--resume: {} has no checkpoint-N directory to resume from",
+                out.display()
+            ))
+        })?));
+    }
+    let non_empty = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some();
+    if non_empty {
+        return Err(Error::Config(format!(
+            "output_dir {} is not empty: pass --resume to continue its run, or choose \
+             another output_dir (sightline never overwrites a run)",
+            out.display()
+        )));
+    }
+    Ok(None)
+}
+
+/// The micro-batches of one accumulation group: micro-batches `micro.start..` of the epoch's
+/// `order`, at most `gradient_accumulation_steps` of them (`micro.end` is the epoch's count).
+fn collate_group(
+    cfg: &TrainConfig,
+    data: &crate::dataset::Dataset,
+    order: &[usize],
+    micro: std::ops::Range<usize>,
+    pad_id: u32,
+    vision: &Option<crate::setup::Vision>,
+    opts: &RunOptions,
+) -> Result<Vec<Batch>> {
+    let (bs, n) = (cfg.per_device_train_batch_size, data.len());
+    let last = (micro.start + cfg.gradient_accumulation_steps).min(micro.end);
+    (micro.start..last)
+        .map(|m| {
+            let idx = &order[m * bs..((m + 1) * bs).min(n)];
+            let rows: Vec<_> = idx.iter().map(|&i| &data.samples[i]).collect();
+            let (max_len, device) = (cfg.model_max_length, &opts.device);
+            make_batch(&rows, max_len, pad_id, vision.as_ref(), device)
+        })
+        .collect()
 }
 
 /// Collates one micro-batch and attaches the CLIP features of its images.
