@@ -341,3 +341,45 @@ fn existing_output_is_never_overwritten_without_asking() {
         serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
     assert!(line["logprob"].as_f64().unwrap() < 0.0);
 }
+
+/// `--device cuda` on a binary built without the `cuda` feature says which of the two things
+/// CUDA needs is missing (the build, not the GPU) in one line, for every command that runs a
+/// model.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_on_a_cpu_build_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let req = tmp.path().join("req.jsonl");
+    std::fs::write(
+        &req,
+        "{\"context\": \"Once\", \"continuation\": \" upon\"}\n",
+    )
+    .unwrap();
+    let o = sightline(&[
+        "score",
+        "--requests",
+        req.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
+    assert_one_line_error(
+        &o,
+        &[
+            "--device cuda",
+            "built without CUDA",
+            "scripts/cuda/build.sh",
+        ],
+    );
+    let o = sightline(&["generate", "--prompt", "Once", "--device", "cuda:1"]);
+    assert_one_line_error(&o, &["--device cuda:1", "built without CUDA"]);
+    let o = sightline(&[
+        "eval",
+        "--tasks",
+        "ethics_cm",
+        "--limit",
+        "2",
+        "--device",
+        "gpu",
+    ]);
+    assert_one_line_error(&o, &["--device `gpu`", "expected cpu, cuda or cuda:N"]);
+}

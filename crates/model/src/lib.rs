@@ -22,6 +22,7 @@
 
 pub mod builtin;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod hub;
@@ -38,6 +39,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 pub use config::{CheckpointLayout, LlamaConfig};
+pub use device::open_device;
 pub use error::{Error, Result};
 pub use llama::{Llama, Trainable};
 pub use lora::LoraAdapter;

@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use clap::Args;
-use sightline_model::{load, parse_dtype, LoadOptions, LoadedModel, DEFAULT_MODEL};
+use sightline_model::{load, open_device, parse_dtype, LoadOptions, LoadedModel, DEFAULT_MODEL};
 use sightline_vision::llava::{Llava, LlavaOptions};
 use sightline_vision::preprocess::AspectMode;
 
@@ -44,18 +43,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn options(&self) -> Result<LoadOptions> {
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            d if d.starts_with("cuda") => {
-                let ordinal = d
-                    .strip_prefix("cuda:")
-                    .map(str::parse)
-                    .transpose()?
-                    .unwrap_or(0);
-                Device::new_cuda(ordinal)?
-            }
-            other => bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
-        };
+        let device = open_device(&self.device)?;
         Ok(LoadOptions {
             dtype: parse_dtype(&self.dtype)?,
             device,
