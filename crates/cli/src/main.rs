@@ -41,6 +41,8 @@ pub(crate) enum Command {
     /// semantics, and on the image tasks.
     // Boxed: the largest variant by far (clippy::large_enum_variant).
     Eval(Box<cmd::eval::Args>),
+    /// Merge the shards of `eval --shard I/N` runs into the unsharded run's results.
+    Merge(cmd::merge::Args),
     /// List the evaluation tasks.
     Tasks,
     /// Convert foreign checkpoints to Hugging Face layout.
@@ -74,6 +76,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Score(a) => cmd::score::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(*a),
+        Command::Merge(a) => cmd::merge::run(a),
         Command::Tasks => cmd::tasks::run(),
         Command::Convert(c) => cmd::convert::run(c),
         Command::Data(c) => cmd::data::run(c),

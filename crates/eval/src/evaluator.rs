@@ -15,10 +15,14 @@ use crate::lm::LanguageModel;
 use crate::mm;
 use crate::task::{Aggregation, Metric, Request, Response, Task};
 
+mod plan;
 mod pool;
+mod sharded;
 
+pub use plan::ShardSpec;
 pub use pool::Phase;
 use pool::Pool;
+pub use sharded::{evaluate_shard, finish_merged, ShardRun, TaskRequests};
 
 /// Evaluation settings that change which documents are scored.
 #[derive(Debug, Clone)]
@@ -206,29 +210,46 @@ pub fn evaluate(
     mut cache: Option<&mut RequestCache>,
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<Vec<TaskResult>> {
-    let prepared = tasks
-        .iter()
-        .map(|task| prepare(task.as_ref(), opts))
-        .collect::<Result<Vec<_>>>()?;
-    let requests = prepared
-        .iter()
-        .flat_map(|p| p.requests.iter().flatten())
-        .collect();
-    let mut pool = Pool::new(requests, &lm.identity(), cache.as_deref_mut());
+    let prepared = prepare_all(tasks, opts)?;
+    let requests = pooled(&prepared);
+    let mut pool = Pool::new(requests, &lm.identity(), cache.as_deref_mut(), None);
     pool.run_loglikelihood(lm, cache.as_deref_mut(), progress)?;
     pool.run_generations(lm, cache.as_deref_mut(), progress)?;
     pool.run_image_generations(lm, cache, progress)?;
+    finish_all(&prepared, &pool.responses, opts)
+}
 
-    // Route responses back (the pool keeps task, document, request order) and aggregate.
+/// Every task's documents and requests, in `--tasks` order.
+fn prepare_all<'a>(tasks: &'a [Box<dyn Task>], opts: &EvalOptions) -> Result<Vec<Prepared<'a>>> {
+    tasks
+        .iter()
+        .map(|task| prepare(task.as_ref(), opts))
+        .collect()
+}
+
+/// The pooled requests: every task's, in (task, document, request) order.
+fn pooled<'a>(prepared: &'a [Prepared]) -> Vec<&'a Request> {
+    prepared
+        .iter()
+        .flat_map(|p| p.requests.iter().flatten())
+        .collect()
+}
+
+/// Routes the pooled responses back to their tasks (the pool keeps task, document, request
+/// order) and aggregates.
+fn finish_all(
+    prepared: &[Prepared],
+    responses: &[Option<Response>],
+    opts: &EvalOptions,
+) -> Result<Vec<TaskResult>> {
     let mut cursor = 0;
     let mut results = Vec::with_capacity(prepared.len());
-    for p in &prepared {
+    for p in prepared {
         let n: usize = p.requests.iter().map(Vec::len).sum();
-        results.push(finish_task(
-            p,
-            &pool.responses[cursor..cursor + n],
-            opts.log_samples,
-        )?);
+        let slice = responses
+            .get(cursor..cursor + n)
+            .ok_or_else(|| Error::Config("internal: fewer responses than requests".into()))?;
+        results.push(finish_task(p, slice, opts.log_samples)?);
         cursor += n;
     }
     Ok(results)

@@ -9,10 +9,13 @@
 //!   and document helpers; [`mm_lm::LlavaLm`] runs their requests in batches on a LLaVA model.
 //! - [`data::DataSource`]: where task data comes from (embedded copies or `--data-dir`).
 //! - [`cache::RequestCache`]: resumable runs; [`report`]: lm-eval's `results.json` schema.
+//! - Sharded runs: [`evaluator::evaluate_shard`] answers one shard's work units, [`shard`]
+//!   holds its output file and checks a set of them, [`evaluator::finish_merged`] turns the
+//!   set into the unsharded run's results.
 //!
 //! Imports run one way; each module uses only modules to its left (or above it):
 //! [`error`] ← [`protocol`] ← [`data`] ← [`task`] ← [`mm`] ← [`tasks`] ← [`evaluator`] ←
-//! [`report`]. Beside that chain, [`cache`] uses [`task`]; [`lm`] uses [`protocol`]; [`mm_lm`]
+//! [`report`], and [`evaluator`] ← [`shard`]. Beside that chain, [`cache`] uses [`task`]; [`lm`] uses [`protocol`]; [`mm_lm`]
 //! uses [`lm`] and [`mm`]; [`evaluator`] uses [`cache`] and [`lm`]. The random streams come
 //! from the `sightline-random` crate.
 
@@ -25,6 +28,7 @@ pub mod mm;
 pub mod mm_lm;
 pub mod protocol;
 pub mod report;
+pub mod shard;
 pub mod task;
 pub mod tasks;
 

@@ -9,7 +9,8 @@ use candle_core::Tensor;
 use sightline_model::generate::{generate_ids, GenerateOptions};
 use sightline_model::llama::{argmax, KvCache};
 use sightline_model::score::{
-    encode_request, score_units, Request as LlRequest, ScoreOptions, Scored,
+    encode_request, plan_units, score_units, EncodedRequest, Request as LlRequest, ScoreOptions,
+    Scored,
 };
 use sightline_model::LoadedModel;
 
@@ -20,6 +21,18 @@ pub type DoneSink<'a> = dyn FnMut(&[(usize, Scored)]) -> Result<()> + 'a;
 
 /// Receives finished image generations as `(request index, raw text)` pairs.
 pub type TextSink<'a> = dyn FnMut(&[(usize, String)]) -> Result<()> + 'a;
+
+/// One piece of a model call's work as the model cuts a request list into them (a
+/// shared-context group, a padded batch, a window of image prompts), formed from the whole
+/// list. A sharded evaluation hands out whole units, so every answer is computed exactly as
+/// in the unsharded run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkUnit {
+    /// Indices into the request list the unit answers.
+    pub requests: Vec<usize>,
+    /// Estimated cost in token positions, for balancing shards.
+    pub cost: u64,
+}
 
 /// One image-task generation request ([`crate::task::Request::GenerateImage`]).
 #[derive(Debug, Clone)]
@@ -44,6 +57,10 @@ pub trait LanguageModel {
         skip: &dyn Fn(usize) -> bool,
         on_done: &mut DoneSink<'_>,
     ) -> Result<()>;
+
+    /// The units [`Self::loglikelihood`] cuts `requests` into, in the order it runs them;
+    /// a call whose `skip` leaves out whole units computes the others exactly as before.
+    fn loglikelihood_units(&self, requests: &[(String, String)]) -> Result<Vec<WorkUnit>>;
 
     /// Greedy generation until one of `until` (or EOS); the text is cut before the stop.
     fn generate_until(&self, context: &str, until: &[String]) -> Result<String>;
@@ -75,6 +92,16 @@ pub trait LanguageModel {
             self.identity()
         )))
     }
+
+    /// The units [`Self::generate_images`] cuts `requests` into; given the requests of whole
+    /// units only, it forms the same units again.
+    fn image_units(&self, requests: &[ImageGen]) -> Result<Vec<WorkUnit>> {
+        let _ = requests;
+        Err(Error::Config(format!(
+            "{}: a text-only model cannot run image tasks (they need a LLaVA checkpoint, or --mm-projector on a LLaMA one)",
+            self.identity()
+        )))
+    }
 }
 
 /// A candle model with lm-eval's request semantics (`HFLM(add_bos_token=False)`).
@@ -94,6 +121,25 @@ impl CandleLm {
         self.score
             .max_length
             .unwrap_or(self.loaded.model.config.max_position_embeddings)
+    }
+
+    /// The harness's encoding of every `(context, continuation)` pair.
+    fn encode(&self, requests: &[(String, String)]) -> Result<Vec<EncodedRequest>> {
+        let tok = &self.loaded.tokenizer;
+        requests
+            .iter()
+            .map(|(c, x)| {
+                encode_request(
+                    tok,
+                    &LlRequest {
+                        context: c.clone(),
+                        continuation: x.clone(),
+                    },
+                    &self.score,
+                )
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::Model)
     }
 }
 
@@ -116,20 +162,7 @@ impl LanguageModel for CandleLm {
         skip: &dyn Fn(usize) -> bool,
         on_done: &mut DoneSink<'_>,
     ) -> Result<()> {
-        let tok = &self.loaded.tokenizer;
-        let encoded = requests
-            .iter()
-            .map(|(c, x)| {
-                encode_request(
-                    tok,
-                    &LlRequest {
-                        context: c.clone(),
-                        continuation: x.clone(),
-                    },
-                    &self.score,
-                )
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let encoded = self.encode(requests)?;
         let mut inner_err: Option<Error> = None;
         score_units(
             &self.loaded.model,
@@ -145,6 +178,17 @@ impl LanguageModel for CandleLm {
             },
         )
         .map_err(|e| inner_err.take().unwrap_or(Error::Model(e)))
+    }
+
+    fn loglikelihood_units(&self, requests: &[(String, String)]) -> Result<Vec<WorkUnit>> {
+        let encoded = self.encode(requests)?;
+        Ok(plan_units(&self.loaded.model, &encoded, &self.score)?
+            .into_iter()
+            .map(|u| WorkUnit {
+                requests: u.requests,
+                cost: u.tokens as u64,
+            })
+            .collect())
     }
 
     fn generate_until(&self, context: &str, until: &[String]) -> Result<String> {

@@ -16,7 +16,7 @@ use sightline_vision::batch_generate::{BatchPrompt, Decoding, Sampling};
 use sightline_vision::llava::{Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
 
 use crate::error::{Error, Result};
-use crate::lm::{DoneSink, ImageGen, LanguageModel, TextSink};
+use crate::lm::{DoneSink, ImageGen, LanguageModel, TextSink, WorkUnit};
 use crate::mm::load_image;
 use crate::protocol::MmDecoding;
 
@@ -55,6 +55,9 @@ impl ImageCorruption {
         format!("{}:{}", self.kind.name(), self.severity)
     }
 }
+
+/// Each image request's token ids, and the windows (request indices) they run in.
+type Windows = (Vec<Vec<i64>>, Vec<Vec<usize>>);
 
 /// A loaded LLaVA model answering image requests.
 pub struct LlavaLm {
@@ -110,6 +113,42 @@ impl LlavaLm {
         Ok(ids)
     }
 
+    /// Each request's token ids, and the windows they run in: requests sorted by (decoding,
+    /// length, image, index), cut into runs of at most `16 × batch_size` with one decoding.
+    /// Given the requests of whole windows, it cuts the same windows again (a window ends at
+    /// its size limit or where the decoding changes, both of which the subset keeps).
+    fn windows(&self, requests: &[ImageGen]) -> Result<Windows> {
+        let ids: Vec<Vec<i64>> = requests
+            .iter()
+            .map(|r| self.ids(&r.context))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|&a, &b| {
+            decoding_key(&requests[a].decoding)
+                .cmp(&decoding_key(&requests[b].decoding))
+                .then(ids[a].len().cmp(&ids[b].len()))
+                .then(requests[a].image.cmp(&requests[b].image))
+                .then(a.cmp(&b))
+        });
+        let bs = self.batch_size.max(1);
+        let mut windows = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            // A window: at most 16 batches, all with the same decoding settings.
+            let key = decoding_key(&requests[order[start]].decoding);
+            let mut end = start;
+            while end < order.len()
+                && end - start < 16 * bs
+                && decoding_key(&requests[order[end]].decoding) == key
+            {
+                end += 1;
+            }
+            windows.push(order[start..end].to_vec());
+            start = end;
+        }
+        Ok((ids, windows))
+    }
+
     /// Projected features `[rows, hidden]` of the image an `image_ref` names.
     fn features(&self, image_ref: &str) -> Result<Tensor> {
         let mut rgb = load_image(image_ref)?;
@@ -156,32 +195,33 @@ impl LanguageModel for LlavaLm {
         ))
     }
 
+    fn loglikelihood_units(&self, requests: &[(String, String)]) -> Result<Vec<WorkUnit>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        Err(Error::Config(
+            "text tasks and image tasks run in separate `sightline eval` calls (a LLaVA model is loaded for image tasks only)".into(),
+        ))
+    }
+
+    fn image_units(&self, requests: &[ImageGen]) -> Result<Vec<WorkUnit>> {
+        let (ids, windows) = self.windows(requests)?;
+        Ok(windows
+            .into_iter()
+            .map(|w| WorkUnit {
+                cost: w
+                    .iter()
+                    .map(|&i| (ids[i].len() + requests[i].decoding.max_new_tokens) as u64)
+                    .sum(),
+                requests: w,
+            })
+            .collect())
+    }
+
     fn generate_images(&self, requests: &[ImageGen], on_done: &mut TextSink<'_>) -> Result<()> {
-        let ids: Vec<Vec<i64>> = requests
-            .iter()
-            .map(|r| self.ids(&r.context))
-            .collect::<Result<_>>()?;
-        let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by(|&a, &b| {
-            decoding_key(&requests[a].decoding)
-                .cmp(&decoding_key(&requests[b].decoding))
-                .then(ids[a].len().cmp(&ids[b].len()))
-                .then(requests[a].image.cmp(&requests[b].image))
-                .then(a.cmp(&b))
-        });
+        let (ids, windows) = self.windows(requests)?;
         let bs = self.batch_size.max(1);
-        let mut start = 0;
-        while start < order.len() {
-            // A window: at most 16 batches, all with the same decoding settings.
-            let key = decoding_key(&requests[order[start]].decoding);
-            let mut end = start;
-            while end < order.len()
-                && end - start < 16 * bs
-                && decoding_key(&requests[order[end]].decoding) == key
-            {
-                end += 1;
-            }
-            let window = &order[start..end];
+        for window in &windows {
             let mut features: HashMap<&str, Tensor> = HashMap::new();
             let mut prompts = Vec::with_capacity(window.len());
             for &i in window {
@@ -210,7 +250,6 @@ impl LanguageModel for LlavaLm {
                     })
                 })
                 .map_err(|e| inner.take().unwrap_or_else(|| vision_err(e)))?;
-            start = end;
         }
         Ok(())
     }

@@ -1,13 +1,15 @@
 //! Results in lm-evaluation-harness 0.4's `results.json` schema, `samples_<task>.jsonl`, and
 //! the Markdown table the harness prints.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::evaluator::TaskResult;
 use crate::tasks::GROUPS;
 
-/// Run facts recorded under `config` and at the top level of `results.json`.
-#[derive(Debug, Clone, Default)]
+/// Run facts recorded under `config` and at the top level of `results.json` (serialisable:
+/// a shard file carries its run's, for the merge to write).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunInfo {
     pub model: String,
     pub adapter: Option<String>,

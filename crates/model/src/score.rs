@@ -216,21 +216,22 @@ enum Unit<'a> {
     Batch(Vec<usize>),
 }
 
-/// The streaming engine under [`score`]: requests are cut into units (shared-context groups,
-/// then length-sorted padded batches), formed from the *whole* request list so that a unit's
-/// results never depend on which other units run. Units whose every request `skip`s are not
-/// computed (a resumed evaluation); each finished unit is handed to `on_unit` as
-/// `(input index, result)` pairs, duplicates included.
-pub fn score_units(
-    model: &Llama,
-    encoded: &[EncodedRequest],
+/// The units a request list is cut into, with what scoring them needs.
+struct Formed<'a> {
+    /// The input indices each distinct request answers (identical requests run once).
+    owners: Vec<Vec<usize>>,
+    prepared: Vec<Prepared>,
+    units: Vec<Unit<'a>>,
+}
+
+/// Cuts requests into units: shared-context groups (ordered by their first member), then
+/// length-sorted padded batches. Formed from the *whole* request list, so a unit's members
+/// (and so its results) never depend on which other units run.
+fn form_units<'a>(
+    encoded: &'a [EncodedRequest],
     opts: &ScoreOptions,
-    skip: &dyn Fn(usize) -> bool,
-    on_unit: &mut UnitSink<'_>,
-) -> Result<()> {
-    let max_length = opts
-        .max_length
-        .unwrap_or(model.config.max_position_embeddings);
+    max_length: usize,
+) -> Result<Formed<'a>> {
     // Identical requests are computed once (the harness's Reorderer does the same).
     let mut unique: Vec<&EncodedRequest> = Vec::new();
     let mut owners: Vec<Vec<usize>> = Vec::new();
@@ -284,7 +285,87 @@ pub fn score_units(
             .chunks(opts.batch_size.max(1))
             .map(|c| Unit::Batch(c.to_vec())),
     );
+    Ok(Formed {
+        owners,
+        prepared,
+        units,
+    })
+}
 
+/// One unit of [`score_units`]' work as [`plan_units`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitPlan {
+    /// The input indices the unit answers, duplicates included, in the order it reports them.
+    pub requests: Vec<usize>,
+    /// Token positions the unit runs through the decoder (padding included): its cost.
+    pub tokens: usize,
+}
+
+/// The units [`score_units`] cuts `encoded` into, in the order it runs them, without running
+/// them: what a sharded evaluation divides between processes, so that each unit is computed
+/// exactly as the unsharded run computes it.
+pub fn plan_units(
+    model: &Llama,
+    encoded: &[EncodedRequest],
+    opts: &ScoreOptions,
+) -> Result<Vec<UnitPlan>> {
+    let max_length = opts
+        .max_length
+        .unwrap_or(model.config.max_position_embeddings);
+    let f = form_units(encoded, opts, max_length)?;
+    let plans = f
+        .units
+        .iter()
+        .map(|unit| {
+            let (members, tokens) = match unit {
+                Unit::Shared { context, members } => (
+                    members,
+                    context.len()
+                        + members
+                            .iter()
+                            .map(|&i| f.prepared[i].targets.len())
+                            .sum::<usize>(),
+                ),
+                Unit::Batch(members) => (
+                    members,
+                    members.len()
+                        * members
+                            .iter()
+                            .map(|&i| f.prepared[i].input.len())
+                            .max()
+                            .unwrap_or(0),
+                ),
+            };
+            UnitPlan {
+                requests: members
+                    .iter()
+                    .flat_map(|&u| f.owners[u].iter().copied())
+                    .collect(),
+                tokens,
+            }
+        })
+        .collect();
+    Ok(plans)
+}
+
+/// The streaming engine under [`score`]: requests are cut into units ([`form_units`]). Units
+/// whose every request `skip`s are not computed (a resumed or sharded evaluation); each
+/// finished unit is handed to `on_unit` as `(input index, result)` pairs, duplicates included.
+pub fn score_units(
+    model: &Llama,
+    encoded: &[EncodedRequest],
+    opts: &ScoreOptions,
+    skip: &dyn Fn(usize) -> bool,
+    on_unit: &mut UnitSink<'_>,
+) -> Result<()> {
+    let max_length = opts
+        .max_length
+        .unwrap_or(model.config.max_position_embeddings);
+    let Formed {
+        owners,
+        prepared,
+        units,
+    } = form_units(encoded, opts, max_length)?;
     for unit in units {
         let members = match &unit {
             Unit::Shared { members, .. } | Unit::Batch(members) => members,

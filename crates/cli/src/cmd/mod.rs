@@ -4,6 +4,7 @@ pub mod convert;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod merge;
 pub mod merge_lora;
 pub mod model_args;
 pub mod report;

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use sightline_model::{load, open_device, parse_dtype, LoadOptions, LoadedModel, DEFAULT_MODEL};
 use sightline_vision::llava::{Llava, LlavaOptions};
 use sightline_vision::preprocess::AspectMode;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct ModelArgs {
     /// HF model directory (LLaMA, original-layout LLaVA or llava-hf), Hub id
     /// (`org/name[@revision]`, from the Hub cache or downloaded into it), or

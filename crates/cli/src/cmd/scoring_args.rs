@@ -1,9 +1,10 @@
 //! Log-likelihood scoring flags shared by `score` and `eval`.
 
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 use sightline_model::score::{EmptyContextPrefix, ScoreOptions};
 
-#[derive(Clone, Copy, ValueEnum, Debug)]
+#[derive(Clone, Copy, ValueEnum, Debug, Serialize, Deserialize)]
 pub enum EmptyPrefix {
     /// `[eos]`, as the 0.3-era harness (the paper's) does.
     Eos,
@@ -11,7 +12,7 @@ pub enum EmptyPrefix {
     Bos,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct ScoringArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 8)]

@@ -20,20 +20,31 @@ pub(super) struct Pool<'a> {
     requests: Vec<&'a Request>,
     keys: Vec<String>,
     pub(super) responses: Vec<Option<Response>>,
+    /// A shard's requests (`None`: all of them); the others are neither computed nor taken
+    /// from the cache.
+    mine: Option<Vec<bool>>,
 }
 
 impl<'a> Pool<'a> {
     /// Pools the requests (every task's, in task, document, request order) and takes the
-    /// responses the cache already holds.
+    /// responses the cache already holds for the requests this run answers (`mine`, or all).
     pub(super) fn new(
         requests: Vec<&'a Request>,
         identity: &str,
         cache: Option<&mut RequestCache>,
+        mine: Option<Vec<bool>>,
     ) -> Self {
         let keys: Vec<String> = requests.iter().map(|r| cache::key(identity, r)).collect();
+        let wanted = |i: usize| mine.as_ref().is_none_or(|m| m[i]);
         let responses: Vec<Option<Response>> = keys
             .iter()
-            .map(|k| cache.as_ref().and_then(|c| c.get(k).cloned()))
+            .enumerate()
+            .map(|(i, k)| {
+                cache
+                    .as_ref()
+                    .filter(|_| wanted(i))
+                    .and_then(|c| c.get(k).cloned())
+            })
             .collect();
         if let Some(c) = cache {
             c.hits = responses.iter().filter(|r| r.is_some()).count();
@@ -42,7 +53,13 @@ impl<'a> Pool<'a> {
             requests,
             keys,
             responses,
+            mine,
         }
+    }
+
+    /// Whether this run answers pool slot `i`.
+    fn is_mine(&self, i: usize) -> bool {
+        self.mine.as_ref().is_none_or(|m| m[i])
     }
 
     /// Log-likelihoods: one call for all tasks.
@@ -55,6 +72,12 @@ impl<'a> Pool<'a> {
         let ll_slots: Vec<usize> = (0..self.requests.len())
             .filter(|&i| matches!(self.requests[i], Request::Loglikelihood { .. }))
             .collect();
+        // The model forms its units from every request (a shard's units are the unsharded
+        // run's); what is cached or another shard's is skipped.
+        let skipped: Vec<bool> = ll_slots
+            .iter()
+            .map(|&i| self.responses[i].is_some() || !self.is_mine(i))
+            .collect();
         let pairs: Vec<(String, String)> = ll_slots
             .iter()
             .map(|&i| match self.requests[i] {
@@ -65,13 +88,12 @@ impl<'a> Pool<'a> {
                 _ => (String::new(), String::new()),
             })
             .collect();
-        let total_ll = ll_slots.len();
+        let total_ll = ll_slots.iter().filter(|&&i| self.is_mine(i)).count();
         let responses = &mut self.responses;
         let keys = &self.keys;
         let mut done = ll_slots.iter().filter(|&&i| responses[i].is_some()).count();
         progress(Phase::Loglikelihood, done, total_ll);
-        let cached: Vec<bool> = ll_slots.iter().map(|&i| responses[i].is_some()).collect();
-        lm.loglikelihood(&pairs, &|j| cached[j], &mut |unit| {
+        lm.loglikelihood(&pairs, &|j| skipped[j], &mut |unit| {
             let mut fresh = Vec::new();
             for &(j, scored) in unit {
                 let slot = ll_slots[j];
@@ -99,10 +121,11 @@ impl<'a> Pool<'a> {
     ) -> Result<()> {
         let mut gen_slots: Vec<usize> = (0..self.requests.len())
             .filter(|&i| {
-                matches!(
-                    self.requests[i],
-                    Request::GenerateUntil { .. } | Request::GenerateFit { .. }
-                )
+                self.is_mine(i)
+                    && matches!(
+                        self.requests[i],
+                        Request::GenerateUntil { .. } | Request::GenerateFit { .. }
+                    )
             })
             .collect();
         // MMLU prompts grouped by subject (a stable sort; responses do not depend on the order),
@@ -148,7 +171,8 @@ impl<'a> Pool<'a> {
         Ok(())
     }
 
-    /// Image generations: one call, batched by the model.
+    /// Image generations: one call, batched by the model. A shard passes the requests of its
+    /// whole windows, which the model cuts into the same windows again.
     pub(super) fn run_image_generations(
         &mut self,
         lm: &dyn LanguageModel,
@@ -158,6 +182,7 @@ impl<'a> Pool<'a> {
         let img_slots: Vec<usize> = (0..self.requests.len())
             .filter(|&i| {
                 self.responses[i].is_none()
+                    && self.is_mine(i)
                     && matches!(self.requests[i], Request::GenerateImage { .. })
             })
             .collect();

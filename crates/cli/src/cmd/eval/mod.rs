@@ -3,6 +3,10 @@
 //! tasks (POPE, MME, COCO/Flickr30k captions, Unicorn sketchy-VQA and OODCV-VQA, VQAv2) on a LLaVA model with Sight-Beyond-Text's protocol or a
 //! greedy one; results in lm-eval's `results.json` schema either way. Text and image tasks run
 //! in separate calls: a LLaVA model is loaded for image tasks, the decoder alone for text.
+//! With `--shard I/N` the run answers one shard's work units ([`shard`]); `sightline merge`
+//! turns the shards into the unsharded run's results.
+
+pub(crate) mod shard;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -10,9 +14,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use sightline_eval::cache::RequestCache;
 use sightline_eval::data::{DataSource, TruthfulQaVersion};
-use sightline_eval::evaluator::{evaluate, EvalOptions, Phase, TaskResult};
+use sightline_eval::evaluator::{evaluate, EvalOptions, Phase, ShardSpec, TaskResult};
 use sightline_eval::lm::{CandleLm, LanguageModel};
 use sightline_eval::mm_lm::{ImageCorruption, LlavaLm};
 use sightline_eval::protocol::Protocol;
@@ -24,7 +29,7 @@ use super::model_args::ModelArgs;
 use super::scoring_args::ScoringArgs;
 use crate::io::Output;
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
 enum TqaData {
     /// Original release, what HF `truthful_qa` serves (the harness's and the paper's data).
     V0,
@@ -32,7 +37,7 @@ enum TqaData {
     Current,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
 enum Gsm8kHarnessArg {
     /// The paper's: the 0.3-era harness (commit 0bf683b), 8-shot from the seed-42 stream,
     /// stops ":", "Question:", "Question"; `acc`.
@@ -43,7 +48,7 @@ enum Gsm8kHarnessArg {
     V04,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
 enum ProtocolArg {
     /// The paper's: `v0` prompt with its canned example, sampling (T 0.2, top-k 50, seeded).
     Sbt,
@@ -51,7 +56,10 @@ enum ProtocolArg {
     Greedy,
 }
 
-#[derive(ClapArgs)]
+/// The flags of `sightline eval`. A shard file records them (all but where output goes and
+/// what is cached, which are the run's own business) for `sightline merge` to compare between
+/// shards and to select the documents again.
+#[derive(ClapArgs, Serialize, Deserialize)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -63,11 +71,14 @@ pub struct Args {
     limit: Option<usize>,
     #[command(flatten)]
     scoring: ScoringArgs,
-    /// Directory for results.json (and samples_<task>.jsonl with --log-samples).
+    /// Directory for results.json (and samples_<task>.jsonl with --log-samples); with
+    /// --shard, for the shard's shard-I-of-N.json.
     #[arg(long)]
+    #[serde(skip)]
     output: Option<PathBuf>,
     /// Replace an existing results.json / samples files in --output.
     #[arg(long)]
+    #[serde(skip)]
     overwrite: bool,
     /// Write per-document records (doc, requests, responses, metrics).
     #[arg(long)]
@@ -75,7 +86,14 @@ pub struct Args {
     /// Request log directory: finished requests are appended as they finish and reused by a
     /// rerun (also after a crash or kill).
     #[arg(long)]
+    #[serde(skip)]
     cache: Option<PathBuf>,
+    /// Compute only shard I of N (I from 0, e.g. `--shard $SLURM_ARRAY_TASK_ID/4`) of the
+    /// run's work units and write them to --output/shard-I-of-N.json; `sightline merge`
+    /// makes the results of the whole run from all N.
+    #[arg(long, value_name = "I/N", value_parser = shard_spec)]
+    #[serde(skip)]
+    shard: Option<ShardSpec>,
     /// Seed of the per-task document shuffle (lm-eval 0.3 uses 42).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -147,6 +165,12 @@ fn mathqa_train_file(arg: &str) -> std::result::Result<PathBuf, String> {
     Ok(path)
 }
 
+/// `--shard I/N`.
+fn shard_spec(arg: &str) -> std::result::Result<ShardSpec, String> {
+    arg.parse()
+        .map_err(|e: sightline_eval::Error| e.to_string())
+}
+
 /// `gaussian_noise:3` → the corruption and its severity.
 fn parse_corruption(spec: &str, seed: u64) -> Result<ImageCorruption> {
     let (name, sev) = spec.split_once(':').with_context(|| {
@@ -183,46 +207,61 @@ fn write_file(path: &Path, overwrite: bool, contents: &[u8]) -> Result<()> {
 }
 
 /// `sightline eval`: check the arguments, load the model, evaluate, write `results.json` (and
-/// samples), print the table.
+/// samples), print the table; with `--shard`, evaluate one shard and write its file.
 pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let date = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let variants = sightline_eval::tasks::Variants {
-        gsm8k: match a.gsm8k_harness {
-            Gsm8kHarnessArg::Paper => sightline_eval::tasks::gsm8k::Harness::Paper,
-            Gsm8kHarnessArg::V04 => sightline_eval::tasks::gsm8k::Harness::V04,
-        },
+    let tasks = resolve_tasks(&a)?;
+    let run = RunKind::check(&a, &tasks, true)?;
+    let output_name = match a.shard {
+        Some(s) => shard::file_name(s, &run),
+        None => run.results_name(),
     };
-    let tasks = sightline_eval::tasks::resolve_with(&a.tasks, variants)?;
-    let run = RunKind::check(&a, &tasks)?;
-    if let Some(dir) = &a.output {
-        refuse_to_overwrite(dir, &run.results_name(), a.overwrite)?;
+    match &a.output {
+        Some(dir) => refuse_to_overwrite(dir, &output_name, a.overwrite)?,
+        None if a.shard.is_some() => bail!(
+            "--shard needs --output DIR: the shard's answers go to DIR/{output_name} for `sightline merge`"
+        ),
+        None => {}
     }
     let data = data_source(&a, run.protocol);
-    let opts = EvalOptions {
-        limit: a.limit,
-        shuffle_seed: a.seed,
-        data: data.clone(),
-        log_samples: a.log_samples,
-        skip_missing_images: a.skip_missing_images,
-    };
+    let opts = eval_options(&a, &data);
     let (lm, max_length) = load_lm(&a, &run)?;
     let mut cache = match &a.cache {
         Some(dir) => Some(RequestCache::open(dir)?),
         None => None,
     };
+    if let Some(s) = a.shard {
+        let sharded = with_bars(|progress| {
+            Ok(sightline_eval::evaluator::evaluate_shard(
+                lm.as_ref(),
+                &tasks,
+                &opts,
+                cache.as_mut(),
+                s,
+                progress,
+            )?)
+        })?;
+        let cache_hits = cache.as_ref().map_or(0, |c| c.hits);
+        let info = run_info(&a, &run, &data, max_length, (date, started), cache_hits);
+        return shard::write(&a, &run, lm.identity(), sharded, info);
+    }
 
-    let results = evaluate_with_bars(lm.as_ref(), &tasks, &opts, cache.as_mut())?;
+    let results = with_bars(|progress| {
+        Ok(evaluate(
+            lm.as_ref(),
+            &tasks,
+            &opts,
+            cache.as_mut(),
+            progress,
+        )?)
+    })?;
 
     let cache_hits = cache.as_ref().map_or(0, |c| c.hits);
     let info = run_info(&a, &run, &data, max_length, (date, started), cache_hits);
-    warn_about(&results);
-    if let Some(dir) = &a.output {
-        write_results(&a, dir, &run, &results, &info)?;
-    }
     if info.cache_hits > 0 {
         eprintln!(
             "reused {} cached responses from {}",
@@ -230,10 +269,48 @@ pub fn run(a: Args) -> Result<()> {
             a.cache.as_deref().unwrap_or(Path::new("")).display()
         );
     }
+    report(&a, a.output.as_deref(), &run, &results, &info)
+}
+
+/// The tasks `--tasks` names, in the variants the flags choose.
+fn resolve_tasks(a: &Args) -> Result<Vec<Box<dyn sightline_eval::task::Task>>> {
+    let variants = sightline_eval::tasks::Variants {
+        gsm8k: match a.gsm8k_harness {
+            Gsm8kHarnessArg::Paper => sightline_eval::tasks::gsm8k::Harness::Paper,
+            Gsm8kHarnessArg::V04 => sightline_eval::tasks::gsm8k::Harness::V04,
+        },
+    };
+    Ok(sightline_eval::tasks::resolve_with(&a.tasks, variants)?)
+}
+
+/// Which documents are scored and what is logged, from the flags.
+fn eval_options(a: &Args, data: &DataSource) -> EvalOptions {
+    EvalOptions {
+        limit: a.limit,
+        shuffle_seed: a.seed,
+        data: data.clone(),
+        log_samples: a.log_samples,
+        skip_missing_images: a.skip_missing_images,
+    }
+}
+
+/// What a finished run (or a merge) leaves: notes on stderr, `results.json` and samples in
+/// `output`, the corruption and the Markdown table on stdout.
+fn report(
+    a: &Args,
+    output: Option<&Path>,
+    run: &RunKind,
+    results: &[TaskResult],
+    info: &RunInfo,
+) -> Result<()> {
+    warn_about(results);
+    if let Some(dir) = output {
+        write_results(a, dir, run, results, info)?;
+    }
     if let Some(c) = &run.corruption {
         println!("corruption: {} at severity {}", c.kind.name(), c.severity);
     }
-    print!("{}", markdown_table(&results));
+    print!("{}", markdown_table(results));
     Ok(())
 }
 
@@ -246,9 +323,14 @@ struct RunKind {
 }
 
 impl RunKind {
-    /// Refuses mixed text and image tasks, image tasks on a text model, a missing
-    /// `--image-root`, and `--corrupt` without image tasks (in that order).
-    fn check(a: &Args, tasks: &[Box<dyn sightline_eval::task::Task>]) -> Result<Self> {
+    /// Refuses mixed text and image tasks, image tasks on a text model (with `check_model`;
+    /// a merge loads no model), a missing `--image-root`, and `--corrupt` without image tasks
+    /// (in that order).
+    fn check(
+        a: &Args,
+        tasks: &[Box<dyn sightline_eval::task::Task>],
+        check_model: bool,
+    ) -> Result<Self> {
         let image_tasks: Vec<&str> = tasks
             .iter()
             .filter(|t| t.needs_images())
@@ -261,7 +343,7 @@ impl RunKind {
                 image_tasks.join(", ")
             );
         }
-        if multimodal && !a.model.is_multimodal()? {
+        if check_model && multimodal && !a.model.is_multimodal()? {
             bail!(
                 "{} is a text-only model: image tasks ({}) need a LLaVA checkpoint, or --mm-projector (and --vision-tower) on a LLaMA one",
                 a.model.model,
@@ -397,17 +479,13 @@ fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
     }
 }
 
-/// [`evaluate`] with a progress bar per phase on stderr.
-fn evaluate_with_bars(
-    lm: &dyn LanguageModel,
-    tasks: &[Box<dyn sightline_eval::task::Task>],
-    opts: &EvalOptions,
-    cache: Option<&mut RequestCache>,
-) -> Result<Vec<TaskResult>> {
+/// Runs an evaluation (`work`, given the progress callback) with a progress bar per phase on
+/// stderr.
+fn with_bars<T>(work: impl FnOnce(&mut dyn FnMut(Phase, usize, usize)) -> Result<T>) -> Result<T> {
     let multi = MultiProgress::new();
     let ll_bar = bar(&multi, "loglikelihood");
     let gen_bar = bar(&multi, "generate");
-    let results = evaluate(lm, tasks, opts, cache, &mut |phase, done, total| {
+    let results = work(&mut |phase, done, total| {
         let b = match phase {
             Phase::Loglikelihood => &ll_bar,
             Phase::Generate => &gen_bar,
