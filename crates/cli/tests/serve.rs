@@ -133,7 +133,9 @@ fn api_eval_equals_the_local_run() {
             "{task}: {} log-likelihoods, largest |local - api| = {worst:e}",
             x.len()
         );
-        assert!(worst <= 1e-4, "{task}: {worst}");
+        // Not 0: the local run scores a question's answers on its context's KV cache, in
+        // batches; the server runs each prompt whole (see the bit-exact test below).
+        assert!(worst <= 2e-5, "{task}: {worst}");
         let greedy_same = x.iter().zip(&y).filter(|(p, q)| p.1 == q.1).count();
         assert_eq!(greedy_same, x.len(), "{task}: is_greedy differs");
     }
@@ -151,6 +153,101 @@ fn api_eval_equals_the_local_run() {
     assert_eq!(b["results"], a["results"]);
     assert_eq!(b["config"]["api"]["usage"]["prompt_tokens"], 0);
     assert!(b["cached_requests"].as_u64().unwrap() > 100);
+}
+
+/// On the same compute path (one prompt per forward, no shared prefix) the log-likelihoods
+/// over HTTP are the local ones bit for bit: the JSON round trip loses nothing.
+#[test]
+fn api_scoring_is_bit_exact_on_the_same_compute_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "eval",
+        "--tasks",
+        "truthfulqa_mc1,ethics_cm",
+        "--limit",
+        "8",
+        "--log-samples",
+        "--batch-size",
+        "1",
+    ];
+    let local = tmp.path().join("local");
+    let o = sightline()
+        .args(args)
+        .arg("--no-shared-prefix")
+        .arg("--output")
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = serve(&["--batch-size", "1"]);
+    let api = tmp.path().join("api");
+    let o = sightline()
+        .args(args)
+        .args([
+            "--model",
+            "openai-completions:tiny",
+            "--base-url",
+            &server.base,
+            "--api-concurrency",
+            "1",
+        ])
+        .arg("--output")
+        .arg(&api)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for task in ["truthfulqa_mc1", "ethics_cm"] {
+        assert_eq!(logprobs(&local, task), logprobs(&api, task), "{task}");
+    }
+}
+
+/// Greedy generation tasks over `openai-completions` give the local generations exactly
+/// (token-id prompts truncated as locally; the server runs the same greedy decoder).
+#[test]
+fn api_generation_equals_the_local_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "eval",
+        "--tasks",
+        "truthfulqa_gen",
+        "--limit",
+        "4",
+        "--log-samples",
+    ];
+    let local = tmp.path().join("local");
+    let o = sightline()
+        .args(args)
+        .arg("--output")
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = serve(&[]);
+    let api = tmp.path().join("api");
+    let o = sightline()
+        .args(args)
+        .args([
+            "--model",
+            "openai-completions:tiny",
+            "--base-url",
+            &server.base,
+        ])
+        .arg("--output")
+        .arg(&api)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(results(&local)["results"], results(&api)["results"]);
+    let texts = |dir: &Path| -> Vec<Value> {
+        std::fs::read_to_string(dir.join("samples_truthfulqa_gen.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["resps"].clone())
+            .collect()
+    };
+    assert_eq!(texts(&local), texts(&api));
+    let usage = &results(&api)["config"]["api"]["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
 }
 
 #[test]
