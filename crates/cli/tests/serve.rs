@@ -2,51 +2,13 @@
 //! the direct local run, and the server holds up under concurrent load with malformed
 //! requests mixed in.
 
-use std::io::{BufRead, BufReader};
+mod serve_support;
+
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-fn sightline() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sightline"))
-}
-
-/// A `sightline serve` child on a free port, killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(extra: &[&str]) -> Served {
-    let mut child = sightline()
-        .args(["serve", "--port", "0", "--served-model-name", "tiny"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    // "sightline serve: model `tiny` on http://127.0.0.1:PORT/v1"
-    let base = line.split_whitespace().last().unwrap_or("").to_string();
-    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
-    Served {
-        child,
-        base,
-        _stdout: stdout,
-    }
-}
+use serve_support::{serve, sightline, valid_requests};
 
 fn results(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
@@ -300,23 +262,9 @@ fn load_with_malformed_requests() {
         let st = r.status().as_u16();
         (st, r.into_body().read_to_string().unwrap())
     };
-    let stories = [
-        "Once upon a time, there was a little dog",
-        "Lily wanted to play in the park with her friend",
-        "The sun was shining and the birds were singing",
-        "Tom had a red ball. He liked to",
-    ];
     // Valid requests: echo scoring (compared to 1e-4: padding with other clients' prompts may
     // move the last bits) and greedy chat (compared exactly: generation runs alone).
-    let valid: Vec<(&str, String)> = stories
-        .iter()
-        .flat_map(|s| {
-            [
-                ("/completions", json!({"model": "tiny", "prompt": s, "max_tokens": 0, "echo": true, "logprobs": 1}).to_string()),
-                ("/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": s}], "max_tokens": 12}).to_string()),
-            ]
-        })
-        .collect();
+    let valid = valid_requests();
     let malformed: Vec<String> = vec![
         "{".into(),
         json!({"model": "tiny", "prompt": [70000]}).to_string(),
