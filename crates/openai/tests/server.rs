@@ -291,3 +291,85 @@ fn over_the_concurrency_limit_is_429_and_the_client_retries() {
     let c = client.counters.to_json();
     assert!(c["retries"].as_u64().unwrap() > 0, "{c}");
 }
+
+/// The official `openai` Python client's session (scripts/reference/openai_client_check.py,
+/// tests/fixtures/serve/openai_client.json), replayed: the same request bodies give what that
+/// client read, field by field.
+#[test]
+fn openai_python_client_fixture_replays() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/serve/openai_client.json"
+    );
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let s = start(64);
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for case in cases {
+        let (name, want) = (case["name"].as_str().unwrap(), &case["response"]);
+        let path = format!("/v1{}", case["path"].as_str().unwrap());
+        if case["request"].is_null() {
+            let r = s.agent.get(&format!("{}{path}", s.base)).call().unwrap();
+            let v: Value = serde_json::from_str(&r.into_body().read_to_string().unwrap()).unwrap();
+            let ids: Vec<&Value> = v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| &m["id"])
+                .collect();
+            assert_eq!(json!(ids), want["ids"], "{name}");
+            continue;
+        }
+        let (status, text) = s.post(&path, &case["request"].to_string());
+        if let Some(st) = want.get("status") {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(json!(status), *st, "{name}: {text}");
+            assert_eq!(v["error"]["type"], want["type"], "{name}");
+            if let Some(code) = want.get("code") {
+                assert_eq!(&v["error"]["code"], code, "{name}");
+            }
+            continue;
+        }
+        assert_eq!(status, 200, "{name}: {text}");
+        if case["request"]["stream"] == json!(true) {
+            let mut content = String::new();
+            let mut with_text = 0;
+            for e in text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+                if e == "[DONE]" {
+                    break;
+                }
+                let c: Value = serde_json::from_str(e).unwrap();
+                if let Some(t) = c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                {
+                    content.push_str(t);
+                    with_text += 1;
+                }
+            }
+            assert_eq!(json!(content), want["content"], "{name}");
+            assert_eq!(json!(with_text), want["chunks_with_text"], "{name}");
+            continue;
+        }
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let choice = &v["choices"][0];
+        if name == "chat_greedy" {
+            assert_eq!(choice["message"]["content"], want["content"], "{name}");
+            assert_eq!(choice["finish_reason"], want["finish_reason"], "{name}");
+        } else {
+            assert_eq!(choice["text"], want["text"], "{name}");
+            for key in ["tokens", "text_offset", "top_logprobs"] {
+                assert_eq!(choice["logprobs"][key], want[key], "{name}: {key}");
+            }
+            // Compared as numbers: Python wrote the floats it parsed.
+            let got: Vec<Option<f64>> =
+                serde_json::from_value(choice["logprobs"]["token_logprobs"].clone()).unwrap();
+            let exp: Vec<Option<f64>> =
+                serde_json::from_value(want["token_logprobs"].clone()).unwrap();
+            assert_eq!(got, exp, "{name}");
+        }
+        for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+            assert_eq!(v["usage"][key], want["usage"][key], "{name}: {key}");
+        }
+    }
+}
