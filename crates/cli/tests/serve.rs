@@ -213,19 +213,64 @@ fn api_generation_equals_the_local_run() {
 }
 
 #[test]
-fn chat_models_refuse_loglikelihood_tasks_clearly() {
+fn api_model_errors_are_clear() {
     let server = serve(&[]);
+    let fail = |extra: &[&str], want: &str| {
+        let o = sightline()
+            .args(["eval", "--tasks", "ethics_cm", "--limit", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{extra:?}: {err}");
+    };
+    let chat = ["--model", "openai-chat:tiny", "--base-url", &server.base];
+    fail(&chat, "chat models return no log-likelihoods");
+    fail(&["--model", "openai-completions:tiny"], "needs --base-url");
+    fail(
+        &["--base-url", &server.base],
+        "--base-url applies to --model openai-completions",
+    );
+    // A server without vLLM's /tokenize (here: a path under which nothing is served).
+    let elsewhere = format!("{}/elsewhere/v1", server.base.trim_end_matches("/v1"));
     let o = sightline()
         .args(["eval", "--tasks", "ethics_cm", "--limit", "2"])
-        .args(["--model", "openai-chat:tiny", "--base-url", &server.base])
+        .args([
+            "--model",
+            "openai-completions:tiny",
+            "--base-url",
+            &elsewhere,
+            "--max-length",
+            "512",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("chat models return no log-likelihoods"),
-        "{err}"
-    );
+    assert!(err.contains("no /tokenize endpoint"), "{err}");
+    // Nothing listening: transport errors are retried, then reported with the URL.
+    let o = sightline()
+        .args([
+            "eval",
+            "--tasks",
+            "ethics_cm",
+            "--limit",
+            "2",
+            "--api-max-retries",
+            "1",
+        ])
+        .args([
+            "--model",
+            "openai-completions:tiny",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("http://127.0.0.1:9/v1/models"), "{err}");
 }
 
 /// VmRSS of a process in KiB.
