@@ -43,31 +43,7 @@ async fn run(s: &AppState, body: Body) -> Result<Response, ApiError> {
             format!("logprobs is at most {MAX_LOGPROBS}, got {k}"),
         ));
     }
-    let limit = if max_tokens == 0 {
-        facts.max_position + 1
-    } else {
-        facts.max_position
-    };
-    if let Some(p) = prompts
-        .iter()
-        .find(|p| p.len() + usize::from(max_tokens > 0) > limit)
-    {
-        return Err(ApiError::bad(
-            "prompt",
-            format!(
-                "a prompt of {} tokens does not fit the model's {} positions",
-                p.len(),
-                facts.max_position
-            ),
-        )
-        .code("context_length_exceeded"));
-    }
-    if max_tokens == 0 && !req.echo {
-        return Err(ApiError::bad(
-            "max_tokens",
-            "max_tokens = 0 returns nothing without echo",
-        ));
-    }
+    check_lengths(&prompts, max_tokens, req.echo, facts.max_position)?;
     let opts = GenerateOptions {
         max_new_tokens: max_tokens,
         stop: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
@@ -83,23 +59,74 @@ async fn run(s: &AppState, body: Body) -> Result<Response, ApiError> {
                 "streaming takes one prompt, max_tokens > 0, and no echo or logprobs",
             ));
         }
-        let (id, model, created) = (format!("cmpl-{}", now()), req.model.clone(), now());
-        let chunk: ChunkFn = std::sync::Arc::new(move |p: Piece<'_>| {
-            let (text, finish) = match p {
-                Piece::Start => return None,
-                Piece::Text(t) => (t, Value::Null),
-                Piece::Finish(f) => ("", json!(f)),
-            };
-            Some(
-                json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]}),
-            )
-        });
         let prompt = prompts.into_iter().next().unwrap_or_default();
-        return stream::stream(s, permit, prompt, opts, chunk).await;
+        return stream::stream(s, permit, prompt, opts, chunks(req.model.clone())).await;
     }
+    answer(s, &req, &prompts, &opts).await
+}
+
+/// Refuses prompts that do not fit the context (scoring alone may use one position more: the
+/// last token is only a target) and a request that asks for nothing.
+fn check_lengths(
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    echo: bool,
+    max_position: usize,
+) -> Result<(), ApiError> {
+    let limit = if max_tokens == 0 {
+        max_position + 1
+    } else {
+        max_position
+    };
+    if let Some(p) = prompts
+        .iter()
+        .find(|p| p.len() + usize::from(max_tokens > 0) > limit)
+    {
+        return Err(ApiError::bad(
+            "prompt",
+            format!(
+                "a prompt of {} tokens does not fit the model's {max_position} positions",
+                p.len()
+            ),
+        )
+        .code("context_length_exceeded"));
+    }
+    if max_tokens == 0 && !echo {
+        return Err(ApiError::bad(
+            "max_tokens",
+            "max_tokens = 0 returns nothing without echo",
+        ));
+    }
+    Ok(())
+}
+
+/// The `text_completion` chunks of a streamed completion.
+fn chunks(model: String) -> ChunkFn {
+    let (id, created) = (format!("cmpl-{}", now()), now());
+    std::sync::Arc::new(move |p: Piece<'_>| {
+        let (text, finish) = match p {
+            Piece::Start => return None,
+            Piece::Text(t) => (t, Value::Null),
+            Piece::Finish(f) => ("", json!(f)),
+        };
+        Some(
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]}),
+        )
+    })
+}
+
+/// Generates (when `max_tokens` > 0) and scores (with `logprobs`) every prompt, and shapes
+/// the answer.
+async fn answer(
+    s: &AppState,
+    req: &CompletionRequest,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<Response, ApiError> {
+    let max_tokens = opts.max_new_tokens;
     let mut gens = Vec::with_capacity(prompts.len());
-    for p in &prompts {
+    for p in prompts {
         gens.push(if max_tokens > 0 {
             Some(stream::generate(s, p.clone(), opts.clone()).await?)
         } else {
@@ -107,10 +134,10 @@ async fn run(s: &AppState, body: Body) -> Result<Response, ApiError> {
         });
     }
     let scored = match req.logprobs {
-        Some(k) => Some(score(s, &prompts, &gens, k).await?),
+        Some(k) => Some(score(s, prompts, &gens, k).await?),
         None => None,
     };
-    let tok = &facts.tokenizer;
+    let tok = &s.engine.facts.tokenizer;
     let mut usage = Usage::default();
     let mut choices = Vec::with_capacity(prompts.len());
     for (i, (p, g)) in prompts.iter().zip(&gens).enumerate() {
@@ -141,7 +168,7 @@ async fn run(s: &AppState, body: Body) -> Result<Response, ApiError> {
         id: format!("cmpl-{}", now()),
         object: "text_completion".into(),
         created: now(),
-        model: req.model,
+        model: req.model.clone(),
         choices,
         usage: Some(usage),
     }))
