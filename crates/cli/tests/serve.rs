@@ -212,6 +212,61 @@ fn api_generation_equals_the_local_run() {
     assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
 }
 
+/// The letter-answer protocols (issue 18 item 2, TruthfulQA MC1 only) over
+/// `openai-completions` equal the local run; over `openai-chat` they run (through the server's
+/// chat template, so on different prompts) and report their unparseable answers.
+#[test]
+fn generative_protocols_over_the_api_equal_the_local_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "eval",
+        "--tasks",
+        "truthfulqa_mc1_joint,truthfulqa_mc1_circular",
+        "--limit",
+        "3",
+        "--log-samples",
+    ];
+    let local = tmp.path().join("local");
+    let o = sightline()
+        .args(args)
+        .arg("--output")
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = serve(&[]);
+    let api = tmp.path().join("api");
+    let o = sightline()
+        .args(args)
+        .args([
+            "--model",
+            "openai-completions:tiny",
+            "--base-url",
+            &server.base,
+        ])
+        .arg("--output")
+        .arg(&api)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (l, a) = (results(&local), results(&api));
+    assert_eq!(l["results"], a["results"]);
+    let u = l["results"]["truthfulqa_mc1_circular"]["unparseable,none"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&u));
+    let chat = tmp.path().join("chat");
+    let o = sightline()
+        .args(args)
+        .args(["--model", "openai-chat:tiny", "--base-url", &server.base])
+        .arg("--output")
+        .arg(&chat)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(results(&chat)["results"]["truthfulqa_mc1_joint"]["acc,none"].is_number());
+}
+
 #[test]
 fn api_model_errors_are_clear() {
     let server = serve(&[]);

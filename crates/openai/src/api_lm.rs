@@ -332,13 +332,13 @@ impl LanguageModel for ApiLm {
         skip: &dyn Fn(usize) -> bool,
         on_done: &mut DoneSink<'_>,
     ) -> std::result::Result<(), EvalError> {
-        if self.kind == ApiKind::Chat {
+        let todo: Vec<usize> = (0..requests.len()).filter(|&i| !skip(i)).collect();
+        if self.kind == ApiKind::Chat && !todo.is_empty() {
             return Err(EvalError::Config(format!(
                 "{}: chat models return no log-likelihoods, so log-likelihood tasks cannot run on them; use openai-completions on a server with echo + logprobs",
                 self.identity()
             )));
         }
-        let todo: Vec<usize> = (0..requests.len()).filter(|&i| !skip(i)).collect();
         let chunks: Vec<&[usize]> = todo.chunks(self.batch).collect();
         let f = |chunk: &&[usize]| -> Result<Vec<(usize, Scored)>> {
             let batch = chunk
