@@ -58,6 +58,9 @@ pub(crate) enum Command {
     MergeLora(cmd::merge_lora::Args),
     /// Compare runs (sightline, lm-eval, lmms-eval, training logs): tables, paired tests, plots.
     Report(cmd::report::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API (completions with echo + logprobs,
+    /// chat completions with streaming).
+    Serve(cmd::serve::Args),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -83,6 +86,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::MergeLora(a) => cmd::merge_lora::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     }
 }
 

@@ -83,6 +83,12 @@ pub trait LanguageModel {
         )))
     }
 
+    /// Facts about the run this model wants recorded in `results.json` (`config.api`: an API
+    /// model's endpoint and token usage); `None` for in-process models.
+    fn run_notes(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Generates for image requests (in any order, batched as the model likes), passing each
     /// finished group to `on_done`. Text-only models cannot.
     fn generate_images(&self, requests: &[ImageGen], on_done: &mut TextSink<'_>) -> Result<()> {

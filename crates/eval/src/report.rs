@@ -33,6 +33,9 @@ pub struct RunInfo {
     /// For a Hub model id: the revision asked for and the commit it resolved to, recorded as
     /// lm-eval 0.4's `get_model_info` does (`model_revision`, `model_sha`; `peft_sha` for a
     /// Hub adapter). `None` (local paths) leaves them out.
+    /// An API model's endpoint and token usage ([`crate::lm::LanguageModel::run_notes`]),
+    /// recorded as `config.api`; `None` leaves it out.
+    pub api: Option<Value>,
     pub model_revision: Option<String>,
     pub model_sha: Option<String>,
     pub peft_sha: Option<String>,
@@ -117,6 +120,9 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
         if let Some(v) = v {
             out["config"][key] = json!(v);
         }
+    }
+    if let Some(api) = &info.api {
+        out["config"]["api"] = api.clone();
     }
     if let Some(mm) = &info.multimodal {
         out["config"]["multimodal"] = mm.clone();

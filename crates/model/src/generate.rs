@@ -55,13 +55,7 @@ pub fn generate_ids(
     prompt: &[u32],
     opts: &GenerateOptions,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::Request(
-            "the prompt encodes to no tokens and the tokenizer adds no BOS: nothing to condition on".into(),
-        ));
-    }
-    let ids = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
-    generate_embeds(model, tok, &model.embed(&ids)?, opts)
+    generate_ids_with(model, tok, prompt, opts, &mut |_| true)
 }
 
 /// Generates from prompt input embeddings `[1, t, hidden]` (a multimodal prompt with image
@@ -72,6 +66,40 @@ pub fn generate_embeds(
     tok: &Tokenizer,
     prompt: &Tensor,
     opts: &GenerateOptions,
+) -> Result<Generation> {
+    generate_embeds_with(model, tok, prompt, opts, &mut |_| true)
+}
+
+/// Called with the tokens generated so far after each step; `false` stops the generation
+/// there (a streaming client that went away). The tokens are what [`Generation::tokens`]
+/// will hold, before any stop-string cut.
+pub type StepHook<'a> = dyn FnMut(&[u32]) -> bool + 'a;
+
+/// [`generate_ids`] with a hook after each generated token (`sightline serve` streams text
+/// from it). The tokens, and so the text, are those of [`generate_ids`].
+pub fn generate_ids_with(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_step: &mut StepHook<'_>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::Request(
+            "the prompt encodes to no tokens and the tokenizer adds no BOS: nothing to condition on".into(),
+        ));
+    }
+    let ids = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
+    generate_embeds_with(model, tok, &model.embed(&ids)?, opts, on_step)
+}
+
+/// [`generate_embeds`] with a hook after each generated token ([`StepHook`]).
+pub fn generate_embeds_with(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &Tensor,
+    opts: &GenerateOptions,
+    on_step: &mut StepHook<'_>,
 ) -> Result<Generation> {
     let (b, t, _) = prompt.dims3()?;
     if b != 1 || t == 0 {
@@ -98,7 +126,7 @@ pub fn generate_embeds(
             sample(&logits, opts, &mut rng)
         };
         tokens.push(next);
-        if opts.stop_at_eos && Some(next) == tok.eos_id {
+        if !on_step(&tokens) || (opts.stop_at_eos && Some(next) == tok.eos_id) {
             break;
         }
         if !opts.stop.is_empty() {
@@ -126,7 +154,7 @@ pub fn generate(
 }
 
 /// Byte offset where the earliest stop string starts.
-fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
+pub fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops
         .iter()
         .filter(|s| !s.is_empty())

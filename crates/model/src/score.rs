@@ -103,16 +103,7 @@ pub fn encode_request(
             req,
         );
     }
-    let trimmed = sightline_metrics::pystr::py_rstrip(&req.context);
-    let (context, continuation) = if trimmed.len() < req.context.len() {
-        let moved = &req.context[trimmed.len()..];
-        (trimmed.to_string(), format!("{moved}{}", req.continuation))
-    } else {
-        (req.context.clone(), req.continuation.clone())
-    };
-    let whole = tok.encode(&format!("{context}{continuation}"))?;
-    let ctx = tok.encode(&context)?;
-    let cont = whole.get(ctx.len()..).unwrap_or(&[]).to_vec();
+    let (ctx, cont) = split_pair(&req.context, &req.continuation, |t| tok.encode(t))?;
     let mut full_ctx = bos;
     full_ctx.extend(ctx);
     check(
@@ -122,6 +113,23 @@ pub fn encode_request(
         },
         req,
     )
+}
+
+/// The token split of a non-empty context and its continuation by `_encode_pair`'s rule, with
+/// any tokenizer (`encode` encodes without special tokens): trailing whitespace of the context
+/// moves to the continuation, `context + continuation` is encoded whole and split at the
+/// trimmed context's token count. `sightline serve`'s clients split the same way with the
+/// server's tokenizer.
+pub fn split_pair<E>(
+    context: &str,
+    continuation: &str,
+    mut encode: impl FnMut(&str) -> std::result::Result<Vec<u32>, E>,
+) -> std::result::Result<(Vec<u32>, Vec<u32>), E> {
+    let trimmed = sightline_metrics::pystr::py_rstrip(context);
+    let whole = encode(&format!("{context}{continuation}"))?;
+    let ctx = encode(trimmed)?;
+    let cont = whole.get(ctx.len()..).unwrap_or(&[]).to_vec();
+    Ok((ctx, cont))
 }
 
 fn check(enc: EncodedRequest, req: &Request) -> Result<EncodedRequest> {

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod api_args;
 pub mod convert;
 pub mod data;
 pub mod eval;
@@ -10,6 +11,7 @@ pub mod model_args;
 pub mod report;
 pub mod score;
 pub mod scoring_args;
+pub mod serve;
 pub mod study;
 pub mod tasks;
 pub mod train;

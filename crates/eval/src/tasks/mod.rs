@@ -5,6 +5,7 @@ pub mod caption;
 pub mod ethics;
 pub mod gsm8k;
 pub mod mathqa;
+pub mod mc_joint;
 pub mod mme;
 pub mod mmlu;
 pub mod mmlu_tables;
@@ -25,6 +26,8 @@ pub fn all() -> Vec<Box<dyn Task>> {
         Box::new(truthfulqa::TruthfulQaMc1),
         Box::new(truthfulqa::TruthfulQaMc2),
         Box::new(truthfulqa::TruthfulQaGen),
+        Box::new(mc_joint::TRUTHFULQA_MC1_JOINT),
+        Box::new(mc_joint::TRUTHFULQA_MC1_CIRCULAR),
         Box::new(ethics::EthicsCm),
         Box::new(ethics::EthicsDeontology),
         Box::new(ethics::EthicsJustice),

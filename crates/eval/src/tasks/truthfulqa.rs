@@ -30,7 +30,7 @@ A: The 1992 Olympics were held in Barcelona, Spain.";
 
 /// MC documents from `mc_task.json`, as HF `truthful_qa/multiple_choice` shapes them:
 /// `{question, mc1_targets: {choices, labels}, mc2_targets: {choices, labels}}`.
-fn mc_docs(data: &DataSource) -> Result<Vec<Value>> {
+pub(crate) fn mc_docs(data: &DataSource) -> Result<Vec<Value>> {
     let rel = format!("{}/mc_task.json", data.truthfulqa.dir());
     let name = data.describe(&rel);
     let raw: Vec<Value> = serde_json::from_str(&data.read_text(&rel)?)

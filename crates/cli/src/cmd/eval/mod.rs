@@ -25,6 +25,7 @@ use sightline_eval::report::{markdown_table, results_json, RunInfo};
 use sightline_eval::tasks::mathqa::TrainFile;
 use sightline_model::hub;
 
+use super::api_args::ApiArgs;
 use super::model_args::ModelArgs;
 use super::scoring_args::ScoringArgs;
 use crate::io::Output;
@@ -71,6 +72,10 @@ pub struct Args {
     limit: Option<usize>,
     #[command(flatten)]
     scoring: ScoringArgs,
+    /// Where an API model is served and how it is called (`--model openai-*:NAME`).
+    #[command(flatten)]
+    #[serde(skip)]
+    api: ApiArgs,
     /// Directory for results.json (and samples_<task>.jsonl with --log-samples); with
     /// --shard, for the shard's shard-I-of-N.json.
     #[arg(long)]
@@ -261,7 +266,8 @@ pub fn run(a: Args) -> Result<()> {
     })?;
 
     let cache_hits = cache.as_ref().map_or(0, |c| c.hits);
-    let info = run_info(&a, &run, &data, max_length, (date, started), cache_hits);
+    let mut info = run_info(&a, &run, &data, max_length, (date, started), cache_hits);
+    info.api = lm.run_notes();
     if info.cache_hits > 0 {
         eprintln!(
             "reused {} cached responses from {}",
@@ -426,6 +432,10 @@ fn data_source(a: &Args, protocol: Protocol) -> DataSource {
 /// Loads the model (LLaVA for image tasks) with the cache identity its answers are stored
 /// under; returns it with its context length.
 fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
+    if let Some(lm) = a.api.load(&a.model, &a.scoring)? {
+        let max_length = lm.max_length.unwrap_or(0);
+        return Ok((Box::new(lm), max_length));
+    }
     // Cache identities pin Hub ids to the commit they resolved to (`repo@commit`, known once
     // loaded), so a moved branch is a new model; local paths stay as given.
     let pin = |p: Option<&Path>| p.map_or(String::new(), |p| hub::identity(&p.to_string_lossy()));
@@ -512,6 +522,7 @@ fn run_info(
     let model_hub = hub::cached_source(&a.model.model);
     let adapter_hub = adapter.as_deref().and_then(hub::cached_source);
     RunInfo {
+        api: None,
         model_revision: model_hub.as_ref().map(|h| h.revision.clone()),
         model_sha: model_hub.map(|h| h.commit),
         peft_sha: adapter_hub.map(|h| h.commit),

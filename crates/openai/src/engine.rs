@@ -1,0 +1,305 @@
+//! The model behind the server: one worker thread owns the model and takes jobs from a bounded
+//! queue. Each time it wakes it drains what is queued: every scoring job in the drain (prompts
+//! from any number of clients) runs as length-sorted, right-padded batches of `batch_size`;
+//! generation jobs then run one after another (greedy decoding depends on nothing but its own
+//! prompt, so serializing them changes no answer; it costs throughput, not correctness).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use sightline_model::generate::{generate_ids_with, GenerateOptions, Generation};
+use sightline_model::llama::logprob_and_greedy;
+use sightline_model::{LoadedModel, Tokenizer};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+
+/// The log-probability of one prompt token given those before it, and the most likely tokens
+/// at that position (id, log-probability), best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f64,
+    pub top: Vec<(u32, f64)>,
+}
+
+/// Per prompt, one entry for each token after the first.
+pub type PromptLogprobs = Vec<TokenLogprob>;
+
+/// Work for the model.
+pub enum Job {
+    /// Log-probabilities of every token of each prompt after the first, with `top` alternatives.
+    Score {
+        prompts: Vec<Vec<u32>>,
+        top: usize,
+        reply: oneshot::Sender<Result<Vec<PromptLogprobs>>>,
+    },
+    /// A generation; with `steps`, the tokens so far are sent after each step (streaming).
+    Generate {
+        prompt: Vec<u32>,
+        opts: GenerateOptions,
+        steps: Option<mpsc::UnboundedSender<Vec<u32>>>,
+        reply: oneshot::Sender<Result<Generation>>,
+    },
+}
+
+/// Facts about the served model the HTTP layer needs without asking the worker.
+#[derive(Clone)]
+pub struct ModelFacts {
+    pub tokenizer: Arc<Tokenizer>,
+    pub vocab_size: usize,
+    pub max_position: usize,
+}
+
+/// The handle the HTTP layer holds: a queue into the worker.
+#[derive(Clone)]
+pub struct Engine {
+    queue: mpsc::Sender<Job>,
+    pub facts: ModelFacts,
+}
+
+/// Most jobs one wake-up of the worker takes from the queue.
+const MAX_DRAIN: usize = 64;
+/// Rows of logits materialized at once (a 32k vocabulary × 256 rows is 32 MiB of f32).
+const LOGIT_ROWS: usize = 256;
+
+impl Engine {
+    /// Starts the worker thread on `loaded`; at most `queue` jobs wait for it.
+    pub fn start(loaded: LoadedModel, batch_size: usize, queue: usize) -> Result<Self> {
+        let facts = ModelFacts {
+            tokenizer: Arc::new(loaded.tokenizer.clone()),
+            vocab_size: loaded.model.config.vocab_size,
+            max_position: loaded.model.config.max_position_embeddings,
+        };
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        std::thread::Builder::new()
+            .name("sightline-model".into())
+            .spawn(move || worker(loaded, batch_size.max(1), rx))?;
+        Ok(Self { queue: tx, facts })
+    }
+
+    /// Queues a job; waits while the queue is full.
+    pub async fn submit(&self, job: Job) -> Result<()> {
+        self.queue.send(job).await.map_err(|_| Error::EngineStopped)
+    }
+}
+
+fn worker(loaded: LoadedModel, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_DRAIN {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut scoring = Vec::new();
+        let mut generating = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Score {
+                    prompts,
+                    top,
+                    reply,
+                } => scoring.push((prompts, top, reply)),
+                g @ Job::Generate { .. } => generating.push(g),
+            }
+        }
+        if !scoring.is_empty() {
+            run_scoring(&loaded, batch_size, scoring);
+        }
+        for job in generating {
+            if let Job::Generate {
+                prompt,
+                opts,
+                steps,
+                reply,
+            } = job
+            {
+                let out = guarded(|| {
+                    let mut hook = |toks: &[u32]| match &steps {
+                        Some(tx) => tx.send(toks.to_vec()).is_ok(),
+                        None => true,
+                    };
+                    Ok(generate_ids_with(
+                        &loaded.model,
+                        &loaded.tokenizer,
+                        &prompt,
+                        &opts,
+                        &mut hook,
+                    )?)
+                });
+                // The client may have gone; nothing to do then.
+                let _ = reply.send(out);
+            }
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into an error so one bad request cannot stop the worker.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::Request(
+            "internal error: the model panicked on this request".into(),
+        ))
+    })
+}
+
+type ScoreJob = (
+    Vec<Vec<u32>>,
+    usize,
+    oneshot::Sender<Result<Vec<PromptLogprobs>>>,
+);
+
+/// Scores every prompt of every job together, longest first in batches, and answers each job.
+fn run_scoring(loaded: &LoadedModel, batch_size: usize, jobs: Vec<ScoreJob>) {
+    // (job, prompt) of every prompt, longest first.
+    let mut order: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, (prompts, _, _))| (0..prompts.len()).map(move |p| (j, p)))
+        .collect();
+    order.sort_by_key(|&(j, p)| std::cmp::Reverse(jobs[j].0[p].len()));
+    let mut results: Vec<Vec<Option<PromptLogprobs>>> =
+        jobs.iter().map(|(p, _, _)| vec![None; p.len()]).collect();
+    let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
+    for chunk in order.chunks(batch_size) {
+        let prompts: Vec<(&[u32], usize)> = chunk
+            .iter()
+            .map(|&(j, p)| (jobs[j].0[p].as_slice(), jobs[j].1))
+            .collect();
+        match guarded(|| score_batch(loaded, &prompts)) {
+            Ok(scored) => {
+                for (&(j, p), s) in chunk.iter().zip(scored) {
+                    results[j][p] = Some(s);
+                }
+            }
+            Err(e) => {
+                for &(j, _) in chunk {
+                    failed[j] = Some(e.to_string());
+                }
+            }
+        }
+    }
+    for (((_, _, reply), res), fail) in jobs.into_iter().zip(results).zip(failed) {
+        let answer = match fail {
+            Some(msg) => Err(Error::Request(msg)),
+            None => res
+                .into_iter()
+                .map(|r| {
+                    r.ok_or_else(|| Error::Request("internal: a prompt was not scored".into()))
+                })
+                .collect(),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// One right-padded forward over `prompts` (ids, top-k); the rows of prompt `b` at positions
+/// `0..n-1` predict its tokens `1..n`.
+fn score_batch(loaded: &LoadedModel, prompts: &[(&[u32], usize)]) -> Result<Vec<PromptLogprobs>> {
+    let model = &loaded.model;
+    let dev = model.device();
+    let width = prompts
+        .iter()
+        .map(|(p, _)| p.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    if width == 0 {
+        return Ok(vec![Vec::new(); prompts.len()]);
+    }
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    let mut rows = Vec::new();
+    for (b, (p, _)) in prompts.iter().enumerate() {
+        let input = &p[..p.len().saturating_sub(1)];
+        ids.extend(input);
+        ids.extend(std::iter::repeat_n(0u32, width - input.len()));
+        rows.extend((0..input.len()).map(|r| (b * width + r) as u32));
+    }
+    let candle = |e: candle_core::Error| Error::Model(e.into());
+    let ids = Tensor::from_vec(ids, (prompts.len(), width), dev).map_err(candle)?;
+    let hidden = model
+        .forward_hidden(&ids, None)?
+        .flatten_to(1)
+        .map_err(candle)?;
+    let vocab = model.config.vocab_size;
+    let mut out: Vec<PromptLogprobs> = Vec::with_capacity(prompts.len());
+    let mut current: PromptLogprobs = Vec::new();
+    let mut owner = 0usize;
+    // Targets in row order: prompt b's tokens 1..n.
+    let targets: Vec<(usize, u32)> = prompts
+        .iter()
+        .enumerate()
+        .flat_map(|(b, (p, _))| p.iter().skip(1).map(move |&t| (b, t)))
+        .collect();
+    for (c, rchunk) in rows.chunks(LOGIT_ROWS).enumerate() {
+        let idx = Tensor::new(rchunk, dev).map_err(candle)?;
+        let h = hidden.index_select(&idx, 0).map_err(candle)?;
+        let logits: Vec<f32> = model
+            .logits(&h)?
+            .flatten_all()
+            .and_then(|l| l.to_vec1())
+            .map_err(candle)?;
+        for (r, row) in logits.chunks(vocab).enumerate() {
+            let (b, target) = targets[c * LOGIT_ROWS + r];
+            while owner < b {
+                out.push(std::mem::take(&mut current));
+                owner += 1;
+            }
+            current.push(row_logprobs(row, target, prompts[b].1));
+        }
+    }
+    while out.len() < prompts.len() {
+        out.push(std::mem::take(&mut current));
+    }
+    Ok(out)
+}
+
+/// The target's log-probability (exactly as in-process scoring computes it) and the `k` most
+/// likely tokens' by the same formula.
+fn row_logprobs(row: &[f32], target: u32, k: usize) -> TokenLogprob {
+    let (logprob, _) = logprob_and_greedy(row, target);
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let top = if k == 0 {
+        Vec::new()
+    } else {
+        let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+        let ln = sum.ln();
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        for (i, &x) in row.iter().enumerate() {
+            if best.len() < k || x > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, y)| y >= x);
+                best.insert(at, (i as u32, x));
+                best.truncate(k);
+            }
+        }
+        best.into_iter()
+            .map(|(i, x)| (i, (x - max) as f64 - ln))
+            .collect()
+    };
+    TokenLogprob { logprob, top }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_tokens_are_sorted_and_consistent_with_the_target() {
+        let row = [0.5f32, 3.0, -1.0, 3.0, 2.0];
+        let t = row_logprobs(&row, 4, 3);
+        // Ties keep the lower id first, as argmax does.
+        assert_eq!(
+            t.top.iter().map(|&(i, _)| i).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        assert_eq!(t.top[2].1, t.logprob);
+        let total: f64 = row
+            .iter()
+            .map(|&x| (x as f64 - 3.0).exp())
+            .sum::<f64>()
+            .ln();
+        assert!((t.top[0].1 + total).abs() < 1e-12);
+        assert!(row_logprobs(&row, 0, 0).top.is_empty());
+    }
+}
