@@ -94,6 +94,10 @@ pub struct TrainConfig {
     pub lora_dropout: f32,
     /// How accumulated micro-batch losses combine (not an HF field; see [`AccumLoss`]).
     pub accum_loss: AccumLoss,
+    /// Not an HF field: let records' `image` paths leave `image_folder` (absolute paths, `..`,
+    /// symlinks out of it). Off, such a record stops the run before the first step, named;
+    /// `sightline train --allow-outside-paths` sets it.
+    pub allow_outside_paths: bool,
 }
 
 impl Default for TrainConfig {
@@ -138,6 +142,7 @@ impl Default for TrainConfig {
             lora_alpha: 16.0,
             lora_dropout: 0.05,
             accum_loss: AccumLoss::Tokens,
+            allow_outside_paths: false,
         }
     }
 }

@@ -319,6 +319,7 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         &LoadSettings {
             preprocess: &pre,
             image_folder: image_folder.as_deref(),
+            allow_outside_paths: cfg.allow_outside_paths,
             multimodal,
             skip_mismatched: cfg.skip_mismatched_samples,
         },
