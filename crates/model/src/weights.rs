@@ -212,12 +212,7 @@ impl Weights {
     fn from_pth(files: &[PathBuf], origin: PathBuf, dtype: DType, device: &Device) -> Result<Self> {
         let mut tensors = HashMap::new();
         for f in files {
-            let all = candle_core::pickle::read_all(f).map_err(|e| {
-                Error::format(
-                    f,
-                    format!("not a readable PyTorch checkpoint ({})", root_cause(&e)),
-                )
-            })?;
+            let all = crate::pickle::read_all(f)?;
             for (name, t) in all {
                 tensors.insert(name, (f.clone(), t));
             }
