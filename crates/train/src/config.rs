@@ -147,6 +147,22 @@ impl Default for TrainConfig {
     }
 }
 
+/// A TOML error in one line: `line L, column C: message`. The `toml` crate's own message
+/// quotes the offending line with a caret under it, which for a hostile file is a megabyte
+/// on the terminal and always breaks the one-line error rule.
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim_end().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 impl TrainConfig {
     /// Reads a TOML run file and applies `key=value` overrides (values in TOML syntax; a value
     /// that does not parse as TOML is taken as a string, so `output_dir=runs/a` works).
@@ -158,8 +174,13 @@ impl TrainConfig {
 
     /// [`TrainConfig::from_toml`] on a run file's text; `path` names it in errors.
     pub fn from_toml_str(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            Error::Config(format!(
+                "{}: not valid TOML: {}",
+                path.display(),
+                toml_error_line(text, &e)
+            ))
+        })?;
         for o in overrides {
             let (key, value) = o
                 .split_once('=')
@@ -294,6 +315,28 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_errors_are_one_line_with_their_position() {
+        let path = Path::new("run.toml");
+        let cases = [
+            (
+                "learning_rate = 1e-4\nmax_steps = = 3\n",
+                "line 2, column 13: ",
+            ),
+            // A nesting bomb: the toml crate quotes the whole line; we do not.
+            (&*format!("a = {}", "[".repeat(100_000)), "line 1, column "),
+        ];
+        for (text, want) in cases {
+            let e = TrainConfig::from_toml_str(text, path, &[])
+                .expect_err("invalid")
+                .to_string();
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(e.starts_with("run.toml: not valid TOML: "), "{e}");
+            assert!(e.contains(want), "{e}");
+            assert!(e.len() < 200, "{e}");
+        }
+    }
 
     #[test]
     fn unknown_keys_are_refused() {
