@@ -126,6 +126,8 @@ fn score_reads_an_image_field() {
         &path("tests/fixtures/llava/tiny-llava-hf"),
         "--requests",
         req.to_str().unwrap(),
+        // The request names the sketch by its absolute path, outside the requests' folder.
+        "--allow-outside-paths",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)

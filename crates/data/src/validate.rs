@@ -10,9 +10,13 @@
 //! - with an `image` (a non-empty string), exactly one `<image>` appears, in the first human
 //!   turn, and none elsewhere; without one, no `<image>` appears at all (it would be tokenized as
 //!   text);
-//! - with `--image-folder`, `image_folder/image` is a non-empty file.
+//! - with `--image-folder`, `image_folder/image` is a non-empty file inside the folder: no
+//!   absolute path, no `..` above it, no symlink out of it (unless the folder was opened with
+//!   `--allow-outside-paths`; see [`sightline_guard::paths`]).
 
 use std::path::Path;
+
+use sightline_guard::Folder;
 
 use serde_json::{Map, Value};
 
@@ -23,7 +27,7 @@ use crate::record::{kind, IMAGE_PLACEHOLDER};
 #[derive(Debug, Clone, Default)]
 pub struct Options<'a> {
     /// Where the `image` paths point (`--image-folder`); `None` skips the file check.
-    pub image_folder: Option<&'a Path>,
+    pub image_folder: Option<&'a Folder>,
 }
 
 /// Every problem of one record (empty when it is fine). Structure problems come first; a
@@ -41,7 +45,10 @@ pub fn check(v: &Value, opts: &Options) -> Vec<Problem> {
     let image = image_field(obj, &mut out);
     let has_image = obj.contains_key("image");
     if let (Some(image), Some(folder)) = (image, opts.image_folder) {
-        check_image_file(&folder.join(image), &mut out);
+        match folder.join(image) {
+            Ok(path) => check_image_file(&path, &mut out),
+            Err(e) => out.push(Problem::new("image", e.to_string())),
+        }
     }
     let Some(turns) = conversations(obj, &mut out) else {
         return out;
@@ -345,8 +352,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("ok.jpg"), b"\xFF\xD8")?;
         std::fs::write(dir.path().join("empty.jpg"), b"")?;
+        let folder = Folder::new(dir.path(), false)?;
         let opts = Options {
-            image_folder: Some(dir.path()),
+            image_folder: Some(&folder),
         };
         let rec = |image: &str| {
             json!({"id": "x", "image": image, "conversations": [
@@ -362,6 +370,12 @@ mod tests {
         assert!(check(&rec("empty.jpg"), &opts)[0]
             .message
             .ends_with("is empty"));
+        for outside in ["../ok.jpg", "/etc/hostname"] {
+            let p = check(&rec(outside), &opts);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].field, "image");
+            assert!(p[0].message.contains("--allow-outside-paths"), "{p:?}");
+        }
         Ok(())
     }
 }

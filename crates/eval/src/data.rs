@@ -270,6 +270,9 @@ pub struct DataSource {
     pub truthfulqa: TruthfulQaVersion,
     /// `--image-root`: where image tasks find their images (overrides a task's bundled ones).
     pub image_root: Option<PathBuf>,
+    /// `--allow-outside-paths`: a task file's image names may leave the image root (absolute
+    /// paths, `..`, symlinks out of it); off, such a record is an error.
+    pub allow_outside_paths: bool,
     /// How image tasks prompt and decode.
     pub protocol: crate::protocol::Protocol,
     /// VQAv2's user-supplied `v2_OpenEnded_mscoco_val2014_questions.json`.

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use sightline_guard::Folder;
 use sightline_vision::preprocess::decode_rgb;
 use sightline_vision::RgbImage;
 
@@ -22,13 +23,25 @@ pub const BUNDLED: &str = "bundled:";
 
 /// The `image_ref` of an image at `rel` under the task's image root: `--image-root/rel`, else
 /// `--data-dir/<bundled_dir>/rel` or the bundled copy when the task bundles its images, else
-/// `null` (the task needs `--image-root`).
-pub fn image_ref(data: &DataSource, rel: &str, bundled_dir: Option<&str>) -> Value {
+/// `null` (the task needs `--image-root`). `rel` comes from a task file (`file`, record
+/// `record`): it may not leave its folder unless `--allow-outside-paths` was given.
+pub fn image_ref(
+    data: &DataSource,
+    rel: &str,
+    bundled_dir: Option<&str>,
+    (file, record): (&str, usize),
+) -> Result<Value> {
+    let inside = |folder: &Path| {
+        Folder::new(folder, data.allow_outside_paths)
+            .and_then(|f| f.join(rel))
+            .map(|p| json!(p.display().to_string()))
+            .map_err(|e| Error::data(file, record, format!("field `image`: {e}")))
+    };
     match (&data.image_root, bundled_dir, &data.dir) {
-        (Some(root), _, _) => json!(root.join(rel).display().to_string()),
-        (None, Some(b), Some(dir)) => json!(dir.join(b).join(rel).display().to_string()),
-        (None, Some(b), None) => json!(format!("{BUNDLED}{b}/{rel}")),
-        (None, None, _) => Value::Null,
+        (Some(root), _, _) => inside(root),
+        (None, Some(b), Some(dir)) => inside(&dir.join(b)),
+        (None, Some(b), None) => Ok(json!(format!("{BUNDLED}{b}/{rel}"))),
+        (None, None, _) => Ok(Value::Null),
     }
 }
 

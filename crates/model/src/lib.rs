@@ -30,6 +30,7 @@ pub mod llama;
 pub mod llama2c;
 pub mod lora;
 pub mod param;
+pub mod pickle;
 pub mod score;
 pub mod tokenizer;
 pub mod weights;

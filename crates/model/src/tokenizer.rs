@@ -46,10 +46,15 @@ impl Tokenizer {
                  SentencePiece tokenizer.model with transformers' LlamaTokenizerFast first)",
             ));
         }
-        let json = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        // Size-capped before parsing: a ten-million-entry vocabulary would take gigabytes.
+        let read = |p: &Path| {
+            sightline_guard::read_capped(p, &sightline_guard::limits::TOKENIZER_BYTES)
+                .map_err(|e| Error::Config(e.to_string()))
+        };
+        let json = read(&path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = if cfg_path.is_file() {
-            Some(std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+            Some(read(&cfg_path)?)
         } else {
             None
         };

@@ -59,6 +59,17 @@ pub(crate) fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
         let file = file.as_str().ok_or_else(|| {
             Error::format(index, format!("weight_map[`{name}`] is not a file name"))
         })?;
+        // Shards live beside the index. Only the lexical check: a Hub cache snapshot links
+        // every file to `../../blobs/`, so symlinks out of the folder are normal here.
+        if let Err(why) = sightline_guard::paths::lexically_inside(Path::new(file)) {
+            return Err(Error::format(
+                index,
+                format!(
+                    "weight_map[`{name}`]: {file:?} {why} the checkpoint directory (shards \
+                     must sit beside the index)"
+                ),
+            ));
+        }
         let p = dir.join(file);
         if !files.contains(&p) {
             files.push(p);
@@ -201,12 +212,7 @@ impl Weights {
     fn from_pth(files: &[PathBuf], origin: PathBuf, dtype: DType, device: &Device) -> Result<Self> {
         let mut tensors = HashMap::new();
         for f in files {
-            let all = candle_core::pickle::read_all(f).map_err(|e| {
-                Error::format(
-                    f,
-                    format!("not a readable PyTorch checkpoint ({})", root_cause(&e)),
-                )
-            })?;
+            let all = crate::pickle::read_all(f)?;
             for (name, t) in all {
                 tensors.insert(name, (f.clone(), t));
             }
@@ -343,5 +349,38 @@ fn root_cause(e: &candle_core::Error) -> String {
             candle_core::Error::Context { inner, .. } => e = inner,
             other => return other.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_shards_may_not_leave_the_checkpoint_directory() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let index = dir.path().join("model.safetensors.index.json");
+        let write = |file: &str| {
+            let v = serde_json::json!({"weight_map": {"lm_head.weight": file}});
+            std::fs::write(&index, v.to_string()).map_err(|e| Error::io(&index, e))
+        };
+        write("model-00001-of-00002.safetensors")?;
+        assert_eq!(
+            shards_from_index(&index)?,
+            vec![dir.path().join("model-00001-of-00002.safetensors")]
+        );
+        for hostile in ["../../../../etc/passwd", "/etc/hostname", "a/../../x"] {
+            write(hostile)?;
+            let e = shards_from_index(&index).expect_err(hostile).to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "{}: weight_map[`lm_head.weight`]",
+                    index.display()
+                )),
+                "{e}"
+            );
+            assert!(e.contains(hostile), "{e}");
+        }
+        Ok(())
     }
 }

@@ -197,8 +197,8 @@ pub struct ReportSpec {
 impl StudyFile {
     /// Parses a study file's text; `path` names it in errors.
     pub fn from_str(text: &str, path: &Path) -> Result<Self> {
-        let s: StudyFile =
-            toml::from_str(text).map_err(|e| Error::config(path, e.to_string().trim_end()))?;
+        let s: StudyFile = toml::from_str(text)
+            .map_err(|e| Error::config(path, sightline_train::config::toml_error_line(text, &e)))?;
         s.check(path)?;
         Ok(s)
     }

@@ -94,6 +94,10 @@ pub struct TrainConfig {
     pub lora_dropout: f32,
     /// How accumulated micro-batch losses combine (not an HF field; see [`AccumLoss`]).
     pub accum_loss: AccumLoss,
+    /// Not an HF field: let records' `image` paths leave `image_folder` (absolute paths, `..`,
+    /// symlinks out of it). Off, such a record stops the run before the first step, named;
+    /// `sightline train --allow-outside-paths` sets it.
+    pub allow_outside_paths: bool,
 }
 
 impl Default for TrainConfig {
@@ -138,7 +142,24 @@ impl Default for TrainConfig {
             lora_alpha: 16.0,
             lora_dropout: 0.05,
             accum_loss: AccumLoss::Tokens,
+            allow_outside_paths: false,
         }
+    }
+}
+
+/// A TOML error in one line: `line L, column C: message`. The `toml` crate's own message
+/// quotes the offending line with a caret under it, which for a hostile file is a megabyte
+/// on the terminal and always breaks the one-line error rule.
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim_end().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
     }
 }
 
@@ -153,8 +174,13 @@ impl TrainConfig {
 
     /// [`TrainConfig::from_toml`] on a run file's text; `path` names it in errors.
     pub fn from_toml_str(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("{}: not valid TOML: {e}", path.display())))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            Error::Config(format!(
+                "{}: not valid TOML: {}",
+                path.display(),
+                toml_error_line(text, &e)
+            ))
+        })?;
         for o in overrides {
             let (key, value) = o
                 .split_once('=')
@@ -289,6 +315,28 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_errors_are_one_line_with_their_position() {
+        let path = Path::new("run.toml");
+        let cases = [
+            (
+                "learning_rate = 1e-4\nmax_steps = = 3\n",
+                "line 2, column 13: ",
+            ),
+            // A nesting bomb: the toml crate quotes the whole line; we do not.
+            (&*format!("a = {}", "[".repeat(100_000)), "line 1, column "),
+        ];
+        for (text, want) in cases {
+            let e = TrainConfig::from_toml_str(text, path, &[])
+                .expect_err("invalid")
+                .to_string();
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(e.starts_with("run.toml: not valid TOML: "), "{e}");
+            assert!(e.contains(want), "{e}");
+            assert!(e.len() < 200, "{e}");
+        }
+    }
 
     #[test]
     fn unknown_keys_are_refused() {

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use sightline_data::labels::{OnMismatch, Preprocess, IMAGE_TOKEN_INDEX};
 use sightline_data::stream::{self, Flow};
 use sightline_data::Record;
+use sightline_guard::Folder;
 
 use crate::error::{Error, Result};
 use crate::loss::IGNORE_INDEX;
@@ -44,6 +45,9 @@ pub struct LoadSettings<'a> {
     pub preprocess: &'a Preprocess<'a>,
     /// Where `image` paths resolve; None = the data file's directory.
     pub image_folder: Option<&'a Path>,
+    /// Let `image` paths leave the image folder (`allow_outside_paths`); off, a record whose
+    /// image is absolute, climbs out with `..` or goes through a symlink out is refused.
+    pub allow_outside_paths: bool,
     /// A vision tower is loaded: image records are allowed (and their images must exist).
     pub multimodal: bool,
     pub skip_mismatched: bool,
@@ -56,6 +60,8 @@ impl Dataset {
             .image_folder
             .map(Path::to_path_buf)
             .unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
+        let guard = Folder::new(&folder, s.allow_outside_paths)
+            .map_err(|e| Error::Data(format!("image_folder: {e}")))?;
         let mut samples = Vec::new();
         let mut skipped = 0;
         stream::for_each(path, |index, value| {
@@ -86,7 +92,7 @@ impl Dataset {
                     ))
                 }
                 Some(rel) => {
-                    let p = folder.join(rel);
+                    let p = guard.join(rel).map_err(|e| at(e.to_string()))?;
                     if !p.is_file() {
                         return Err(at(format!(
                             "image file {} does not exist (image_folder is {})",

@@ -411,6 +411,7 @@ fn load_data(
         &LoadSettings {
             preprocess: &pre,
             image_folder: image_folder.as_deref(),
+            allow_outside_paths: cfg.allow_outside_paths,
             multimodal,
             skip_mismatched: cfg.skip_mismatched_samples,
         },

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
+use sightline_guard::Folder;
 use sightline_model::score::{score, Request};
 use sightline_vision::llava::ImageRequest;
 
@@ -25,6 +26,9 @@ pub struct Args {
     /// folder), like LLaVA's `--image-folder`.
     #[arg(long, value_name = "DIR")]
     image_folder: Option<PathBuf>,
+    /// Let `image` paths leave the image folder (absolute paths, `..`, symlinks out of it).
+    #[arg(long)]
+    allow_outside_paths: bool,
     /// Write results here instead of stdout.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -36,8 +40,8 @@ pub struct Args {
 }
 
 /// Reads requests, naming the file, line and field of anything malformed; relative image
-/// paths are resolved against `image_folder`.
-fn read_requests(path: &PathBuf, image_folder: &std::path::Path) -> Result<Vec<ImageRequest>> {
+/// paths are resolved against `image_folder` and may not leave it (unless it allows that).
+fn read_requests(path: &PathBuf, image_folder: &Folder) -> Result<Vec<ImageRequest>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut out = Vec::new();
@@ -62,7 +66,11 @@ fn read_requests(path: &PathBuf, image_folder: &std::path::Path) -> Result<Vec<I
         };
         let image = match v.get("image") {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(p)) => Some(image_folder.join(p)),
+            Some(serde_json::Value::String(p)) => Some(
+                image_folder
+                    .join(p)
+                    .with_context(|| format!("{}:{}: field `image`", path.display(), i + 1))?,
+            ),
             Some(_) => anyhow::bail!(
                 "{}:{}: field `image` must be a path string",
                 path.display(),
@@ -87,6 +95,7 @@ pub fn run(a: Args) -> Result<()> {
             .map(|p| p.to_path_buf())
             .unwrap_or_default(),
     };
+    let folder = Folder::new(folder, a.allow_outside_paths)?;
     let requests = read_requests(&a.requests, &folder)?;
     if a.output.as_deref() == Some(a.requests.as_path()) {
         anyhow::bail!(

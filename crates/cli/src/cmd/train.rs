@@ -21,12 +21,17 @@ pub struct Args {
     /// resume from (for splitting a run across sessions).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Let records' `image` paths leave image_folder (absolute paths, `..`, symlinks out of
+    /// it); the same as `allow_outside_paths=true`.
+    #[arg(long)]
+    allow_outside_paths: bool,
     /// Settings that override the file, in TOML syntax: `learning_rate=1e-4 max_steps=10`.
     overrides: Vec<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let cfg = TrainConfig::from_toml(&a.config, &a.overrides)?;
+    let mut cfg = TrainConfig::from_toml(&a.config, &a.overrides)?;
+    cfg.allow_outside_paths |= a.allow_outside_paths;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

@@ -48,9 +48,19 @@ pub fn pope_image_root(dir: &Path) {
         let name = rec["image"].as_str().unwrap();
         let dest = dir.join(name);
         if !dest.exists() {
-            std::os::unix::fs::symlink(&photo, &dest).unwrap();
+            photo_at(&photo, dir, &dest);
         }
     }
+}
+
+/// Puts `photo` at `dest` inside the image folder `folder`: one copy in the folder, hard links
+/// to it (a symlink out of the folder would be refused without --allow-outside-paths).
+pub fn photo_at(photo: &Path, folder: &Path, dest: &Path) {
+    let copy = folder.join(".photo");
+    if !copy.exists() {
+        std::fs::copy(photo, &copy).unwrap();
+    }
+    std::fs::hard_link(&copy, dest).unwrap();
 }
 
 /// The top-level keys and `n-samples` shape of a text task's results.json.

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use sightline_guard::Folder;
 use sightline_metrics::caption::score;
 use sightline_random::{PyRandom, RandomState};
 
@@ -156,6 +157,10 @@ impl Task for Caption {
             .image_root
             .clone()
             .unwrap_or_else(|| dir.join("test_images"));
+        // Image names come from the test file; they may not leave the image folder.
+        let test_file = dir.join(format!("{}_test.json", self.prefix));
+        let images = Folder::new(&images, data.allow_outside_paths)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let mut np = RandomState::from_u32(42);
         let pool = np.choice_without_replacement(train.len(), POOL);
         let mut py = PyRandom::from_int(42);
@@ -178,7 +183,17 @@ impl Task for Caption {
                 Ok(json!({
                     "record": i,
                     "image": e.image,
-                    "image_ref": images.join(&e.image).display().to_string(),
+                    "image_ref": images
+                        .join(&e.image)
+                        .map_err(|err| {
+                            Error::data(
+                                &test_file.display().to_string(),
+                                i,
+                                format!("field `image`: {err}"),
+                            )
+                        })?
+                        .display()
+                        .to_string(),
                     "captions": e.captions,
                     "demos": demos,
                     "protocol": data.protocol.name(),

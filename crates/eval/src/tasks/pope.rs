@@ -79,7 +79,7 @@ impl Task for Pope {
                     "record": i,
                     "question_id": rec.get("question_id").cloned().unwrap_or(Value::Null),
                     "image": image,
-                    "image_ref": image_ref(data, image, None),
+                    "image_ref": image_ref(data, image, None, (&file, i + 1))?,
                     "text": str_field(&rec, "text", &file, i + 1)?,
                     "label": label,
                     "protocol": data.protocol.name(),

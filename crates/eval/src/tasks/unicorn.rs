@@ -139,7 +139,7 @@ impl Task for Sketchy {
                 Ok(json!({
                     "record": i,
                     "image": image,
-                    "image_ref": image_ref(data, image, Some(IMAGES)),
+                    "image_ref": image_ref(data, image, Some(IMAGES), (&file, i + 1))?,
                     "question": str_field(&rec, "question", &file, i + 1)?,
                     "answer": str_field(&rec, "answer", &file, i + 1)?,
                     "protocol": data.protocol.name(),

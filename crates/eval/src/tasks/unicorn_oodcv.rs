@@ -290,7 +290,7 @@ impl Task for Oodcv {
                 Ok(json!({
                     "record": i,
                     "image": image,
-                    "image_ref": image_ref(data, image, None),
+                    "image_ref": image_ref(data, image, None, (&file, i + 1))?,
                     "question": str_field(&rec, "question", &file, i + 1)?,
                     "text_answer": answer,
                     "situation": situation,

@@ -201,7 +201,7 @@ impl Task for Vqav2 {
                     "record": k,
                     "question_id": it.question_id,
                     "image": image,
-                    "image_ref": image_ref(data, &image, None),
+                    "image_ref": image_ref(data, &image, None, (&qpath.display().to_string(), i))?,
                     "question": it.question,
                     "answers": it.answers,
                     "answer_type": it.answer_type,

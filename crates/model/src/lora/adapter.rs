@@ -302,20 +302,17 @@ impl LoraAdapter {
 
 /// All tensors of a safetensors or PyTorch-pickle file, on the CPU in their stored dtype.
 fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let is_bin = path.extension().is_some_and(|e| e == "bin");
-    let read = if is_bin {
-        candle_core::pickle::read_all(path)
-    } else {
-        candle_core::safetensors::load(path, &Device::Cpu).map(|m| m.into_iter().collect())
-    };
-    read.map_err(|e| {
-        let what = if is_bin {
-            "not a readable PyTorch checkpoint"
-        } else {
-            "not a valid safetensors file"
-        };
-        Error::format(path, format!("{what} ({})", root_cause(&e)))
-    })
+    if path.extension().is_some_and(|e| e == "bin") {
+        return crate::pickle::read_all(path);
+    }
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map(|m| m.into_iter().collect())
+        .map_err(|e| {
+            Error::format(
+                path,
+                format!("not a valid safetensors file ({})", root_cause(&e)),
+            )
+        })
 }
 
 /// candle wraps errors with backtraces and paths; users need the innermost message only.

@@ -57,6 +57,7 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             ))
         }
     };
+    check_pixels(bytes, format, path)?;
     // Why our JPEG decoder passed the file on to the `image` crate, for its error message.
     let mut passed_on = String::new();
     if format == ImageFormat::Jpeg {
@@ -83,7 +84,7 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             Err(jpeg::JpegError::Unsupported(why)) => passed_on = format!("{why}; "),
         }
     }
-    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| {
+    let img = decoder_for(bytes, format).decode().map_err(|e| {
         Error::format(
             path,
             format!("cannot decode {name} image ({passed_on}corrupt or truncated?): {e}"),
@@ -100,6 +101,48 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         ));
     }
     to_rgb_like_pil(img).map_err(|msg| Error::format(path, msg))
+}
+
+/// Refuses an image whose header declares more pixels than `SIGHTLINE_MAX_IMAGE_PIXELS`
+/// allows, from the header alone (nothing is decoded or allocated for the pixels).
+fn check_pixels(bytes: &[u8], format: ImageFormat, path: &Path) -> Result<()> {
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    reader.no_limits();
+    // A header the `image` crate cannot read is left to the decoders, whose messages say
+    // more (and our JPEG decoder checks the same limit on its own header).
+    let Ok((w, h)) = reader.into_dimensions() else {
+        return Ok(());
+    };
+    let limit = &sightline_guard::limits::IMAGE_PIXELS;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limit.get_or_default() {
+        return Err(Error::format(
+            path,
+            format!(
+                "the image is {w}x{h} = {pixels} pixels, over the limit of {} (set {} to raise \
+                 it)",
+                limit.get_or_default(),
+                limit.env
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `image` crate's decoder, allowed what [`check_pixels`] allowed (at up to 8 bytes a
+/// pixel for 16-bit RGBA, plus room for the decoder's own buffers) instead of its fixed
+/// 512 MiB default, so that a raised limit works.
+fn decoder_for(bytes: &[u8], format: ImageFormat) -> image::ImageReader<std::io::Cursor<&[u8]>> {
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(
+        sightline_guard::limits::IMAGE_PIXELS
+            .get_or_default()
+            .saturating_mul(8)
+            .saturating_add(64 << 20),
+    );
+    reader.limits(limits);
+    reader
 }
 
 /// Whether a JPEG's marker structure runs from SOI to an EOI marker. Segments are skipped by

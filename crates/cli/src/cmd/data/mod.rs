@@ -20,6 +20,7 @@ use sightline_data::record::id_of;
 use sightline_data::stats::Stats;
 use sightline_data::stream::{self, Flow, Format, RecordWriter};
 use sightline_data::{sample, strip, validate, Error, Record};
+use sightline_guard::Folder;
 use sightline_model::Tokenizer;
 
 use crate::io::Output;
@@ -163,16 +164,22 @@ pub struct ValidateArgs {
     /// Without it, images are not looked up.
     #[arg(long, value_name = "DIR")]
     image_folder: Option<PathBuf>,
+    /// Let `image` paths leave --image-folder (absolute paths, `..`, symlinks out of it);
+    /// without it such a record is a problem.
+    #[arg(long)]
+    allow_outside_paths: bool,
 }
 
 fn run_validate(a: ValidateArgs) -> Result<()> {
-    if let Some(dir) = &a.image_folder {
-        if !dir.is_dir() {
-            bail!("{}: --image-folder is not a directory", dir.display());
+    let folder = match &a.image_folder {
+        Some(dir) if !dir.is_dir() => {
+            bail!("{}: --image-folder is not a directory", dir.display())
         }
-    }
+        Some(dir) => Some(Folder::new(dir, a.allow_outside_paths)?),
+        None => None,
+    };
     let opts = validate::Options {
-        image_folder: a.image_folder.as_deref(),
+        image_folder: folder.as_ref(),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

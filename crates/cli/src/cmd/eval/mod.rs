@@ -116,6 +116,10 @@ pub struct Args {
     /// sketchy-VQA: a full copy of the sketches, default the bundled ones).
     #[arg(long, value_name = "DIR")]
     image_root: Option<PathBuf>,
+    /// Image tasks: let the task files' image names leave --image-root (absolute paths, `..`,
+    /// symlinks out of it); without it such a record stops the run, named.
+    #[arg(long)]
+    allow_outside_paths: bool,
     /// Image tasks: skip records whose image is missing (counted in results.json and on
     /// stderr) instead of failing; --limit then counts records that have their image.
     #[arg(long)]
@@ -418,6 +422,7 @@ fn data_source(a: &Args, protocol: Protocol) -> DataSource {
             TqaData::Current => TruthfulQaVersion::Current,
         },
         image_root: a.image_root.clone(),
+        allow_outside_paths: a.allow_outside_paths,
         protocol,
         vqav2_questions: a.vqav2_questions.clone(),
         vqav2_annotations: a.vqav2_annotations.clone(),

@@ -5,7 +5,7 @@
 use super::color::{upsample_row, ycc_to_rgb, Plane};
 use super::entropy::{decode_block, Bits, Huffman, Kind, ScanParams, ZIGZAG};
 use super::idct::idct_islow;
-use super::{invalid, unsupported, Result, MAX_DIMENSION, MAX_PIXELS, MAX_SCANS};
+use super::{invalid, max_pixels, unsupported, Result, MAX_DIMENSION, MAX_SCANS};
 
 #[derive(Clone)]
 struct Component {
@@ -179,10 +179,11 @@ impl Decoder {
                 "image is {width}x{height}; libjpeg refuses sides over {MAX_DIMENSION} pixels"
             ));
         }
-        if width as u64 * height as u64 > MAX_PIXELS {
+        if width as u64 * height as u64 > max_pixels() {
             return invalid(format!(
-                "image is {width}x{height}, more than {MAX_PIXELS} pixels (Pillow's \
-                 decompression-bomb limit)"
+                "image is {width}x{height}, more than {} pixels (Pillow's decompression-bomb \
+                 limit; set SIGHTLINE_MAX_IMAGE_PIXELS to raise it)",
+                max_pixels()
             ));
         }
         let mut comps = Vec::with_capacity(n);

@@ -48,10 +48,12 @@ fn unsupported<T>(msg: impl Into<String>) -> Result<T> {
     Err(JpegError::Unsupported(msg.into()))
 }
 
-/// Largest image decoded, in pixels: Pillow's decompression-bomb error threshold
-/// (2 × `Image.MAX_IMAGE_PIXELS`), above which `Image.open` refuses the file. (About what the
-/// `image` crate's default 512 MiB allocation limit allowed for RGB.)
-const MAX_PIXELS: u64 = 2 * 89_478_485;
+/// Largest image decoded, in pixels: by default Pillow's decompression-bomb error threshold
+/// (2 × `Image.MAX_IMAGE_PIXELS`), above which `Image.open` refuses the file;
+/// `SIGHTLINE_MAX_IMAGE_PIXELS` raises it ([`sightline_guard::limits::IMAGE_PIXELS`]).
+fn max_pixels() -> u64 {
+    sightline_guard::limits::IMAGE_PIXELS.get_or_default()
+}
 
 /// libjpeg's `JPEG_MAX_DIMENSION`: larger images are refused.
 const MAX_DIMENSION: usize = 65_500;
