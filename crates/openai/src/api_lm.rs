@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use serde_json::{json, Value};
-use sightline_eval::lm::{DoneSink, LanguageModel};
+use sightline_eval::lm::{DoneSink, LanguageModel, WorkUnit};
 use sightline_eval::Error as EvalError;
 use sightline_model::score::{split_pair, Scored};
 
@@ -351,6 +351,23 @@ impl LanguageModel for ApiLm {
             self.score_batch(&batch)
         };
         self.run_parallel(&chunks, &f, &mut |scored| on_done(&scored))
+    }
+
+    /// Every request is its own unit: the server scores each prompt whole, so how requests
+    /// are grouped into HTTP calls does not change an answer (beyond the server's own
+    /// batching across clients). The cost estimate is the prompt's bytes / 4.
+    fn loglikelihood_units(
+        &self,
+        requests: &[(String, String)],
+    ) -> std::result::Result<Vec<WorkUnit>, EvalError> {
+        Ok(requests
+            .iter()
+            .enumerate()
+            .map(|(i, (c, x))| WorkUnit {
+                requests: vec![i],
+                cost: ((c.len() + x.len()) / 4).max(1) as u64,
+            })
+            .collect())
     }
 
     fn generate_until(

@@ -23,7 +23,7 @@ use crate::config::TrainConfig;
 use crate::dataset::{collate, epoch_order};
 use crate::error::{Error, Result};
 use crate::finetune::{Batch, ImageInput, Trainer};
-use crate::setup::{build, Setup};
+use crate::setup::build;
 
 /// One optimizer step, as logged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,45 +110,31 @@ pub fn run(
 ) -> Result<Summary> {
     let out = PathBuf::from(&cfg.output_dir);
     let resume_from = resume_point(&out, opts)?;
-    let Setup {
-        model,
-        projector,
-        vision,
-        tokenizer,
-        data,
-        pad_id,
-        llm_config,
-        base_dir,
-        base_vocab,
-    } = build(cfg, &opts.device)?;
+    let setup = build(cfg, &opts.device)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let (data, vision, pad_id) = (&setup.data, &setup.vision, setup.pad_id);
     let n = data.len();
     let total_steps = cfg.total_steps(n);
     let micro_per_epoch = n.div_ceil(cfg.per_device_train_batch_size);
     let groups_per_epoch = micro_per_epoch.div_ceil(cfg.gradient_accumulation_steps);
-    let mut trainer = Trainer::new(model, projector, cfg.optim_settings(total_steps));
+    let mut trainer = Trainer::new(
+        setup.model,
+        setup.projector,
+        cfg.optim_settings(total_steps),
+    );
     trainer.stage1_branch = cfg.tune_mm_mlp_adapter && cfg.mm_use_im_start_end;
     trainer.set_gradient_checkpointing(cfg.gradient_checkpointing);
     let saver = artifacts::Saver {
         cfg,
-        llm_config: &llm_config,
-        tokenizer: &tokenizer,
-        base_dir: &base_dir,
-        base_vocab,
+        llm_config: &setup.llm_config,
+        tokenizer: &setup.tokenizer,
+        base_dir: &setup.base_dir,
+        base_vocab: setup.base_vocab,
         vision_dir: vision.as_ref().map(|v| v.dir.as_path()),
     };
 
-    let (mut epoch, mut group_in_epoch) = (0, 0);
-    if let Some(dir) = &resume_from {
-        let st = load_state(dir, &mut trainer)?;
-        epoch = st.epoch;
-        group_in_epoch = st.group_in_epoch;
-        truncate_log(&out.join(LOG), st.global_step)?;
-    } else {
-        let json = serde_json::to_string_pretty(cfg)
-            .map_err(|e| Error::Config(format!("train_config.json: {e}")))?;
-        atomic_write(&out.join("train_config.json"), json.as_bytes())?;
-    }
+    let (mut epoch, mut group_in_epoch) =
+        start_or_resume(&out, cfg, resume_from.as_deref(), &mut trainer)?;
     on_event(Event::Start {
         total_steps,
         start_step: trainer.step(),
@@ -156,7 +142,7 @@ pub fn run(
         skipped_mismatch: data.skipped_mismatch,
     });
     let mut orders: Vec<Vec<usize>> = (0..=epoch).map(|e| epoch_order(n, cfg.seed, e)).collect();
-    write_order(&out, cfg.seed, &orders, &data)?;
+    write_order(&out, cfg.seed, &orders, data)?;
     let started = Instant::now();
     let (mut tokens_total, mut last_loss, mut done_here) = (0usize, None, 0usize);
     let mut empty_steps = 0;
@@ -167,7 +153,7 @@ pub fn run(
             }
             let t0 = Instant::now();
             let micro = group_in_epoch * cfg.gradient_accumulation_steps..micro_per_epoch;
-            let group = collate_group(cfg, &data, &orders[epoch], micro, pad_id, &vision, opts)?;
+            let group = collate_group(cfg, data, &orders[epoch], micro, pad_id, vision, opts)?;
             let report = trainer.train_step(&group)?;
             group_in_epoch += 1;
             done_here += 1;
@@ -196,17 +182,11 @@ pub fn run(
         group_in_epoch = 0;
         if orders.len() <= epoch {
             orders.push(epoch_order(n, cfg.seed, epoch));
-            write_order(&out, cfg.seed, &orders, &data)?;
+            write_order(&out, cfg.seed, &orders, data)?;
         }
     }
-    if trainer.step() >= total_steps {
-        saver.save(&out, &trainer)?;
-    } else if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
-        // Interrupted on purpose (stop_after): leave a checkpoint to resume from.
-        let at = (epoch, group_in_epoch);
-        let dir = write_checkpoint(&out, cfg, &saver, &trainer, at, total_steps)?;
-        on_event(Event::Saved(&dir));
-    }
+    let at = (epoch, group_in_epoch);
+    save_at_end(&out, cfg, &saver, &trainer, at, total_steps, on_event)?;
     Ok(Summary {
         steps: trainer.step(),
         samples: n,
@@ -217,6 +197,46 @@ pub fn run(
         empty_steps,
         output_dir: out,
     })
+}
+
+/// Restores the trainer and the data position from `resume_from` (cutting the log back to
+/// its step), or records the run's config for a fresh run; returns (epoch, group in epoch).
+fn start_or_resume(
+    out: &Path,
+    cfg: &TrainConfig,
+    resume_from: Option<&Path>,
+    trainer: &mut Trainer,
+) -> Result<(usize, usize)> {
+    let Some(dir) = resume_from else {
+        let json = serde_json::to_string_pretty(cfg)
+            .map_err(|e| Error::Config(format!("train_config.json: {e}")))?;
+        atomic_write(&out.join("train_config.json"), json.as_bytes())?;
+        return Ok((0, 0));
+    };
+    let st = load_state(dir, trainer)?;
+    truncate_log(&out.join(LOG), st.global_step)?;
+    Ok((st.epoch, st.group_in_epoch))
+}
+
+/// The final artefacts when the run is complete; otherwise (interrupted on purpose by
+/// `stop_after`) a checkpoint to resume from, unless this step already has one.
+fn save_at_end(
+    out: &Path,
+    cfg: &TrainConfig,
+    saver: &artifacts::Saver,
+    trainer: &Trainer,
+    at: (usize, usize),
+    total_steps: usize,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<()> {
+    if trainer.step() >= total_steps {
+        return saver.save(out, trainer);
+    }
+    if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
+        let dir = write_checkpoint(out, cfg, saver, trainer, at, total_steps)?;
+        on_event(Event::Saved(&dir));
+    }
+    Ok(())
 }
 
 /// The checkpoint `--resume` continues from, or None for a fresh run, which needs an empty (or

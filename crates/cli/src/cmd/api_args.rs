@@ -28,6 +28,20 @@ pub struct ApiArgs {
     pub api_max_retries: u32,
 }
 
+/// The flags' defaults, for `sightline merge`, which rebuilds an eval's flags from a shard file:
+/// the API settings are how a shard reached its endpoint, not what it computed, so shard files
+/// do not record them (`#[serde(skip)]` in eval's `Args`).
+impl Default for ApiArgs {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_concurrency: 4,
+            api_timeout: 600,
+            api_max_retries: 5,
+        }
+    }
+}
+
 impl ApiArgs {
     /// The API model `model` names, or `None` for an in-process model.
     pub fn load(&self, model: &ModelArgs, scoring: &ScoringArgs) -> Result<Option<ApiLm>> {

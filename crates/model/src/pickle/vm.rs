@@ -140,6 +140,9 @@ impl<'a> Machine<'a> {
         Err(PickleError::NoStop)
     }
 
+    /// Executes one opcode. Kept whole on purpose (177 lines): one short arm per opcode, so
+    /// that everything the reader accepts (and the `_` arm that refuses the rest) can be
+    /// checked against the pickle protocol in one place.
     fn step(&mut self, op: u8) -> Result<(), PickleError> {
         match op {
             0x80 => {
