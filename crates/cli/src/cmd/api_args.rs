@@ -11,6 +11,11 @@ use sightline_openai::client::{Client, ClientOptions};
 use super::model_args::ModelArgs;
 use super::scoring_args::ScoringArgs;
 
+/// The flags' defaults, shared by clap and [`Default`] so the two cannot drift apart.
+const DEFAULT_CONCURRENCY: usize = 4;
+const DEFAULT_TIMEOUT_S: u64 = 600;
+const DEFAULT_MAX_RETRIES: u32 = 5;
+
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// OpenAI-compatible endpoint up to `/v1` (e.g. http://127.0.0.1:8000/v1) for --model
@@ -18,13 +23,13 @@ pub struct ApiArgs {
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
     /// API requests in flight at once (log-likelihoods; generations go one at a time).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
     pub api_concurrency: usize,
     /// Seconds before an API request is abandoned (and retried).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_S)]
     pub api_timeout: u64,
     /// Retries of a request that failed with 429, 5xx or a transport error.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = DEFAULT_MAX_RETRIES)]
     pub api_max_retries: u32,
 }
 
@@ -35,9 +40,9 @@ impl Default for ApiArgs {
     fn default() -> Self {
         Self {
             base_url: None,
-            api_concurrency: 4,
-            api_timeout: 600,
-            api_max_retries: 5,
+            api_concurrency: DEFAULT_CONCURRENCY,
+            api_timeout: DEFAULT_TIMEOUT_S,
+            api_max_retries: DEFAULT_MAX_RETRIES,
         }
     }
 }

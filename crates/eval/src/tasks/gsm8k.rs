@@ -88,10 +88,17 @@ pub fn strict_match(text: &str) -> Option<&str> {
     None
 }
 
-/// Stores the few-shot examples `ids` of `train` in `doc`: each `"Question: q\nAnswer:" + " " +
+/// Draws `shots` examples of `train` from `rnd` (CPython's `random.sample`, as both harness
+/// versions draw them) and stores them in `doc`: each `"Question: q\nAnswer:" + " " +
 /// answer + "\n\n"`, the text both harness versions build (0.3: `"\n\n".join(...) + "\n\n"`;
 /// 0.4: `doc_to_text + target_delimiter + doc_to_target + fewshot_delimiter` per example).
-fn attach(doc: &mut Value, train: &[Value], ids: Vec<usize>) -> Result<()> {
+fn attach(doc: &mut Value, train: &[Value], rnd: &mut PyRandom, shots: usize) -> Result<()> {
+    let ids = rnd.sample(train.len(), shots).ok_or_else(|| {
+        Error::Config(format!(
+            "gsm8k: {} training examples, fewer than {shots}",
+            train.len()
+        ))
+    })?;
     let mut text = String::new();
     for &i in &ids {
         let ex = &train[i];
@@ -133,13 +140,7 @@ impl Task for Gsm8k {
         }
         let train = read_split(data, "gsm8k/train.jsonl")?;
         for (_, doc) in docs.iter_mut() {
-            let ids = rnd.sample(train.len(), SHOTS).ok_or_else(|| {
-                Error::Config(format!(
-                    "gsm8k: {} training examples, fewer than {SHOTS}",
-                    train.len()
-                ))
-            })?;
-            attach(doc, &train, ids)?;
+            attach(doc, &train, rnd, SHOTS)?;
         }
         Ok(())
     }
@@ -279,13 +280,7 @@ impl Task for Gsm8kV04 {
         let mut order: Vec<usize> = (0..docs.len()).collect();
         order.sort_by_key(|&k| docs[k].0);
         for k in order {
-            let ids = rnd.sample(train.len(), V04_SHOTS).ok_or_else(|| {
-                Error::Config(format!(
-                    "gsm8k: {} training examples, fewer than {V04_SHOTS}",
-                    train.len()
-                ))
-            })?;
-            attach(&mut docs[k].1, &train, ids)?;
+            attach(&mut docs[k].1, &train, &mut rnd, V04_SHOTS)?;
         }
         Ok(())
     }
