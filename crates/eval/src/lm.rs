@@ -236,12 +236,15 @@ impl LanguageModel for CandleLm {
         prefix.extend(tok.encode(&format!("{header}{}", shots[..k].concat()))?);
         let mut cache = KvCache::default();
         let mut start = 0;
-        // The prefix is reused only where the whole prompt's tokens begin with it (a merge
-        // across the boundary would make them differ; then the prompt runs whole).
+        // What is reused is the prompt's own first tokens: the longest run it shares with the
+        // header + shots encoded alone. The two part where the boundary tokenizes differently:
+        // byte-level BPE (GPT-2, LLaMA 3, SmolLM2) ends the block alone with one `\n\n` token
+        // but splits it into `\n`, `\n` before the question's first letter. The cached keys
+        // and values are those of the prompt's own tokens, so the answer is the whole prompt's.
+        let shared = prefix.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         let max_pos = model.config.max_position_embeddings;
-        if prefix.len() < ids.len() && ids.len() <= max_pos && ids.starts_with(&prefix) {
-            cache = self.prefix_cache.get_or_fill(model, &prefix)?;
-            start = prefix.len();
+        if shared > 1 && shared < ids.len() && ids.len() <= max_pos {
+            (cache, start) = self.prefix_cache.get_or_fill(model, &ids, shared)?;
         }
         let candle = |e: candle_core::Error| Error::Model(e.into());
         // Positions past the model's end are not generated (transformers would extrapolate
@@ -288,24 +291,34 @@ pub struct PrefixCache {
 }
 
 impl PrefixCache {
-    /// The cache after running `prefix`, from the slot when it holds the same tokens.
-    fn get_or_fill(&self, model: &sightline_model::Llama, prefix: &[u32]) -> Result<KvCache> {
+    /// The KV cache of the first tokens of `ids` and how many they are: the slot's when the
+    /// prompt begins with the tokens it holds, else that of `ids[..shared]`, which then fills
+    /// the slot. Taking any slot the prompt begins with (not only one of exactly `shared`
+    /// tokens) keeps a subject on one entry when its questions' first characters tokenize the
+    /// shots' last `\n\n` differently (` Why` keeps it whole, `Why` splits it).
+    fn get_or_fill(
+        &self,
+        model: &sightline_model::Llama,
+        ids: &[u32],
+        shared: usize,
+    ) -> Result<(KvCache, usize)> {
         let mut slot = self
             .slot
             .lock()
             .map_err(|_| Error::Config("internal: the prefix cache lock is poisoned".into()))?;
         if let Some((p, c)) = slot.as_ref() {
-            if p == prefix {
+            if p.len() < ids.len() && ids.starts_with(p) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(c.clone());
+                return Ok((c.clone(), p.len()));
             }
         }
+        let prefix = &ids[..shared];
         let candle = |e: candle_core::Error| Error::Model(e.into());
         let mut cache = KvCache::default();
         let t = Tensor::from_slice(prefix, (1, prefix.len()), model.device()).map_err(candle)?;
         model.forward_hidden_embeds(&model.embed(&t)?, Some(&mut cache))?;
         *slot = Some((prefix.to_vec(), cache.clone()));
-        Ok(cache)
+        Ok((cache, shared))
     }
 }
 

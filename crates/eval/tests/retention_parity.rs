@@ -371,32 +371,123 @@ fn mmlu_matches_the_papers_script_on_stories260k() {
 /// questions of one subject through one model (cache hits) equal each through a fresh one.
 #[test]
 fn mmlu_prefix_cache_changes_no_answer() {
-    use sightline_eval::lm::LanguageModel;
     let docs = mmlu::MMLU.docs(&DataSource::default()).unwrap();
-    let shared = model();
-    let mut texts = Vec::new();
-    for d in docs.iter().filter(|d| d["subject"] == "marketing").take(6) {
-        let shots: Vec<String> = d["shots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap().to_string())
-            .collect();
-        let (h, q) = (
-            d["header"].as_str().unwrap(),
-            d["question"].as_str().unwrap(),
-        );
-        let a = shared.generate_fit(h, &shots, q, 500, 2).unwrap();
-        let b = model().generate_fit(h, &shots, q, 500, 2).unwrap();
+    let prompts: Vec<(String, Vec<String>, String)> = docs
+        .iter()
+        .filter(|d| d["subject"] == "marketing")
+        .take(6)
+        .map(|d| {
+            let shots = d["shots"].as_array().unwrap().iter();
+            (
+                d["header"].as_str().unwrap().to_string(),
+                shots.map(|x| x.as_str().unwrap().to_string()).collect(),
+                d["question"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let hits = prefix_cache_hits(model, &prompts);
+    assert!(hits > 0, "no question reused the cached prefix");
+}
+
+/// The same with a byte-level BPE tokenizer (GPT-2's pre-tokenizer, as LLaMA 3 and SmolLM2
+/// have), where the shots encoded alone end in one `\n\n` token that the whole prompt splits
+/// into `\n`, `\n`: the cache must still be hit, since it holds the prompt's own first tokens.
+/// Short prompts of one subject (one byte per token here, and stories260K has 512 positions).
+#[test]
+fn mmlu_prefix_cache_is_hit_with_a_byte_level_tokenizer() {
+    let header = "The following are multiple choice questions (with answers) about  marketing.\n\n";
+    let shot =
+        |q: &str, a: &str| format!("{q}\nA. yes\nB. no\nC. both\nD. neither\nAnswer: {a}\n\n");
+    let shots = vec![
+        shot("Is a brand a promise?", "A"),
+        shot("Is price a place?", "B"),
+    ];
+    let prompts: Vec<(String, Vec<String>, String)> = [
+        "Is a logo a brand?",
+        "What is 4P?",
+        " Why sell?",
+        "2 + 2?",
+        "Who buys?",
+        "Is ads marketing?",
+    ]
+    .iter()
+    .map(|q| {
+        (
+            header.to_string(),
+            shots.clone(),
+            format!("{q}\nA. a\nB. b\nC. c\nD. d\nAnswer:"),
+        )
+    })
+    .collect();
+    // Six questions, one prefix: the first fills it, the other five reuse it.
+    assert_eq!(prefix_cache_hits(byte_level_model, &prompts), 5);
+}
+
+/// Runs each prompt through one model (sharing its prefix cache) and through a fresh one,
+/// asserts the answers are equal, and returns the shared model's cache hits.
+fn prefix_cache_hits(make: fn() -> CandleLm, prompts: &[(String, Vec<String>, String)]) -> usize {
+    use sightline_eval::lm::LanguageModel;
+    let shared = make();
+    for (h, shots, q) in prompts {
+        let a = shared.generate_fit(h, shots, q, 500, 2).unwrap();
+        let b = make().generate_fit(h, shots, q, 500, 2).unwrap();
         assert_eq!(a, b, "{q}");
-        texts.push(a);
     }
-    assert!(
-        shared
-            .prefix_cache
-            .hits
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0,
-        "no question reused the cached prefix"
-    );
+    shared
+        .prefix_cache
+        .hits
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// stories260K with a byte-level BPE tokenizer of 258 tokens: the 256 bytes in GPT-2's
+/// printable mapping, one merge (`\n\n`, the one that matters here) and a BOS.
+fn byte_level_model() -> CandleLm {
+    let mut lm = model();
+    let vocab: serde_json::Map<String, Value> = gpt2_byte_chars()
+        .into_iter()
+        .map(String::from)
+        .chain(["ĊĊ".to_string()])
+        .enumerate()
+        .map(|(i, c)| (c, Value::from(i)))
+        .collect();
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": true, "use_regex": true});
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "normalizer": null,
+        "added_tokens": [{"id": 257, "content": "<s>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}],
+        "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "vocab": vocab, "merges": ["Ċ Ċ"]},
+    });
+    let config = br#"{"bos_token": "<s>"}"#;
+    lm.loaded.tokenizer = sightline_model::Tokenizer::from_bytes(
+        json.to_string().as_bytes(),
+        Some(config),
+        PathBuf::from("byte-level/tokenizer.json"),
+        None,
+        None,
+    )
+    .unwrap();
+    lm
+}
+
+/// GPT-2's `bytes_to_unicode`: printable bytes stand for themselves, the others for the
+/// code points from U+0100 on, in byte order.
+fn gpt2_byte_chars() -> Vec<char> {
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
+    let mut next = 0x100;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap()
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap()
+            }
+        })
+        .collect()
 }
