@@ -4,17 +4,23 @@ reference implementations, on the same model, documents and machine, in one run.
 times, the ratio (reference seconds / sightline seconds) and both runs' accuracies.
 
     cargo build --release        # target/release/sightline (this script never builds it)
-    .venv-ref/bin/python bench/retention_vs_reference.py LM_EVAL_030_WHEEL [--docs 12] [--threads 2]
+    .venv-ref/bin/python bench/retention_vs_reference.py LM_EVAL_030_WHEEL [--docs 12] [--threads 2] \
+        [--model random|smollm2] [--dtype f32|bf16]
 
-Model: the random 134M LLaMA of bench/score_vs_transformers.py (bench/out/llama-134m, f32, 2,048
-positions, a 32,000-token LLaMA tokenizer), built there if missing.
+Model: --model random (default) is the random 134M LLaMA of bench/score_vs_transformers.py
+(bench/out/llama-134m, 2,048 positions, a 32,000-token LLaMA tokenizer), built there if missing;
+--model smollm2 the real pretrained SmolLM2-135M-Instruct of bench/smollm2.py. --dtype sets both
+sides' compute dtype (transformers `torch_dtype`, HFLM `dtype`, sightline `--dtype`). Besides wall
+times the table gives CPU seconds (this process's for the reference, the child's for sightline),
+which move less than wall time when other jobs share the machine.
 
 References (as in scripts/reference/make_retention_fixtures.py, whose helpers this imports):
 - MMLU: the logic of the paper's llava/eval/mmlu/evaluate_mmlu.py on transformers 4.46.3 --
   pandas read_csv, k reduced while the prompt is over 2,048 tokens, `model.generate(**inputs,
   max_new_tokens=2)` one question at a time -- with the model directory's fast tokenizer (the
-  script's slow LlamaTokenizer needs a tokenizer.model this directory does not have). Timed:
-  model load + the question loop.
+  script's slow LlamaTokenizer needs a tokenizer.model this directory does not have), and the
+  model's BOS (config.json `bos_token_id`) put first where that tokenizer does not add it, as the
+  script's LlamaTokenizer does and sightline does. Timed: model load + the question loop.
 - MathQA: PyPI lm_eval 0.3.0's MathQA task and `evaluate` loop (num_fewshot 4, seed-42 shuffle
   and draws) answered by lm_eval 0.4.9.1 HFLM(add_bos_token=False, batch 8). The few-shot pool is
   tests/fixtures/retention/mathqa_train_sample.json (64 real MathQA dev records standing in for
@@ -37,20 +43,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/out"
+HFLM_DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "scripts/reference"))
 
 
-def mmlu_reference(model_dir, n, subject=None):
+def torch_dtypes():
+    import torch
+    return {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
+def mmlu_reference(model_dir, n, dtype, subject=None):
     import numpy as np
     import pandas as pd
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
     data = ROOT / "data/mmlu"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = LlamaForCausalLM.from_pretrained(model_dir)
+    model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch_dtypes()[dtype])
     model.eval()
+    bos = model.config.bos_token_id
+
+    def encode(prompt):
+        ids = tok(prompt).input_ids
+        return ids if ids[:1] == [bos] else [bos] + ids
     choices = ["A", "B", "C", "D"]
 
     def format_example(df, idx, include_answer=True):
@@ -85,29 +102,30 @@ def mmlu_reference(model_dir, n, subject=None):
         k = 5
         end = format_example(test, i, include_answer=False)
         prompt = gen_prompt(dev, s, k) + end
-        while not len(tok(prompt).input_ids) <= 2048 and k > 0:
+        while not len(encode(prompt)) <= 2048 and k > 0:
             k -= 1
             prompt = gen_prompt(dev, s, k) + end
-        inputs = tok(prompt, return_tensors="pt")
+        ids = torch.tensor([encode(prompt)])
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=2)
-        pred = tok.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                                 do_sample=False, pad_token_id=tok.eos_token_id)
+        pred = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         cors.append(pred.strip().startswith(test.iloc[i, 5]))
-    return time.perf_counter() - t0, float(np.mean(cors))
+    return time.perf_counter() - t0, time.process_time() - c0, float(np.mean(cors))
 
 
-def mathqa_reference(model_dir, wheel, n, batch_size):
+def mathqa_reference(model_dir, wheel, n, batch_size, dtype):
     import make_retention_fixtures as ref
     from lm_eval.models.huggingface import HFLM
     ref.LIMIT = n
     mods = ref.load_lm_eval03(wheel)
     tasks, _ = ref.make_tasks(mods)
     task = tasks["mathqa"][0]
-    t0 = time.perf_counter()
-    lm = HFLM(pretrained=str(model_dir), backend="causal", device="cpu", dtype="float32", batch_size=batch_size,
-              add_bos_token=False, prefix_token_id=2)
+    t0, c0 = time.perf_counter(), time.process_time()
+    lm = HFLM(pretrained=str(model_dir), backend="causal", device="cpu", dtype=HFLM_DTYPES[dtype],
+              batch_size=batch_size, add_bos_token=False, prefix_token_id=2)
     res = mods[0].evaluate(lm=ref.Adapter(lm, lm), task_dict={"mathqa": task}, num_fewshot=4, limit=n)
-    return time.perf_counter() - t0, res["results"]["mathqa"]
+    return time.perf_counter() - t0, time.process_time() - c0, res["results"]["mathqa"]
 
 
 def one_subject_data(subject):
@@ -121,13 +139,18 @@ def one_subject_data(subject):
     return d
 
 
-def sightline(model_dir, threads, batch_size, args, name):
+def sightline(model_dir, threads, batch_size, dtype, args, name):
     out = OUT / f"retention_{name}"
     cmd = [str(ROOT / "target/release/sightline"), "--threads", str(threads), "eval", "--model", str(model_dir),
-           "--batch-size", str(batch_size), "--output", str(out), "--overwrite", *args]
+           "--dtype", dtype, "--batch-size", str(batch_size), "--output", str(out), "--overwrite", *args]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0, json.loads((out / "results.json").read_text())["results"], cmd
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"sightline failed: {' '.join(cmd)}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return dt, cpu, json.loads((out / "results.json").read_text())["results"], cmd
 
 
 def main():
@@ -138,6 +161,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--subject", default="high_school_psychology",
                     help="MMLU subject of the second MMLU row (questions sharing one 5-shot prefix)")
+    ap.add_argument("--model", default="random", choices=["random", "smollm2"])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     a = ap.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -146,36 +171,42 @@ def main():
     import transformers
     import lm_eval
     from score_vs_transformers import build_model
+    from smollm2 import smollm2_dir
     torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
-    model_dir = OUT / "llama-134m"
-    build_model(model_dir)
+    if a.model == "smollm2":
+        model_dir, model_name = smollm2_dir(), "SmolLM2-135M-Instruct (real weights)"
+    else:
+        model_dir, model_name = OUT / "llama-134m", "random LLaMA 134M"
+        build_model(model_dir)
     train = ROOT / "tests/fixtures/retention/mathqa_train_sample.json"
 
     rows = []
-    t_ref, acc_ref = mmlu_reference(model_dir, a.docs)
-    t_sl, res, cmd = sightline(model_dir, a.threads, a.batch_size, ["--tasks", "mmlu", "--limit", str(a.docs)], "mmlu")
-    rows.append(("mmlu", t_ref, t_sl, {"acc": acc_ref}, {"acc": res["mmlu"]["acc,none"]}, cmd))
-    t_ref, acc_ref = mmlu_reference(model_dir, a.docs, a.subject)
-    t_sl, res, cmd = sightline(model_dir, a.threads, a.batch_size,
-                               ["--tasks", "mmlu", "--limit", str(a.docs), "--data-dir",
-                                str(one_subject_data(a.subject))], "mmlu_subject")
-    rows.append((f"mmlu ({a.subject} only)", t_ref, t_sl, {"acc": acc_ref}, {"acc": res["mmlu"]["acc,none"]}, cmd))
-    t_ref, r_ref = mathqa_reference(model_dir, a.wheel, a.docs, a.batch_size)
-    t_sl, res, cmd = sightline(model_dir, a.threads, a.batch_size,
-                               ["--tasks", "mathqa", "--mathqa-train", str(train), "--limit", str(a.docs)], "mathqa")
-    rows.append(("mathqa", t_ref, t_sl, {m: r_ref[m] for m in ["acc", "acc_norm"]},
+    sl = lambda args, name: sightline(model_dir, a.threads, a.batch_size, a.dtype, args, name)  # noqa: E731
+    t_ref, c_ref, acc_ref = mmlu_reference(model_dir, a.docs, a.dtype)
+    t_sl, c_sl, res, cmd = sl(["--tasks", "mmlu", "--limit", str(a.docs)], "mmlu")
+    rows.append(("mmlu", t_ref, c_ref, t_sl, c_sl, {"acc": acc_ref}, {"acc": res["mmlu"]["acc,none"]}, cmd))
+    t_ref, c_ref, acc_ref = mmlu_reference(model_dir, a.docs, a.dtype, a.subject)
+    t_sl, c_sl, res, cmd = sl(["--tasks", "mmlu", "--limit", str(a.docs), "--data-dir",
+                               str(one_subject_data(a.subject))], "mmlu_subject")
+    rows.append((f"mmlu ({a.subject} only)", t_ref, c_ref, t_sl, c_sl, {"acc": acc_ref},
+                 {"acc": res["mmlu"]["acc,none"]}, cmd))
+    t_ref, c_ref, r_ref = mathqa_reference(model_dir, a.wheel, a.docs, a.batch_size, a.dtype)
+    t_sl, c_sl, res, cmd = sl(["--tasks", "mathqa", "--mathqa-train", str(train), "--limit", str(a.docs)], "mathqa")
+    rows.append(("mathqa", t_ref, c_ref, t_sl, c_sl, {m: r_ref[m] for m in ["acc", "acc_norm"]},
                  {m: res["mathqa"][m + ",none"] for m in ["acc", "acc_norm"]}, cmd))
 
-    print(f"model: random LLaMA 134M f32 ({model_dir.relative_to(ROOT)}) | {a.docs} documents per task "
+    print(f"model: {model_name} {a.dtype} ({model_dir.relative_to(ROOT)}) | {a.docs} documents per task "
           f"(the first of the seed-42 shuffle, the same for both) | batch {a.batch_size} | {a.threads} threads")
     print(f"stack: torch {torch.__version__}, transformers {transformers.__version__}, lm_eval {lm_eval.__version__} "
           f"(scoring) + lm_eval 0.3.0 (MathQA task code)")
-    print("| task | reference s | sightline s | ratio | reference | sightline |")
-    print("| --- | ---: | ---: | ---: | --- | --- |")
-    for name, tr, ts, mr, ms, _ in rows:
+    print(f"load average at the end: {os.getloadavg()}")
+    print("| task | reference s (CPU s) | sightline s (CPU s) | ratio | ratio by CPU s | reference | sightline |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
+    for name, tr, cr, ts, cs, mr, ms, _ in rows:
         fmt = lambda m: ", ".join(f"{k} {v:.6f}" for k, v in m.items())  # noqa: E731
-        print(f"| {name} | {tr:.2f} | {ts:.2f} | **{tr / ts:.2f}** | {fmt(mr)} | {fmt(ms)} |")
+        print(f"| {name} | {tr:.2f} ({cr:.1f}) | {ts:.2f} ({cs:.1f}) | **{tr / ts:.2f}** | {cr / cs:.2f} "
+              f"| {fmt(mr)} | {fmt(ms)} |")
     for name, *_, cmd in rows:
         print(f"sightline {name}: " + " ".join(cmd).replace(str(ROOT) + "/", ""))
 
