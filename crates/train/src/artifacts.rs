@@ -8,7 +8,9 @@
 //! | text-only full | an HF LLaMA checkpoint (`model.safetensors`, `config.json`, tokenizer files) | `--model OUT` |
 //! | text-only LoRA | PEFT `adapter_config.json` + `adapter_model.safetensors` | `--model BASE --adapter OUT` |
 //!
-//! Every file is written atomically (temp file + rename).
+//! Every file is written atomically (temp file + rename). A `bf16 = true` run saves these
+//! tensors in bf16 (its `config.json` says `torch_dtype = "bfloat16"`), as LLaVA's bf16 runs do;
+//! the f32 masters stay in the checkpoints' resume state.
 
 use std::path::Path;
 
