@@ -56,6 +56,14 @@ SHAPES = {
 }
 
 
+def dtype_kwarg(dtype):
+    """`from_pretrained`'s dtype argument: `dtype=` from transformers 4.56 on (the GPU machine's
+    5.x), `torch_dtype=` before (the reference venv's 4.46.3)."""
+    import transformers
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def build_model(path, shape="134m"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -104,7 +112,7 @@ def transformers_reference(model_dir, reqs, a, torch_dtype):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=getattr(torch, torch_dtype))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **dtype_kwarg(getattr(torch, torch_dtype)))
     model = model.to(a.device).eval()
     max_length = model.config.max_position_embeddings
     enc = []

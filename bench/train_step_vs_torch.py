@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/out"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_vs_transformers import SHAPES, build_model  # noqa: E402
+from score_vs_transformers import SHAPES, build_model, dtype_kwarg  # noqa: E402
 
 CONFIGS = {
     # name: (hidden, layers, heads, intermediate, vocab, batch, seq[, kv_heads])
@@ -150,7 +150,7 @@ def worker(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
-    model = LlamaForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32,
+    model = LlamaForCausalLM.from_pretrained(args.model, **dtype_kwarg(torch.float32),
                                              attn_implementation=args.attn).to(dev)
     if args.mode == "lora":
         import torch.distributed.tensor  # noqa: F401  (peft 0.21 needs the submodule imported)

@@ -77,6 +77,13 @@ stage() {
 skip() { printf '%s\tskipped (%s)\t-\t0\t-\n' "$1" "$2" >>"$stages"; }
 
 # --- setup: the binary, the CUDA libraries of the Python environment, lm_eval -------------
+# What scripts/gpu/pack.sh split into target/gpu-carry/part-N (one part per `run` call, as the
+# working tree and its carried paths may not pass 64 MiB a call): joined and unpacked here.
+if ls target/gpu-carry/part-*/carry.tar.part-* >/dev/null 2>&1; then
+    stage join 60 bash -c "mkdir -p '$out/work/carry' && cat \$(ls target/gpu-carry/part-*/carry.tar.part-* | sort -V) | tar -x -C '$out/work/carry'"
+    [ -f "$out/work/carry/sightline-cuda.tar.xz" ] && SIGHTLINE_TARBALL=${SIGHTLINE_TARBALL:-$out/work/carry/sightline-cuda.tar.xz}
+    [ -d "$out/work/carry/gpu-wheels" ] && WHEELS=$out/work/carry/gpu-wheels
+fi
 bin=${SIGHTLINE_BIN:-}
 if [ -z "$bin" ] && [ "$DEVICE" = cpu ] && [ -z "${SIGHTLINE_TARBALL:-}" ]; then
     bin=$(ls -t target/release/sightline target/debug/sightline 2>/dev/null | head -n 1)
@@ -91,7 +98,7 @@ if [ -z "$bin" ]; then
 fi
 bin=$(cd "$(dirname "${bin:-.}")" && pwd)/$(basename "${bin:-missing}")
 if ! "$PYTHON" -c 'import lm_eval' 2>/dev/null && [ -d "$WHEELS" ]; then
-    stage wheels 60 "$PYTHON" -m pip install --no-index --find-links "$WHEELS" --target "$out/work/py" lm_eval
+    stage wheels 60 bash -c "'$PYTHON' -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target '$out/work/py' '$WHEELS'/*.whl"
     export PYTHONPATH=$out/work/py${PYTHONPATH:+:$PYTHONPATH}
 fi
 stage binary 20 "$bin" --version
@@ -102,16 +109,18 @@ stage environment 60 bash -c '
 
 # --- the checks ------------------------------------------------------------------------------
 export OMP_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+rm -f "$out/parity.json" "$out/eval.json" "$out/eval-transformers.json" "$out/train.json"
 stage parity 110 "$PYTHON" scripts/gpu/parity.py --bin "$bin" --device "$DEVICE" \
     --work "$out/work/parity" --json "$out/parity.json"
 bench=(--threads "$THREADS" --work "$out/work/bench")
 if [ -z "${NO_LM_EVAL:-}" ] && "$PYTHON" -c 'import lm_eval' >/dev/null 2>&1; then
     stage eval 170 "$PYTHON" bench/eval_vs_lm_eval.py "${bench[@]}" --device "$DEVICE" --dtype bf16 \
         --shape "$SHAPE" --questions "$QUESTIONS" --binary "$bin" --json "$out/eval.json"
-else
-    # No lm_eval (its datasets/pyarrow/scikit-learn may not fit the trip): the same requests
+fi
+if [ ! -f "$out/eval.json" ]; then
+    # No lm_eval, or it failed (e.g. against the machine's transformers 5): the same requests
     # against plain transformers with lm-eval's rules, so the GPU ratio is still measured.
-    skip eval "lm_eval does not import: see logs/environment.log"
+    grep -q '^eval	' "$stages" || skip eval "lm_eval does not import: see logs/environment.log"
     stage eval-transformers 170 "$PYTHON" bench/score_vs_transformers.py "${bench[@]}" --reference transformers \
         --device "$DEVICE" --dtype bf16 --shape "$SHAPE" --questions "$QUESTIONS" --binary "$bin" \
         --json "$out/eval-transformers.json"
