@@ -116,7 +116,8 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 const GRAD_TOL: f64 = 0.08;
 
 /// After one bf16 step (full fine-tune and LoRA): every trainable tensor is an f32 master that
-/// changed, its AdamW moments are f32 and nonzero, the bf16 value the forward uses equals the
+/// changed, its AdamW moments are f32, nonzero and exactly torch's first update from the clipped
+/// f32 gradient, the bf16 value the forward uses equals the
 /// master cast to bf16 bit for bit, frozen weights are stored in bf16, and the f32 gradient
 /// that reached each master through the bf16 cast is within bf16 precision of the f32 run's.
 #[test]
@@ -172,13 +173,27 @@ fn a_bf16_step_updates_the_f32_masters_and_moments() -> Result<()> {
             "{case}: loss bf16 {} f32 {} (Δ {dl:.2e}); worst gradient rel. L2 {worst:.2e}",
             l16[0], l32[0]
         );
-        t16.apply()?;
-        for ((p, old), (m, v)) in t16
+        let grads = t16.gradients().to_vec();
+        let (_, norm) = t16.apply()?;
+        // clip_grad_norm_ (max 1) then AdamW's first update from zero moments, in f32:
+        // exp_avg = 0.1·g, exp_avg_sq = 0.001·g², g the clipped f32 gradient.
+        let coef = (1.0 / (norm + 1e-6)).min(1.0) as f32;
+        for ((p, old), ((m, v), g)) in t16
             .trainable()
             .iter()
             .zip(&before)
-            .zip(t16.optimizer_moments())
+            .zip(t16.optimizer_moments().into_iter().zip(&grads))
         {
+            for ((&m, &v), &g) in m.iter().zip(v).zip(g) {
+                let g = if coef < 1.0 { g * coef } else { g };
+                assert_eq!(m, g * (1.0f64 - 0.9) as f32, "{case}: {} exp_avg", p.name);
+                let want = (1.0f64 - 0.999) as f32 * g * g;
+                ensure!(
+                    (v - want).abs() <= 1e-6 * want,
+                    "{case}: {} exp_avg_sq {v} vs {want}",
+                    p.name
+                );
+            }
             let master = p.param.tensor();
             assert_eq!(master.dtype(), DType::F32, "{case}: {}", p.name);
             assert!(matches!(p.param, Param::Mixed { .. }), "{case}: {}", p.name);
