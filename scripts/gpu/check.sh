@@ -120,7 +120,7 @@ fi
 if [ ! -f "$out/eval.json" ]; then
     # No lm_eval, or it failed (e.g. against the machine's transformers 5): the same requests
     # against plain transformers with lm-eval's rules, so the GPU ratio is still measured.
-    grep -q '^eval	' "$stages" || skip eval "lm_eval does not import: see logs/environment.log"
+    grep -q '^eval	' "$stages" || skip eval "lm_eval does not import or NO_LM_EVAL is set: see logs/environment.log"
     stage eval-transformers 170 "$PYTHON" bench/score_vs_transformers.py "${bench[@]}" --reference transformers \
         --device "$DEVICE" --dtype bf16 --shape "$SHAPE" --questions "$QUESTIONS" --binary "$bin" \
         --json "$out/eval-transformers.json"
