@@ -360,8 +360,9 @@ fn dtypes(path: &Path) -> Result<Vec<DType>> {
 }
 
 /// An interrupted and resumed bf16 run logs the same losses, learning rates and gradient norms
-/// as the uninterrupted one, bit for bit, and saves the same bytes (LoRA with dropout and
-/// accumulation; stage 2 full with the projector). Its artefacts are bf16; its checkpoint's
+/// as the uninterrupted one, bit for bit, and saves the same bytes (text LoRA with dropout and
+/// accumulation; stage 2 full with the projector; stage 1, projector and embeddings; stage 2
+/// LoRA with dropout and the projector). Its artefacts are bf16; its checkpoint's
 /// resume state holds f32 masters and moments.
 #[test]
 fn a_resumed_bf16_run_is_bit_identical() -> Result<()> {
@@ -393,6 +394,29 @@ fn a_resumed_bf16_run_is_bit_identical() -> Result<()> {
                 "bf16=true",
             ]),
             "model.safetensors",
+        ),
+        (
+            "configs/stage1-projector.toml",
+            v(&[
+                "learning_rate=1e-2",
+                "max_steps=4",
+                "save_steps=2",
+                "bf16=true",
+            ]),
+            "mm_projector.safetensors",
+        ),
+        (
+            "configs/stage2-lora.toml",
+            v(&[
+                "lora_r=4",
+                "lora_dropout=0.1",
+                "learning_rate=1e-2",
+                "gradient_accumulation_steps=1",
+                "max_steps=4",
+                "save_steps=2",
+                "bf16=true",
+            ]),
+            "adapter_model.safetensors",
         ),
     ];
     for (i, (toml, extra, artefact)) in runs.iter().enumerate() {
