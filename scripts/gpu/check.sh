@@ -3,7 +3,8 @@
 # peft in its Python, no Rust, no network): CPU-vs-CUDA parity of sightline on the repository's
 # fixtures, TruthfulQA MC1+MC2 against lm-eval + transformers, and a bf16 training step (full
 # and LoRA) against PyTorch + peft, on a random LLaMA of TinyLlama-1.1B's shape. The report goes
-# to OUT_DIR/report.md (and report.json, per-stage logs under OUT_DIR/logs).
+# to OUT_DIR/report.md (and report.json, per-stage logs under OUT_DIR/logs, all logs in
+# OUT_DIR/logs.tar.gz).
 #
 #   scripts/gpu/check.sh OUT_DIR                 # on the GPU machine, from the repository root
 #   DEVICE=cpu scripts/gpu/check.sh OUT_DIR      # the same stages on this CPU, tiny model
@@ -25,13 +26,17 @@
 #                     eval stage becomes eval-transformers (the same requests, lm-eval's rules,
 #                     plain transformers)
 #   NO_LM_EVAL=1      take that fallback even where lm_eval imports (to exercise it)
+#   WORK              where the unpacked binary, the generated models and the runs go (default
+#                     OUT_DIR/work; several GB for the 1.1B shape: keep it out of a folder whose
+#                     files all come back)
 #   SHAPE QUESTIONS STEPS THREADS BUDGET   model shape, TruthfulQA questions, timed train steps,
 #                     CPU threads, overall seconds
 set -uo pipefail
 
 out=${1:?usage: scripts/gpu/check.sh OUT_DIR}
-mkdir -p "$out/logs" "$out/work"
+mkdir -p "$out/logs" "${WORK:-$out/work}"
 out=$(cd "$out" && pwd)
+work=$(cd "${WORK:-$out/work}" && pwd)
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
@@ -80,9 +85,9 @@ skip() { printf '%s\tskipped (%s)\t-\t0\t-\n' "$1" "$2" >>"$stages"; }
 # What scripts/gpu/pack.sh split into target/gpu-carry/part-N (one part per `run` call, as the
 # working tree and its carried paths may not pass 64 MiB a call): joined and unpacked here.
 if ls target/gpu-carry/part-*/carry.tar.part-* >/dev/null 2>&1; then
-    stage join 60 bash -c "mkdir -p '$out/work/carry' && cat \$(ls target/gpu-carry/part-*/carry.tar.part-* | sort -V) | tar -x -C '$out/work/carry'"
-    [ -f "$out/work/carry/sightline-cuda.tar.xz" ] && SIGHTLINE_TARBALL=${SIGHTLINE_TARBALL:-$out/work/carry/sightline-cuda.tar.xz}
-    [ -d "$out/work/carry/gpu-wheels" ] && WHEELS=$out/work/carry/gpu-wheels
+    stage join 60 bash -c "mkdir -p '$work/carry' && cat \$(ls target/gpu-carry/part-*/carry.tar.part-* | sort -V) | tar -x -C '$work/carry'"
+    [ -f "$work/carry/sightline-cuda.tar.xz" ] && SIGHTLINE_TARBALL=${SIGHTLINE_TARBALL:-$work/carry/sightline-cuda.tar.xz}
+    [ -d "$work/carry/gpu-wheels" ] && WHEELS=$work/carry/gpu-wheels
 fi
 bin=${SIGHTLINE_BIN:-}
 if [ -z "$bin" ] && [ "$DEVICE" = cpu ] && [ -z "${SIGHTLINE_TARBALL:-}" ]; then
@@ -90,16 +95,16 @@ if [ -z "$bin" ] && [ "$DEVICE" = cpu ] && [ -z "${SIGHTLINE_TARBALL:-}" ]; then
 fi
 if [ -z "$bin" ]; then
     tarball=${SIGHTLINE_TARBALL:-target/cuda-dist/sightline-cuda.tar.xz}
-    stage unpack 60 bash -c "mkdir -p '$out/work/bin' && tar -xJf '$tarball' -C '$out/work/bin' && ls -l '$out/work/bin'"
-    bin=$(find "$out/work/bin" -name sightline -type f | head -n 1)
+    stage unpack 60 bash -c "mkdir -p '$work/bin' && tar -xJf '$tarball' -C '$work/bin' && ls -l '$work/bin'"
+    bin=$(find "$work/bin" -name sightline -type f | head -n 1)
     # The CUDA 13 libraries the binary links live in the PyTorch environment's nvidia/*/lib.
     libs=$("$PYTHON" -c 'import glob, os, nvidia; print(":".join(sorted({d for p in nvidia.__path__ for d in glob.glob(os.path.join(p, "*", "lib"))})))' 2>/dev/null)
     export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 bin=$(cd "$(dirname "${bin:-.}")" && pwd)/$(basename "${bin:-missing}")
 if ! "$PYTHON" -c 'import lm_eval' 2>/dev/null && [ -d "$WHEELS" ]; then
-    stage wheels 60 bash -c "'$PYTHON' -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target '$out/work/py' '$WHEELS'/*.whl"
-    export PYTHONPATH=$out/work/py${PYTHONPATH:+:$PYTHONPATH}
+    stage wheels 60 bash -c "'$PYTHON' -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target '$work/py' '$WHEELS'/*.whl"
+    export PYTHONPATH=$work/py${PYTHONPATH:+:$PYTHONPATH}
 fi
 stage binary 20 "$bin" --version
 stage environment 60 bash -c '
@@ -111,8 +116,8 @@ stage environment 60 bash -c '
 export OMP_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 rm -f "$out/parity.json" "$out/eval.json" "$out/eval-transformers.json" "$out/train.json"
 stage parity 110 "$PYTHON" scripts/gpu/parity.py --bin "$bin" --device "$DEVICE" \
-    --work "$out/work/parity" --json "$out/parity.json"
-bench=(--threads "$THREADS" --work "$out/work/bench")
+    --work "$work/parity" --json "$out/parity.json"
+bench=(--threads "$THREADS" --work "$work/bench")
 if [ -z "${NO_LM_EVAL:-}" ] && "$PYTHON" -c 'import lm_eval' >/dev/null 2>&1; then
     stage eval 170 "$PYTHON" bench/eval_vs_lm_eval.py "${bench[@]}" --device "$DEVICE" --dtype bf16 \
         --shape "$SHAPE" --questions "$QUESTIONS" --binary "$bin" --json "$out/eval.json"
@@ -130,3 +135,4 @@ stage train 170 "$PYTHON" bench/train_step_vs_torch.py "${bench[@]}" --device "$
 
 # --- the report --------------------------------------------------------------------------------
 "$PYTHON" scripts/gpu/report.py "$out" && echo "report: $out/report.md"
+tar -czf "$out/logs.tar.gz" -C "$out" logs stages.tsv
