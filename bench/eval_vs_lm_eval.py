@@ -43,6 +43,14 @@ harness) splits true/false at the first 0 label; the two differ on 2 of the 817 
 labels are not of the form 1..1 0..0. The script says which of them are in the sample and also
 recomputes the harness's MC2 with the 0.3 split from the harness's own log-likelihoods
 (log_samples), so the remaining difference is the numerical one.
+
+GPU and bf16 (what scripts/gpu/check.sh runs): `--device cuda --dtype bf16` runs both on the GPU
+in bf16 (the harness: `device="cuda"`, `dtype=bfloat16`; sightline: `--device cuda --dtype bf16`),
+`--shape tinyllama-1.1b` evaluates a random LLaMA of TinyLlama-1.1B's shape instead of the 134M
+one, `--binary PATH` names the sightline to run (the CUDA build's launcher), `--work DIR` where
+the model, data and outputs go (default bench/out), `--json FILE` writes the figures. Tokens/s
+counts each request's context + continuation tokens once (the harness's input positions; the
+same count for both, so the tokens/s ratio is the wall-time ratio).
 """
 import argparse
 import json
@@ -58,7 +66,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/out"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_vs_transformers import build_model  # noqa: E402
+from score_vs_transformers import QA_PROMPT, SHAPES, build_model  # noqa: E402
 
 N_DOCS = 817
 TASKS = ["truthfulqa_mc1", "truthfulqa_mc2"]
@@ -117,13 +125,36 @@ def write_tasks(task_dir, data_file):
     (task_dir / "truthfulqa_mc2_local.yaml").write_text(mc2)
 
 
+def count_tokens(model_dir, docs, picked):
+    """Input positions of the MC1 + MC2 requests, context + continuation, as lm-eval builds them
+    (the QA preamble + "Q: ...\nA:", then " " + answer; no BOS)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    n = 0
+    for i in picked:
+        ctx = QA_PROMPT + "\n\nQ: " + docs[i]["question"] + "\nA:"
+        c = len(tok(ctx, add_special_tokens=False)["input_ids"])
+        for k in ["mc1_targets", "mc2_targets"]:
+            n += sum(c + len(tok(" " + x, add_special_tokens=False)["input_ids"]) for x in docs[i][k])
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=int, default=48,
                     help="TruthfulQA questions (the first N of the seed-42 shuffle); 817 = all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--shape", default="134m", choices=sorted(SHAPES))
+    ap.add_argument("--binary", default=str(ROOT / "target/release/sightline"))
+    ap.add_argument("--work", help="models, data and outputs (default bench/out)")
+    ap.add_argument("--json", help="also write the figures to this file")
     a = ap.parse_args()
+    global OUT
+    if a.work:
+        OUT = Path(a.work).resolve()
     n = max(1, min(a.questions, N_DOCS))
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -138,8 +169,9 @@ def main():
     torch.set_num_threads(a.threads)
 
     OUT.mkdir(parents=True, exist_ok=True)
-    model_dir = OUT / "llama-134m"
-    build_model(model_dir)
+    model_dir = OUT / f"llama-{a.shape}"
+    build_model(model_dir, a.shape)
+    torch_dtype = {"f32": "float32", "bf16": "bfloat16"}[a.dtype]
 
     docs = json.loads((ROOT / "data/truthfulqa/v0/mc_task.json").read_text())
     assert len(docs) == N_DOCS
@@ -155,40 +187,44 @@ def main():
     task_dir = OUT / "lm_eval_tasks"
     write_tasks(task_dir, data_file)
 
+    # --- sightline (first: a binary that fails ends the run before the harness's long one) -----
+    binary = Path(a.binary)
+    sl_out = OUT / "eval_sightline"
+    cmd = [str(binary), "--threads", str(a.threads), "eval", "--model", str(model_dir), "--tasks", ",".join(TASKS),
+           *(["--limit", str(n)] if n < N_DOCS else []), "--batch-size", str(a.batch_size),
+           "--device", a.device, "--dtype", a.dtype, "--output", str(sl_out), "--overwrite"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t_sl = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"sightline eval failed ({p.returncode}): {p.stderr.strip()[-800:]}")
+    sl_res = json.loads((sl_out / "results.json").read_text())
+    sl = {t: sl_res["results"][t]["acc,none"] for t in TASKS}
+    sl_docs = {t: sl_res["n-samples"][t]["effective"] for t in TASKS}
+
     # --- lm-evaluation-harness ---------------------------------------------------------------
-    model_args = f"pretrained={model_dir},dtype=float32,add_bos_token=False"
+    model_args = f"pretrained={model_dir},dtype={torch_dtype},add_bos_token=False"
     local_tasks = [t + "_local" for t in TASKS]
     t0 = time.perf_counter()
     tm = lm_eval.tasks.TaskManager(include_path=str(task_dir))
     t_index = time.perf_counter() - t0
     res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=local_tasks, task_manager=tm,
-                                  batch_size=a.batch_size, device="cpu", log_samples=True)
+                                  batch_size=a.batch_size, device=a.device, log_samples=True)
     t_ref = time.perf_counter() - t0
     ref = {t: res["results"][t + "_local"]["acc,none"] for t in TASKS}
     ref_docs = {t: res["n-samples"][t + "_local"]["effective"] for t in TASKS}
     ref_mc2_split = sum(mc2_first_zero([r[0] for r in s["filtered_resps"]], s["doc"]["mc2_targets"]["labels"])
                         for s in res["samples"]["truthfulqa_mc2_local"]) / ref_docs["truthfulqa_mc2"]
 
-    # --- sightline ---------------------------------------------------------------------------
-    binary = ROOT / "target/release/sightline"
-    sl_out = OUT / "eval_sightline"
-    cmd = [str(binary), "--threads", str(a.threads), "eval", "--model", str(model_dir), "--tasks", ",".join(TASKS),
-           *(["--limit", str(n)] if n < N_DOCS else []), "--batch-size", str(a.batch_size),
-           "--output", str(sl_out), "--overwrite"]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t_sl = time.perf_counter() - t0
-    sl_res = json.loads((sl_out / "results.json").read_text())
-    sl = {t: sl_res["results"][t]["acc,none"] for t in TASKS}
-    sl_docs = {t: sl_res["n-samples"][t]["effective"] for t in TASKS}
-
     # --- report ------------------------------------------------------------------------------
-    print(f"model: random LLaMA 134M f32 ({model_dir.relative_to(ROOT)}) | TruthfulQA v0, {n} questions "
+    tokens = count_tokens(model_dir, docs, picked)
+    rel = lambda p: os.path.relpath(p, ROOT)  # noqa: E731
+    print(f"model: random LLaMA {a.shape} {a.dtype} on {a.device} ({rel(model_dir)}) | TruthfulQA v0, {n} questions "
           f"(the first {n} of the seed-42 shuffle, the same for both) | batch {a.batch_size} | {a.threads} threads")
     print(f"reference: lm_eval {lm_eval.__version__} simple_evaluate(model='hf', {model_args}), "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"harness tasks: {', '.join(local_tasks)} from {task_dir.relative_to(ROOT)}/ "
-          f"(lm_eval's YAMLs, data {data_file.relative_to(ROOT)}), no --limit")
+    print(f"harness tasks: {', '.join(local_tasks)} from {rel(task_dir)}/ "
+          f"(lm_eval's YAMLs, data {rel(data_file)}), no --limit")
     print("sightline: " + " ".join(cmd).replace(str(ROOT) + "/", ""))
     print(f"requests: {n_req['mc1']} mc1 + {n_req['mc2']} mc2 = {n_req['mc1'] + n_req['mc2']} log-likelihoods, "
           f"{n_distinct} distinct (the harness scores each task's requests; sightline pools them and runs each "
@@ -215,7 +251,15 @@ def main():
           f"(mc2 {ref_mc2_split:.6f}), sightline's rule")
     print(f"questions where the two MC2 rules differ (mc_task.json index): {noncontig}; "
           f"in this sample: {noncontig_in or 'none'}")
+    print(f"input tokens {tokens}: lm-eval {tokens / t_ref:.0f} tokens/s, sightline {tokens / t_sl:.0f} tokens/s")
     print("timings are wall clock on a shared machine (other processes may use the same cores): rough")
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "shape": a.shape, "device": a.device, "dtype": a.dtype, "questions": n, "tokens": tokens,
+            "lm_eval": {"seconds": t_ref, "tokens_per_s": tokens / t_ref, **ref},
+            "sightline": {"seconds": t_sl, "tokens_per_s": tokens / t_sl, **sl},
+            "speed_ratio": t_ref / t_sl, "abs_diff": {"mc1": d1, "mc2": d2, "mc2_first_zero": d2s},
+        }, indent=1))
 
 
 if __name__ == "__main__":

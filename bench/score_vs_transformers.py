@@ -12,6 +12,12 @@ questions, exactly as lm-eval builds them (QA preamble, " " + answer), tokenized
 tok512 tokenizer of the fixtures. The reference is lm_eval 0.4.9.1 HFLM(add_bos_token=False)
 .loglikelihood, timed without model loading; sightline is timed as a whole process (model
 loading included), once with its shared-prefix KV cache (default) and once without.
+
+`--reference transformers` replaces HFLM by plain transformers with HFLM's rules (context +
+continuation encoded whole and split at the context's token count, no BOS, left truncation to
+max_length + 1, length-sorted batches, log-softmax in f32): for a Python without lm_eval
+(scripts/gpu/check.sh falls back to it when lm_eval does not import). `--device cuda --dtype
+bf16 --shape tinyllama-1.1b --binary PATH --work DIR --json FILE` as in eval_vs_lm_eval.py.
 """
 import argparse
 import json
@@ -40,13 +46,33 @@ QA_PROMPT = (
 )
 
 
-def build_model(path):
+# Random LLaMAs by name: (hidden, intermediate, layers, heads, kv heads, vocab).
+SHAPES = {
+    "134m": (768, 2048, 12, 12, 12, 32000),
+    # TinyLlama-1.1B's shape (scripts/gpu/check.sh), rms_norm_eps 1e-5 as its config.json
+    "tinyllama-1.1b": (2048, 5632, 22, 32, 4, 32000),
+    # plumbing checks on a CPU (check.sh's DEVICE=cpu mode)
+    "tiny": (64, 172, 2, 4, 2, 512),
+}
+
+
+def dtype_kwarg(dtype):
+    """`from_pretrained`'s dtype argument: `dtype=` from transformers 4.56 on (the GPU machine's
+    5.x), `torch_dtype=` before (the reference venv's 4.46.3)."""
+    import transformers
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def build_model(path, shape="134m"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     if (path / "model.safetensors").exists():
         return
-    cfg = LlamaConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                      num_key_value_heads=12, vocab_size=32000, max_position_embeddings=2048,
+    hs, inter, layers, heads, kv, vocab = SHAPES[shape]
+    cfg = LlamaConfig(hidden_size=hs, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=2048,
+                      rms_norm_eps=1e-5 if shape == "tinyllama-1.1b" else 1e-6,
                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, torch_dtype="float32")
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
@@ -65,28 +91,11 @@ def requests(n):
     return reqs
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--questions", type=int, default=24)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    import transformers
-    import lm_eval
+def hflm_reference(model_dir, reqs, a, torch_dtype):
+    """lm_eval 0.4.9.1 HFLM(add_bos_token=False).loglikelihood: (tokens, seconds, [(ll, greedy)])."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
-    torch.set_num_threads(a.threads)
-
-    model_dir = OUT / "llama-134m"
-    build_model(model_dir)
-    reqs = requests(a.questions)
-    req_file = OUT / "truthfulqa_requests.jsonl"
-    req_file.write_text("".join(json.dumps(dict(context=c, continuation=x)) + "\n" for c, x in reqs))
-
-    lm = HFLM(pretrained=str(model_dir), backend="causal", device="cpu", dtype="float32",
+    lm = HFLM(pretrained=str(model_dir), backend="causal", device=a.device, dtype=torch_dtype,
               batch_size=a.batch_size, add_bos_token=False, prefix_token_id=2)
     tokens = 0
     for c, x in reqs:
@@ -95,28 +104,116 @@ def main():
     insts = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i) for i, r in enumerate(reqs)]
     t0 = time.perf_counter()
     ref = lm.loglikelihood(insts, disable_tqdm=True)
-    t_ref = time.perf_counter() - t0
+    return tokens, time.perf_counter() - t0, ref
 
-    binary = ROOT / "target/release/sightline"
+
+def transformers_reference(model_dir, reqs, a, torch_dtype):
+    """HFLM's loglikelihood rules in plain transformers (no lm_eval): the same tuple."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **dtype_kwarg(getattr(torch, torch_dtype)))
+    model = model.to(a.device).eval()
+    max_length = model.config.max_position_embeddings
+    enc = []
+    for c, x in reqs:
+        whole = tok(c + x, add_special_tokens=False)["input_ids"]
+        n_ctx = len(tok(c, add_special_tokens=False)["input_ids"])
+        ids = whole[-(max_length + 1):]
+        enc.append((ids, min(len(whole) - n_ctx, len(ids) - 1)))
+    tokens = sum(len(ids) - 1 for ids, _ in enc)
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i][0]))
+    out = [None] * len(enc)
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for b in range(0, len(order), a.batch_size):
+            idx = order[b:b + a.batch_size]
+            width = max(len(enc[i][0]) - 1 for i in idx)
+            inp = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids = enc[i][0][:-1]
+                inp[r, :len(ids)] = torch.tensor(ids)
+            logp = torch.log_softmax(model(inp.to(a.device)).logits.float(), dim=-1).cpu()
+            for r, i in enumerate(idx):
+                ids, n = enc[i]
+                rows = logp[r, len(ids) - 1 - n:len(ids) - 1]
+                tgt = torch.tensor(ids[len(ids) - n:])
+                ll = rows.gather(1, tgt[:, None]).sum().item()
+                out[i] = (ll, bool((rows.argmax(-1) == tgt).all()))
+    sync()
+    return tokens, time.perf_counter() - t0, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--questions", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reference", default="lm_eval", choices=["lm_eval", "transformers"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--shape", default="134m", choices=sorted(SHAPES))
+    ap.add_argument("--binary", default=str(ROOT / "target/release/sightline"))
+    ap.add_argument("--work", help="models, requests and outputs (default bench/out)")
+    ap.add_argument("--json", help="also write the figures to this file")
+    a = ap.parse_args()
+    global OUT
+    if a.work:
+        OUT = Path(a.work).resolve()
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    import transformers
+    torch.set_num_threads(a.threads)
+
+    model_dir = OUT / f"llama-{a.shape}"
+    build_model(model_dir, a.shape)
+    reqs = requests(a.questions)
+    req_file = OUT / "truthfulqa_requests.jsonl"
+    req_file.write_text("".join(json.dumps(dict(context=c, continuation=x)) + "\n" for c, x in reqs))
+
+    torch_dtype = {"f32": "float32", "bf16": "bfloat16"}[a.dtype]
+    reference = hflm_reference if a.reference == "lm_eval" else transformers_reference
+    tokens, t_ref, ref = reference(model_dir, reqs, a, torch_dtype)
+    if a.reference == "lm_eval":
+        import lm_eval
+        ref_name = f"lm_eval {lm_eval.__version__} HFLM"
+    else:
+        ref_name = "transformers (HFLM's rules)"
+
+    binary = Path(a.binary)
     runs = {}
     for label, extra in [("sightline (shared prefix)", []), ("sightline (plain)", ["--no-shared-prefix"])]:
         out = OUT / ("scores" + ("-plain" if extra else "") + ".jsonl")
         cmd = [str(binary), "--threads", str(a.threads), "score", "--model", str(model_dir), "--requests",
-               str(req_file), "--batch-size", str(a.batch_size), "--output", str(out), "--overwrite", *extra]
+               str(req_file), "--batch-size", str(a.batch_size), "--device", a.device, "--dtype", a.dtype,
+               "--output", str(out), "--overwrite", *extra]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            sys.exit(f"sightline score failed ({p.returncode}): {p.stderr.strip()[-800:]}")
         dt = time.perf_counter() - t0
         got = [json.loads(l)["logprob"] for l in out.read_text().splitlines()]
         diff = max(abs(g - r[0]) / max(1.0, abs(r[0])) for g, r in zip(got, ref))
         runs[label] = (dt, diff)
 
-    print(f"model: random LLaMA 134M f32 | {len(reqs)} TruthfulQA MC requests ({a.questions} questions), "
-          f"{tokens} input tokens | batch {a.batch_size} | {a.threads} threads")
-    print(f"reference: torch {torch.__version__}, transformers {transformers.__version__}, lm_eval {lm_eval.__version__}")
+    print(f"model: random LLaMA {a.shape} {a.dtype} on {a.device} | {len(reqs)} TruthfulQA MC requests "
+          f"({a.questions} questions), {tokens} input tokens | batch {a.batch_size} | {a.threads} threads")
+    print(f"reference: {ref_name}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"{'system':32} {'seconds':>8} {'tokens/s':>9} {'ratio':>6} {'max rel |Δll|':>14}")
-    print(f"{'lm-eval HFLM (transformers)':32} {t_ref:8.2f} {tokens / t_ref:9.0f} {1.0:6.2f} {'-':>14}")
+    print(f"{ref_name:32} {t_ref:8.2f} {tokens / t_ref:9.0f} {1.0:6.2f} {'-':>14}")
     for label, (dt, diff) in runs.items():
         print(f"{label:32} {dt:8.2f} {tokens / dt:9.0f} {t_ref / dt:6.2f} {diff:14.2e}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "shape": a.shape, "device": a.device, "dtype": a.dtype, "questions": a.questions,
+            "requests": len(reqs), "tokens": tokens, "reference": ref_name,
+            "reference_seconds": t_ref, "reference_tokens_per_s": tokens / t_ref,
+            "sightline": {k: {"seconds": dt, "tokens_per_s": tokens / dt, "max_rel_diff": d}
+                          for k, (dt, d) in runs.items()},
+            "speed_ratio": t_ref / runs["sightline (shared prefix)"][0]}, indent=1))
 
 
 if __name__ == "__main__":

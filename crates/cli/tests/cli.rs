@@ -383,3 +383,39 @@ fn device_cuda_on_a_cpu_build_is_one_line() {
     ]);
     assert_one_line_error(&o, &["--device `gpu`", "expected cpu, cuda or cuda:N"]);
 }
+
+/// `sightline train --device cuda` on the CPU build: the same one line as eval's, before the
+/// run file is even read (no output directory is created).
+#[test]
+fn train_device_cuda_on_a_cpu_build_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_arg = format!("output_dir={:?}", out.display().to_string());
+    let o = sightline(&[
+        "train",
+        "--config",
+        "configs/text-only.toml",
+        "--device",
+        "cuda",
+        &out_arg,
+        "max_steps=1",
+    ]);
+    assert_one_line_error(
+        &o,
+        &[
+            "--device cuda",
+            "built without CUDA",
+            "scripts/cuda/build.sh",
+        ],
+    );
+    assert!(!out.exists(), "a refused run created {}", out.display());
+    let o = sightline(&[
+        "train",
+        "--config",
+        "configs/text-only.toml",
+        "--device",
+        "tpu",
+        &out_arg,
+    ]);
+    assert_one_line_error(&o, &["--device `tpu`", "expected cpu, cuda or cuda:N"]);
+}

@@ -318,10 +318,15 @@ fn causal_mask(
 /// `softmax(scores + causal mask)` over the last dimension of `[.., rows, t]`, row `r` seeing
 /// keys `0..=r % t`. Fused on CPU f32 (forward only or with backward), else the composed
 /// mask-add and softmax (candle's forward-only `softmax_last_dim` when nothing tracks).
+/// bf16/f16 scores with gradients (mixed-precision training) go through f32 and back, as
+/// transformers' attention does (`softmax(..., dtype=torch.float32).to(query.dtype)`).
 pub fn causal_softmax(scores: &Tensor) -> CResult<Tensor> {
     match Path::of(&[scores]) {
         Path::Forward => scores.contiguous()?.apply_op1_no_bwd(&CausalSoftmax),
         Path::WithBackward => scores.contiguous()?.apply_op1(CausalSoftmax),
+        Path::Candle if scores.track_op() && matches!(scores.dtype(), DType::BF16 | DType::F16) => {
+            causal_softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())
+        }
         Path::Candle => {
             let dims = scores.dims();
             let (rows, t) = (dims[dims.len() - 2], dims[dims.len() - 1]);

@@ -115,7 +115,10 @@ impl CustomOp2 for RmsNorm {
 ///
 /// On CPU f32 the op here (one pass each way; the forward-only path gives the same bits as the
 /// path with a backward, which gradient checkpointing relies on); otherwise, without gradients,
-/// candle's fused kernel (bf16/f16 scoring), with gradients the composed form.
+/// candle's fused kernel (bf16/f16 scoring), with gradients the composed form. bf16/f16 with
+/// gradients (mixed-precision training) is computed in f32 and rounded back, as
+/// `LlamaRMSNorm` upcasts (`hidden_states.to(torch.float32)`): a bf16 mean of squares loses
+/// the statistic; on the CPU this is the fused f32 op with its backward.
 pub fn rms_norm(xs: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
     let op = RmsNorm { eps: eps as f32 };
     match Path::of(&[xs, w]) {
@@ -123,6 +126,10 @@ pub fn rms_norm(xs: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
         Path::WithBackward => xs.contiguous()?.apply_op2(&w.contiguous()?, op),
         Path::Candle if !xs.track_op() && !w.track_op() && xs.dtype() != DType::F64 => {
             candle_nn::ops::rms_norm(&xs.contiguous()?, w, eps as f32)
+        }
+        Path::Candle if matches!(xs.dtype(), DType::BF16 | DType::F16) => {
+            let up = |t: &Tensor| t.to_dtype(DType::F32);
+            rms_norm(&up(xs)?, &up(w)?, eps)?.to_dtype(xs.dtype())
         }
         Path::Candle => {
             let var = xs.sqr()?.mean_keepdim(D::Minus1)?;

@@ -424,3 +424,50 @@ fn forward_only_paths_match_paths_with_backward() -> Result<()> {
     }
     Ok(())
 }
+
+/// bf16 with gradients (mixed-precision training) goes through f32: RMSNorm and the causal
+/// softmax equal the f32 op rounded to bf16 once (a bf16 mean of squares or exp-sum would round
+/// every partial sum), and their gradients reach the bf16 inputs, equal to the f32 gradients
+/// rounded to bf16.
+#[test]
+fn bf16_with_gradients_computes_norm_and_softmax_in_f32() -> Result<()> {
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16);
+    let up = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    };
+    let (x, w) = (bf(&randn(&[6, 40], 1)?)?, bf(&(randn(&[40], 2)? + 1.5)?)?);
+    let r = bf(&randn(&[6, 40], 3)?)?;
+    let norm = |a: &[Tensor]| fused::rms_norm(&a[0], &a[1], 1e-6);
+    let (y16, g16) = grads(&norm, &[x.clone(), w.clone()], &r)?;
+    let (x32, w32, r32) = (
+        x.to_dtype(DType::F32)?,
+        w.to_dtype(DType::F32)?,
+        r.to_dtype(DType::F32)?,
+    );
+    let (y32, g32) = grads(&norm, &[x32, w32], &r32)?;
+    ensure!(y16.dtype() == DType::BF16 && g16[0].dtype() == DType::BF16);
+    ensure!(
+        up(&y16)? == up(&bf(&y32)?)?,
+        "rms_norm: not the f32 result rounded once"
+    );
+    for (a, b) in g16.iter().zip(&g32) {
+        ensure!(
+            up(a)? == up(&bf(b)?)?,
+            "rms_norm: gradient not the f32 one rounded"
+        );
+    }
+    let s = bf(&(randn(&[2, 3, 5, 5], 4)? * 4.0)?)?;
+    let rs = bf(&randn(&[2, 3, 5, 5], 5)?)?;
+    let soft = |a: &[Tensor]| fused::causal_softmax(&a[0]);
+    let (p16, gs16) = grads(&soft, std::slice::from_ref(&s), &rs)?;
+    let (p32, gs32) = grads(&soft, &[s.to_dtype(DType::F32)?], &rs.to_dtype(DType::F32)?)?;
+    ensure!(
+        up(&p16)? == up(&bf(&p32)?)?,
+        "causal_softmax: not the f32 result rounded once"
+    );
+    ensure!(
+        up(&gs16[0])? == up(&bf(&gs32[0])?)?,
+        "causal_softmax: gradient not the f32 one rounded"
+    );
+    Ok(())
+}

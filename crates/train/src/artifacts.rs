@@ -8,13 +8,17 @@
 //! | text-only full | an HF LLaMA checkpoint (`model.safetensors`, `config.json`, tokenizer files) | `--model OUT` |
 //! | text-only LoRA | PEFT `adapter_config.json` + `adapter_model.safetensors` | `--model BASE --adapter OUT` |
 //!
-//! Every file is written atomically (temp file + rename).
+//! Every file is written atomically (temp file + rename). A `bf16 = true` run saves these
+//! tensors in bf16 (its `config.json` says `torch_dtype = "bfloat16"`), as LLaVA's bf16 runs do;
+//! the f32 masters stay in the checkpoints' resume state.
 
 use std::path::Path;
 
 use sightline_model::Tokenizer;
 
-use crate::checkpoint::{atomic_write, copy_base_files, save_safetensors, COPIED_FILES};
+use candle_core::DType;
+
+use crate::checkpoint::{atomic_write, copy_base_files, save_safetensors_as, COPIED_FILES};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::finetune::Trainer;
@@ -61,18 +65,18 @@ impl Saver<'_> {
                 config["modules_to_save"] = serde_json::json!(["mm_projector"]);
                 self.save_stage1(dir, trainer, proj.clone())?;
             }
-            save_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
+            self.save_tensors(&dir.join("adapter_model.safetensors"), &tensors)?;
             write_json(&dir.join(sightline_model::lora::ADAPTER_CONFIG), &config)
         } else {
             let mut tensors = trainer.model.base_params().to_vec();
             tensors.extend(projector.clone().unwrap_or_default());
-            save_safetensors(&dir.join("model.safetensors"), &tensors)?;
+            self.save_tensors(&dir.join("model.safetensors"), &tensors)?;
             let config = if projector.is_some() {
                 self.llava_config()
             } else {
                 self.llm_config.clone()
             };
-            write_json(&dir.join("config.json"), &config)?;
+            write_json(&dir.join("config.json"), &self.with_dtype(config))?;
             self.save_tokenizer(dir)
         }
     }
@@ -91,8 +95,30 @@ impl Saver<'_> {
                 tensors.push(e.clone());
             }
         }
-        save_safetensors(&dir.join("mm_projector.safetensors"), &tensors)?;
-        write_json(&dir.join("config.json"), &self.llava_config())
+        self.save_tensors(&dir.join("mm_projector.safetensors"), &tensors)?;
+        write_json(
+            &dir.join("config.json"),
+            &self.with_dtype(self.llava_config()),
+        )
+    }
+
+    /// The dtype artefacts are saved in: bf16 for a `bf16 = true` run (as LLaVA's bf16 runs
+    /// save them; the f32 masters live on in `checkpoint-N/trainer_state.safetensors`), else
+    /// each tensor's own (f32).
+    fn dtype(&self) -> Option<DType> {
+        self.cfg.bf16.then_some(DType::BF16)
+    }
+
+    fn save_tensors(&self, path: &Path, tensors: &[NamedParam]) -> Result<()> {
+        save_safetensors_as(path, tensors, self.dtype())
+    }
+
+    /// A saved `config.json` with `torch_dtype` saying what the weights beside it are.
+    fn with_dtype(&self, mut config: serde_json::Value) -> serde_json::Value {
+        if let (Some(_), Some(o)) = (self.dtype(), config.as_object_mut()) {
+            o.insert("torch_dtype".into(), "bfloat16".into());
+        }
+        config
     }
 
     /// The decoder config as an original-layout LLaVA config (spec M9.1).

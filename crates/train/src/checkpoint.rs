@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::param::NamedParam;
@@ -68,10 +68,23 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves named tensors as one safetensors file, atomically.
 pub fn save_safetensors(path: &Path, tensors: &[NamedParam]) -> Result<()> {
+    save_safetensors_as(path, tensors, None)
+}
+
+/// [`save_safetensors`] with every tensor converted to `dtype` when given (a bf16 run's
+/// artefacts: f32 masters and bf16 frozen weights saved alike as bf16).
+pub fn save_safetensors_as(
+    path: &Path,
+    tensors: &[NamedParam],
+    dtype: Option<DType>,
+) -> Result<()> {
     let map: HashMap<String, Tensor> = tensors
         .iter()
-        .map(|p| (p.name.clone(), p.param.tensor().clone()))
-        .collect();
+        .map(|p| {
+            let t = p.param.tensor();
+            Ok((p.name.clone(), t.to_dtype(dtype.unwrap_or(t.dtype()))?))
+        })
+        .collect::<Result<_>>()?;
     let tmp = temp_path(path);
     candle_core::safetensors::save(&map, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))

@@ -71,7 +71,8 @@ pub struct TrainConfig {
     pub save_total_limit: Option<usize>,
     /// HF default 42.
     pub seed: u64,
-    /// HF default false.
+    /// HF default false. bf16 mixed precision: f32 master weights and AdamW moments, forward
+    /// and backward in bf16, gradients and loss in f32 (see [`TrainConfig::compute_dtype`]).
     pub bf16: bool,
     /// HF default false.
     pub gradient_checkpointing: bool,
@@ -254,13 +255,6 @@ impl TrainConfig {
         if self.tune_mm_mlp_adapter && self.vision_tower.is_none() {
             return bad("tune_mm_mlp_adapter (stage 1) needs a vision_tower".into());
         }
-        if self.bf16 {
-            return bad(
-                "bf16 training is not built: sightline trains in f32 (master weights, \
-                 activations and AdamW state); set bf16 = false"
-                    .into(),
-            );
-        }
         self.trainable().map(|_| ())
     }
 
@@ -273,6 +267,23 @@ impl TrainConfig {
         let batches = num_examples.div_ceil(self.per_device_train_batch_size.max(1));
         let per_epoch = (batches / self.gradient_accumulation_steps.max(1)).max(1);
         (self.num_train_epochs * per_epoch as f64).ceil() as usize
+    }
+
+    /// The dtype the forward and backward compute in: bf16 under `bf16 = true`, else f32.
+    ///
+    /// `bf16 = true` is mixed precision as `torch.autocast` users and LLaVA's DeepSpeed runs
+    /// have it: trained weights stay f32 masters, cast to bf16 at each use (so the bf16
+    /// copy is always the master rounded); AdamW's moments are f32; frozen weights are stored
+    /// in bf16; activations are bf16 with RMSNorm statistics and attention softmax in f32;
+    /// logits are upcast and the cross-entropy computed in f32; every gradient reaches its
+    /// master in f32 and is accumulated, clipped and applied in f32. The saved artefacts are
+    /// bf16 (what LLaVA's bf16 runs save), the resume state keeps the f32 masters and moments.
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        if self.bf16 {
+            candle_core::DType::BF16
+        } else {
+            candle_core::DType::F32
+        }
     }
 
     /// What trains in the decoder.

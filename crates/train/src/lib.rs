@@ -12,6 +12,9 @@
 //!   [`finetune::Trainer::set_gradient_checkpointing`] recomputes each decoder layer in the
 //!   backward instead of keeping its activations (same losses and gradients, bit for bit in
 //!   the tests; activation memory of one layer plus each layer's input).
+//! - `bf16 = true` ([`config::TrainConfig::compute_dtype`]): bf16 mixed precision, with f32
+//!   master weights (`sightline_model::param::Param::Mixed`, cast to bf16 at each use) and
+//!   f32 AdamW moments, gradients and loss; the same code on every device.
 //! - AdamW updates parameters in place. Speed and memory against PyTorch:
 //!   `bench/train_step_vs_torch.py`, figures in BENCHMARKS.md.
 //! - [`checkpoint`]: full weights, `mm_projector.safetensors`, PEFT adapters, atomically.

@@ -8,7 +8,8 @@
 //! - `data_order.json`: the seed and each epoch's permutation of the training records;
 //! - `train_config.json`: the resolved settings;
 //! - `checkpoint-N/`: the artefacts plus `trainer_state.json` and `trainer_state.safetensors`
-//!   (trainable tensors, AdamW moments), enough to resume exactly;
+//!   (trainable tensors, AdamW moments; f32, the masters of a bf16 run), enough to resume
+//!   exactly;
 //! - the final artefacts (see [`crate::artifacts`]).
 
 use std::path::{Path, PathBuf};

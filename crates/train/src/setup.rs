@@ -165,7 +165,9 @@ pub fn build(cfg: &TrainConfig, device: &Device) -> Result<Setup> {
         weights
     };
     let trainable = cfg.trainable()?;
-    let model = Llama::new_trainable(&llm_cfg, &weights, &config_path, &trainable)?;
+    let compute = cfg.compute_dtype();
+    let model = Llama::new_trainable_in(&llm_cfg, &weights, &config_path, &trainable, compute)?;
+    let projector = projector.map(|p| p.computed_in(compute)).transpose()?;
     let (data, pad_id) = load_data(cfg, &tokenizer, template, multimodal)?;
     let mut llm_config = raw;
     if let Some(o) = llm_config.as_object_mut() {

@@ -143,10 +143,17 @@ impl Dense {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = xs.broadcast_matmul(&self.weight.tensor().t()?)?;
+        let ys = xs.broadcast_matmul(&self.weight.value()?.t()?)?;
         Ok(match &self.bias {
-            Some(b) => ys.broadcast_add(b.tensor())?,
+            Some(b) => ys.broadcast_add(&b.value()?)?,
             None => ys,
+        })
+    }
+
+    fn computed_in(self, compute: DType) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.computed_in(compute)?,
+            bias: self.bias.map(|b| b.computed_in(compute)).transpose()?,
         })
     }
 }
@@ -329,6 +336,18 @@ impl Projector {
         Self::trainable_from_stage1(&w, path, vision_dim, hidden)
     }
 
+    /// This projector's trainable layers computed in `compute` (bf16 mixed precision: f32
+    /// masters cast at each use, see `sightline_model::param`); inputs are cast to it too.
+    /// A loaded (frozen) projector is unchanged.
+    pub fn computed_in(self, compute: DType) -> Result<Self> {
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|d| d.computed_in(compute))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, ..self })
+    }
+
     /// The first layer's weight `[out, in]` (None for `identity`).
     pub fn weight(&self) -> Option<&Tensor> {
         self.layers.first().map(|d| d.weight.tensor())
@@ -350,9 +369,13 @@ impl Projector {
         out
     }
 
-    /// `[..., in_dim]` → `[..., out_dim]`.
+    /// `[..., in_dim]` → `[..., out_dim]`, in the layers' compute dtype (the input is cast to
+    /// it: CLIP features computed in f32 enter a bf16 run's projector in bf16).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = xs.clone();
+        let mut xs = match self.layers.first() {
+            Some(d) => xs.to_dtype(d.weight.compute_dtype())?,
+            None => xs.clone(),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 {
                 xs = self.act.apply(&xs)?;

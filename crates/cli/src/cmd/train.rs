@@ -25,11 +25,17 @@ pub struct Args {
     /// it); the same as `allow_outside_paths=true`.
     #[arg(long)]
     allow_outside_paths: bool,
+    /// Where the run computes: cpu, or cuda / cuda:N in the CUDA build (scripts/cuda/build.sh).
+    /// The same run file trains on either; `bf16 = true` is the precision for a GPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Settings that override the file, in TOML syntax: `learning_rate=1e-4 max_steps=10`.
     overrides: Vec<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    // Before the run file: a wrong --device is one line whatever the run says.
+    let device = sightline_model::open_device(&a.device)?;
     let mut cfg = TrainConfig::from_toml(&a.config, &a.overrides)?;
     cfg.allow_outside_paths |= a.allow_outside_paths;
     let bar = ProgressBar::new(0);
@@ -77,7 +83,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let summary = train_run(
         &cfg,
         &RunOptions {
-            device: candle_core::Device::Cpu,
+            device,
             resume: a.resume,
             stop_after: a.stop_after,
         },

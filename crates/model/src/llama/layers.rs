@@ -28,7 +28,7 @@ impl Linear {
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = linear(xs, &self.weight)?;
         let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(b.tensor())?,
+            Some(b) => ys.broadcast_add(&b.value()?)?,
             None => ys,
         };
         match &self.lora {
@@ -49,7 +49,7 @@ impl RmsNorm {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(sightline_kernels::rms_norm(
             xs,
-            self.weight.tensor(),
+            &self.weight.value()?,
             self.eps,
         )?)
     }

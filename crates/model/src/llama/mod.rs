@@ -47,6 +47,8 @@ enum LoraSource {
 struct Builder<'a> {
     w: &'a Weights,
     trainable: &'a Trainable,
+    /// The dtype the forward computes in (see [`Llama::new_trainable_in`]).
+    compute: DType,
     base: Vec<NamedParam>,
     lora: LoraSource,
     loras: Vec<(String, LoraLayer)>,
@@ -59,7 +61,7 @@ impl Builder<'_> {
             Trainable::EmbeddingsOnly => name == "model.embed_tokens.weight",
             Trainable::Frozen | Trainable::Lora(_) => false,
         };
-        let p = Param::new(self.w.get(shape, name)?, trains)?;
+        let p = Param::new_in(self.w.get(shape, name)?, trains, self.compute)?;
         self.base.push(NamedParam {
             name: name.to_string(),
             param: p.clone(),
@@ -81,15 +83,15 @@ impl Builder<'_> {
         } else {
             None
         };
-        let lora =
-            match &mut self.lora {
-                LoraSource::None => None,
-                LoraSource::Peft(deltas, _) => deltas.remove(&module),
-                LoraSource::Fresh(spec, rng) if spec.targets(name) => Some(
-                    LoraLayer::new_trainable(spec, out_dim, in_dim, rng.clone(), &self.w.device)?,
-                ),
-                LoraSource::Fresh(..) => None,
-            };
+        let lora = match &mut self.lora {
+            LoraSource::None => None,
+            LoraSource::Peft(deltas, _) => deltas.remove(&module),
+            LoraSource::Fresh(spec, rng) if spec.targets(name) => Some(
+                LoraLayer::new_trainable(spec, out_dim, in_dim, rng.clone(), &self.w.device)?
+                    .computed_in(self.compute)?,
+            ),
+            LoraSource::Fresh(..) => None,
+        };
         if let Some(l) = &lora {
             self.loras.push((module, l.clone()));
         }
@@ -145,6 +147,8 @@ pub struct Llama {
     lora_spec: Option<LoraSpec>,
     /// The stream fresh LoRA layers draw dropout from: gradient checkpointing rewinds it.
     lora_rng: Option<SharedRng>,
+    /// The dtype of activations and of every weight as the forward uses it.
+    compute: DType,
     pub config: LlamaConfig,
 }
 
@@ -167,7 +171,7 @@ impl Llama {
             Some(a) => LoraSource::Peft(a.bind(cfg, &w.device)?, a.weights_path.clone()),
             None => LoraSource::None,
         };
-        Self::build(cfg, w, config_path, &Trainable::Frozen, lora)
+        Self::build(cfg, w, config_path, &Trainable::Frozen, lora, w.dtype)
     }
 
     /// The model for training from an HF checkpoint opened in f32 (master weights): the weights
@@ -177,6 +181,20 @@ impl Llama {
         w: &Weights,
         config_path: &Path,
         trainable: &Trainable,
+    ) -> Result<Self> {
+        Self::new_trainable_in(cfg, w, config_path, trainable, DType::F32)
+    }
+
+    /// [`Llama::new_trainable`] computing in `compute`: with `DType::BF16`, bf16 mixed
+    /// precision. Trainable weights stay f32 masters ([`Param::Mixed`]: cast to bf16 at each
+    /// use, gradients arrive in f32), frozen weights are stored in bf16, and activations, the
+    /// RoPE tables and fresh LoRA matrices compute in bf16 (their masters f32 too).
+    pub fn new_trainable_in(
+        cfg: &LlamaConfig,
+        w: &Weights,
+        config_path: &Path,
+        trainable: &Trainable,
+        compute: DType,
     ) -> Result<Self> {
         if w.dtype != DType::F32 {
             return Err(Error::Config(format!(
@@ -191,7 +209,7 @@ impl Llama {
             }
             _ => LoraSource::None,
         };
-        Self::build(cfg, w, config_path, trainable, lora)
+        Self::build(cfg, w, config_path, trainable, lora, compute)
     }
 
     fn build(
@@ -200,6 +218,7 @@ impl Llama {
         config_path: &Path,
         trainable: &Trainable,
         lora: LoraSource,
+        compute: DType,
     ) -> Result<Self> {
         let scaling = cfg.rope_scaling(config_path)?;
         let (lora_spec, lora_rng) = match &lora {
@@ -209,6 +228,7 @@ impl Llama {
         let mut b = Builder {
             w,
             trainable,
+            compute,
             base: Vec::new(),
             lora,
             loras: Vec::new(),
@@ -243,11 +263,12 @@ impl Llama {
             layers,
             norm,
             lm_head,
-            rope: Rope::new(cfg, &scaling, w.dtype, &w.device)?,
+            rope: Rope::new(cfg, &scaling, compute, &w.device)?,
             base: b.base,
             loras: b.loras,
             lora_spec,
             lora_rng,
+            compute,
             config: cfg.clone(),
         })
     }
@@ -257,9 +278,10 @@ impl Llama {
         self.embed_tokens.tensor().device()
     }
 
-    /// The weight dtype.
+    /// The compute dtype: of activations and of every weight as the forward uses it (the
+    /// checkpoint dtype, except under mixed precision, where trained masters are f32).
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.tensor().dtype()
+        self.compute
     }
 
     /// Runs `ids: [b, t]` (positions `cache.len()..`), returns the final-norm hidden states
@@ -273,10 +295,7 @@ impl Llama {
     /// Multimodal models splice image features between such rows.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let xs = self
-            .embed_tokens
-            .tensor()
-            .index_select(&ids.flatten_all()?, 0)?;
+        let xs = self.embed_tokens.rows(&ids.flatten_all()?)?;
         Ok(xs.reshape((b, t, self.config.hidden_size))?)
     }
 

@@ -158,6 +158,15 @@ impl LoraLayer {
         })
     }
 
+    /// This layer's trainable matrices computed in `compute` (bf16 mixed precision: f32
+    /// masters, the update `B·A·x` computed in bf16 as under `torch.autocast`); a loaded
+    /// adapter is unchanged.
+    pub fn computed_in(mut self, compute: DType) -> Result<Self> {
+        self.a = self.a.computed_in(compute)?;
+        self.b = self.b.computed_in(compute)?;
+        Ok(self)
+    }
+
     /// The rank.
     pub fn rank(&self) -> usize {
         self.a.tensor().dims()[0]
@@ -174,16 +183,18 @@ impl LoraLayer {
         self.forward(xs, base, false)
     }
 
-    /// [`LoraLayer::apply`], with dropout on the adapter's input when `train`.
+    /// [`LoraLayer::apply`], with dropout on the adapter's input when `train`. The update is
+    /// computed in the matrices' compute dtype: f32 for loaded adapters and f32 training,
+    /// bf16 under mixed precision.
     pub fn forward(&self, xs: &Tensor, base: Tensor, train: bool) -> Result<Tensor> {
         let dtype = base.dtype();
-        let x = xs.to_dtype(DType::F32)?;
+        let x = xs.to_dtype(self.a.compute_dtype())?;
         let x = if train && self.dropout > 0.0 {
             self.dropout(&x)?
         } else {
             x
         };
-        let (a, b) = (self.a.tensor(), self.b.tensor());
+        let (a, b) = (self.a.value()?, self.b.value()?);
         let delta = (x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?;
         Ok((base.to_dtype(delta.dtype())? + delta)?.to_dtype(dtype)?)
     }
