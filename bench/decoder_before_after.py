@@ -62,7 +62,7 @@ def time_step(binary, name, mode, steps, threads):
         vocab, batch, seq = SMOLLM2_TRAIN
         model = smollm2.smollm2_dir()
     else:
-        _, _, _, _, vocab, batch, seq = train_bench.CONFIGS[name]
+        vocab, batch, seq = train_bench.CONFIGS[name][4:7]
         model = train_bench.model_dir(name)
     bf = train_bench.batch_file(name, batch, seq, vocab)
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
