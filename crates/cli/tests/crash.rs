@@ -1,7 +1,8 @@
 //! Crash drills for the `data` verbs (issue 19 item 6): SIGKILL in the middle of writing an
 //! output leaves no half-written file under the output's name, and a full disk (`ENOSPC`,
 //! from `/dev/full`) ends in one error line and exit code 1. Checkpoint writing and
-//! `merge-lora` are not drilled here (see the issue).
+//! `merge-lora` are drilled in `crash_train.rs`, a full disk under `train` and `eval` in
+//! `full_disk.rs`.
 
 mod data_support;
 
