@@ -17,6 +17,19 @@ pub struct Output {
 impl Output {
     /// Opens `path` (or stdout when `None`). An existing file is an error unless `overwrite`.
     pub fn create(path: Option<&Path>, overwrite: bool) -> Result<Self> {
+        if let Some(path) = path {
+            sightline_guard::temp::remove_stale(path).with_context(|| {
+                format!("{}: cannot remove a killed run's temporary", path.display())
+            })?;
+        }
+        Self::create_swept(path, overwrite)
+    }
+
+    /// [`Output::create`] without looking for a killed run's temporaries of `path`: for a
+    /// caller writing many files into one folder, which sweeps it once
+    /// (`sightline_guard::temp::remove_stale_in`); a scan of the folder per file would take
+    /// time quadratic in its size.
+    pub fn create_swept(path: Option<&Path>, overwrite: bool) -> Result<Self> {
         let Some(path) = path else {
             return Ok(Self {
                 target: None,
@@ -33,9 +46,6 @@ impl Output {
         if path.file_name().is_none() {
             bail!("{}: output path has no file name", path.display());
         }
-        sightline_guard::temp::remove_stale(path).with_context(|| {
-            format!("{}: cannot remove a killed run's temporary", path.display())
-        })?;
         let tmp = sightline_guard::temp::temp_path(path);
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("{}: cannot create", tmp.display()))?;
