@@ -9,7 +9,10 @@
 //! - `train_config.json`: the resolved settings;
 //! - `checkpoint-N/`: the artefacts plus `trainer_state.json` and `trainer_state.safetensors`
 //!   (trainable tensors, AdamW moments), enough to resume exactly;
-//! - the final artefacts (see [`crate::artifacts`]).
+//! - the final artefacts (see [`crate::artifacts`]);
+//! - while a checkpoint is written, `.checkpoint-N.tmp-<pid>/`, renamed to `checkpoint-N/` when
+//!   whole. A run killed meanwhile leaves it behind, `--resume` ignores and removes it; a save
+//!   that fails (a full disk) removes it itself and leaves the earlier checkpoints as they were.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
