@@ -1,8 +1,9 @@
 //! Full-disk drills (issue 19 item 6): `sightline train` and `sightline eval` run on a tmpfs
 //! too small for what they write. Each ends with one `error:` line that names the file and
 //! says the disk is full, exit code 1, and loses nothing already written: earlier checkpoints,
-//! the request cache and the results of an earlier run stay whole, no temporary is left, and
-//! the run resumes where there is room.
+//! the request cache and the results of an earlier run stay whole, none of a final model that
+//! could not be written whole is put in place, no temporary is left, and the run resumes
+//! where there is room.
 //!
 //! The tmpfs is mounted in a private mount namespace (`unshare`), so nothing is mounted
 //! outside the test; where that is impossible the drills print why and skip, unless
@@ -70,6 +71,41 @@ fn a_full_disk_while_saving_a_checkpoint_keeps_the_last_one() {
         names(&after.join("checkpoint-1")),
         names(&reference.join("checkpoint-1"))
     );
+    let resumed = run(&[train_args(&after, &overrides), vec!["--resume".into()]].concat());
+    ok(&resumed, "train --resume after the full disk");
+    assert!(after.join("model.safetensors").is_file());
+}
+
+#[test]
+fn a_full_disk_while_saving_the_final_model_puts_none_of_it_in_place() {
+    let d = tempfile::tempdir().expect("tmp");
+    let overrides = ["save_steps=1", "max_steps=2"];
+    let reference = d.path().join("reference");
+    ok(&run(&train_args(&reference, &overrides)), "reference run");
+    // Room for everything but half of tokenizer.json, which is written after the weights and
+    // config.json: the disk fills when part of the final model is already written.
+    let tokenizer = std::fs::metadata(reference.join("tokenizer.json"))
+        .expect("tokenizer.json")
+        .len();
+    let size = pages(&reference) - tokenizer.div_ceil(4096) * 4096 / 2;
+    let disk = d.path().join("disk");
+    let out = disk.join("run");
+    let Some(r) = on_small_disk(&disk, size, None, &train_args(&out, &overrides)) else {
+        return;
+    };
+    let line = one_full_disk_line(&r);
+    assert!(
+        !line.contains(".tmp-"),
+        "the message names a temporary: {line}"
+    );
+    let after = r.after.join("run");
+    assert!(temporaries(&after).is_empty(), "{:?}", temporaries(&after));
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(
+            !after.join(f).exists(),
+            "{f} of a failed final save is in place"
+        );
+    }
     let resumed = run(&[train_args(&after, &overrides), vec!["--resume".into()]].concat());
     ok(&resumed, "train --resume after the full disk");
     assert!(after.join("model.safetensors").is_file());

@@ -237,7 +237,7 @@ fn save_at_end(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<()> {
     if trainer.step() >= total_steps {
-        return saver.save(out, trainer);
+        return saver.save_final(out, trainer);
     }
     if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
         let dir = write_checkpoint(out, cfg, saver, trainer, at, total_steps)?;
