@@ -1,5 +1,6 @@
 //! Output files: written to a temporary sibling and renamed into place, never over a file the
-//! user already has unless they asked for it.
+//! user already has unless they asked for it. The temporaries a killed run left for the same
+//! output are removed first (`sightline_guard::temp`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,19 @@ pub struct Output {
 impl Output {
     /// Opens `path` (or stdout when `None`). An existing file is an error unless `overwrite`.
     pub fn create(path: Option<&Path>, overwrite: bool) -> Result<Self> {
+        if let Some(path) = path {
+            sightline_guard::temp::remove_stale(path).with_context(|| {
+                format!("{}: cannot remove a killed run's temporary", path.display())
+            })?;
+        }
+        Self::create_swept(path, overwrite)
+    }
+
+    /// [`Output::create`] without looking for a killed run's temporaries of `path`: for a
+    /// caller writing many files into one folder, which sweeps it once
+    /// (`sightline_guard::temp::remove_stale_in`); a scan of the folder per file would take
+    /// time quadratic in its size.
+    pub fn create_swept(path: Option<&Path>, overwrite: bool) -> Result<Self> {
         let Some(path) = path else {
             return Ok(Self {
                 target: None,
@@ -29,11 +43,10 @@ impl Output {
                 path.display()
             );
         }
-        let name = path
-            .file_name()
-            .context("output path has no file name")?
-            .to_string_lossy();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        if path.file_name().is_none() {
+            bail!("{}: output path has no file name", path.display());
+        }
+        let tmp = sightline_guard::temp::temp_path(path);
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("{}: cannot create", tmp.display()))?;
         Ok(Self {
@@ -47,9 +60,23 @@ impl Output {
         &mut *self.writer
     }
 
-    /// Flushes and moves the temporary file into place.
+    /// Writes out what is buffered, naming the output when that fails (a full disk). Callers
+    /// that write several files flush them all before [`Output::finish`]ing any, so that a
+    /// failure leaves every earlier file in place.
+    pub fn flush(&mut self) -> Result<()> {
+        let name = self
+            .target
+            .as_ref()
+            .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
+        self.writer
+            .flush()
+            .with_context(|| format!("{name}: cannot write"))
+    }
+
+    /// Flushes and moves the temporary file into place. A failed write (a full disk) names the
+    /// output and leaves whatever the output's name held before untouched.
     pub fn finish(mut self) -> Result<()> {
-        self.writer.flush().context("cannot write output")?;
+        self.flush()?;
         drop(std::mem::replace(
             &mut self.writer,
             Box::new(std::io::sink()),

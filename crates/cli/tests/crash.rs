@@ -1,7 +1,8 @@
 //! Crash drills for the `data` verbs (issue 19 item 6): SIGKILL in the middle of writing an
-//! output leaves no half-written file under the output's name, and a full disk (`ENOSPC`,
-//! from `/dev/full`) ends in one error line and exit code 1. Checkpoint writing and
-//! `merge-lora` are not drilled here (see the issue).
+//! output leaves no half-written file under the output's name (the rerun removes the
+//! temporary it left), and a full disk (`ENOSPC`, from `/dev/full`) ends in one error line and
+//! exit code 1. Checkpoint writing and `merge-lora` are drilled in `crash_train.rs`, a full
+//! disk under `train` and `eval` in `full_disk.rs`.
 
 mod data_support;
 
@@ -63,6 +64,10 @@ fn sigkill_while_writing_leaves_no_output_and_a_rerun_completes() {
         "the run finished before it could be killed; make the input bigger"
     );
     assert!(!out.exists(), "a killed run left {}", out.display());
+    assert!(
+        tmp_out.exists(),
+        "the killed run's temporary is gone before the rerun"
+    );
 
     // The rerun writes every record.
     let o = Command::new(env!("CARGO_BIN_EXE_sightline"))
@@ -73,6 +78,8 @@ fn sigkill_while_writing_leaves_no_output_and_a_rerun_completes() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(400_000));
+    // ... and removes the temporary the killed run left.
+    assert!(!tmp_out.exists(), "{} is still there", tmp_out.display());
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! `image` under `--image-folder` (validate and train), a request's image under
 //! `--image-folder` (score), and shard names in a checkpoint's index. `../../x`, absolute
 //! paths and symlinks out of the folder are refused with the file, record and field named,
-//! unless `--allow-outside-paths` is given.
+//! unless `--allow-outside-paths` is given. A name from a file that becomes an output folder
+//! (a study's corruption names) may not climb out either.
 
 mod data_support;
 
@@ -190,4 +191,34 @@ fn eval_refuses_task_images_outside_the_image_root() {
         "{err}"
     );
     assert!(!out.join("results.json").exists());
+}
+
+/// A study file's corruption names become step folders (`eval-<label>-<corruption>-<sev>`): one
+/// that would climb out of the study folder is refused before anything is planned or written.
+#[test]
+fn study_refuses_a_corruption_name_that_would_leave_its_folder() {
+    let d = tmp();
+    let study = d.path().join("x.toml");
+    std::fs::write(
+        &study,
+        "[[base]]\nname = 'a'\nmodel = 'builtin:stories260k'\n\
+         [eval.corrupt]\ncorruptions = ['../../../x']\nseverities = [1]\n",
+    )
+    .unwrap();
+    let dir = d.path().join("study");
+    let o = sightline(&[
+        "study",
+        "--config",
+        &study.display().to_string(),
+        "--dir",
+        &dir.display().to_string(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("x.toml") && err.contains("corruption `../../../x`"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "a refused study wrote {}", dir.display());
 }

@@ -353,3 +353,39 @@ fn image_task_under_a_corruption_shards_and_merges() {
     ok(merge(&[&dir], &merged));
     assert_same_outputs(&plain, &merged);
 }
+
+/// The merged outputs are named by the shards' recorded flags (`samples_<task><suffix>.jsonl`,
+/// the suffix from `--corrupt`): a shard file edited to name a task or corruption that would
+/// climb out of `--output` is refused in one line, as the flag itself would be, and nothing
+/// is written.
+#[test]
+fn shards_naming_a_task_or_corruption_outside_the_output_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shards");
+    let base = ["eval", "--tasks", "truthfulqa_mc1", "--limit", "2"];
+    ok(shard(&base, 0, 1, &dir, &["--log-samples"])
+        .wait_with_output()
+        .unwrap());
+    let file = shard_file(&dir, 0, 1);
+    let original = read_json(&file);
+    for (flag, hostile, says) in [
+        ("tasks", "../../../x", "unknown task `../../../x`"),
+        ("corrupt", "../../../x:1", "--corrupt ../../../x:1"),
+    ] {
+        let mut v = original.clone();
+        v["settings"]["args"][flag] = serde_json::json!(hostile);
+        std::fs::write(&file, v.to_string()).unwrap();
+        let out = tmp.path().join("merged");
+        let o = merge(&[&dir], &out);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+        assert!(!out.exists(), "a refused merge wrote {}", out.display());
+        assert!(!tmp.path().join("x").exists() && !Path::new("/x").exists());
+    }
+}

@@ -461,11 +461,11 @@ pub fn write_hf_dir(
             "already exists; choose a new output directory",
         ));
     }
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::format(out, "not a directory name"))?
-        .to_string_lossy();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    if out.file_name().is_none() {
+        return Err(Error::format(out, "not a directory name"));
+    }
+    sightline_guard::temp::remove_stale(out).map_err(|e| Error::io(out, e))?;
+    let tmp = sightline_guard::temp::temp_path(out);
     let write = || -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         for (file, v) in json_files {

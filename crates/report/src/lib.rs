@@ -143,17 +143,16 @@ pub fn build(
 
 impl Report {
     /// Writes every file under `out_dir` (created if needed), each to a temporary sibling and
-    /// renamed into place. Files of the same name are replaced; nothing else is touched.
+    /// renamed into place. Files of the same name are replaced; nothing else is touched except
+    /// the temporaries a killed report left for them. The names come from labels and task
+    /// names only through `plots::slug` (letters, digits, `-`, `_`), so none can leave `out_dir`.
     pub fn write(&self, out_dir: &Path) -> Result<()> {
         for (rel, bytes) in &self.files {
             let path = out_dir.join(rel);
             let dir = path.parent().unwrap_or(out_dir);
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let name = rel
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default();
-            let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+            sightline_guard::temp::remove_stale(&path).map_err(|e| Error::io(&path, e))?;
+            let tmp = sightline_guard::temp::temp_path(&path);
             std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
             if let Err(e) = std::fs::rename(&tmp, &path) {
                 let _ = std::fs::remove_file(&tmp);

@@ -285,6 +285,14 @@ impl StudyFile {
             if c.severities.iter().any(|s| !(1..=5).contains(s)) {
                 return bad("[eval.corrupt] severities must be 1 to 5".into());
             }
+            // Each names a step folder (`eval-<label>-<corruption>-<severity>`), so `../..`
+            // would put the step's files outside the study folder.
+            if let Some(n) = c.corruptions.iter().find(|n| !valid_name(n)) {
+                return bad(format!(
+                    "[eval.corrupt] corruption `{n}`: use letters, digits, `-` and `_` only \
+                     (it names folders; `sightline data corrupt --help` lists the names)"
+                ));
+            }
         }
         Ok(())
     }
@@ -313,5 +321,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("exactly one"), "{e}");
+        // A corruption names a step folder: one that would climb out of the study is refused.
+        let e = StudyFile::from_str(
+            "[[base]]\nname='a'\nmodel='m'\n[eval.corrupt]\n\
+             corruptions=['../../../tmp/x']\nseverities=[1]\n",
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("s.toml") && e.contains("`../../../tmp/x`"),
+            "{e}"
+        );
     }
 }

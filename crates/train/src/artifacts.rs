@@ -8,7 +8,8 @@
 //! | text-only full | an HF LLaMA checkpoint (`model.safetensors`, `config.json`, tokenizer files) | `--model OUT` |
 //! | text-only LoRA | PEFT `adapter_config.json` + `adapter_model.safetensors` | `--model BASE --adapter OUT` |
 //!
-//! Every file is written atomically (temp file + rename). A `bf16 = true` run saves these
+//! Every file is written atomically (temp file + rename); a run's final set is written whole
+//! into a temporary folder first ([`Saver::save_final`]). A `bf16 = true` run saves these
 //! tensors in bf16 (its `config.json` says `torch_dtype = "bfloat16"`), as LLaVA's bf16 runs do;
 //! the f32 masters stay in the checkpoints' resume state.
 
@@ -18,7 +19,9 @@ use sightline_model::Tokenizer;
 
 use candle_core::DType;
 
-use crate::checkpoint::{atomic_write, copy_base_files, save_safetensors_as, COPIED_FILES};
+use crate::checkpoint::{
+    atomic_write, copy_base_files, save_safetensors_as, temp_dir_for, COPIED_FILES,
+};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::finetune::Trainer;
@@ -79,6 +82,19 @@ impl Saver<'_> {
             write_json(&dir.join("config.json"), &self.with_dtype(config))?;
             self.save_tokenizer(dir)
         }
+    }
+
+    /// The final artefacts into `out`: written together into a temporary folder inside it
+    /// (`.final.tmp-<pid>`) and moved into place file by file only when all are written, so a
+    /// failure (a full disk) puts none of them in `out`, and a kill leaves at most some whole
+    /// files there. `--resume` removes a temporary folder a killed run left.
+    pub fn save_final(&self, out: &Path, trainer: &Trainer) -> Result<()> {
+        let tmp = temp_dir_for(&out.join("final"))?;
+        let result = self
+            .save(&tmp, trainer)
+            .and_then(|()| move_files(&tmp, out));
+        let _ = std::fs::remove_dir_all(&tmp);
+        result.map_err(|e| e.renamed(&tmp, out))
     }
 
     /// `mm_projector.safetensors` (+ the input embedding when the vocabulary grew) and the
@@ -177,4 +193,14 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     atomic_write(path, text.as_bytes())
+}
+
+/// Renames every file of `from` into `to` (same file system: no copying, no space needed).
+fn move_files(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let target = to.join(entry.file_name());
+        std::fs::rename(entry.path(), &target).map_err(|e| Error::io(&target, e))?;
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::param::NamedParam;
+use sightline_guard::temp::temp_path;
 use sightline_model::Llama;
 use sightline_vision::projector::Projector;
 
@@ -28,17 +29,11 @@ pub const COPIED_FILES: &[&str] = &[
     "tokenizer.model",
 ];
 
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// A fresh, empty temporary sibling of `dir` (`.<name>.tmp-<pid>`), for writing a whole
-/// directory and renaming it into place.
+/// A fresh, empty temporary sibling of `dir` (`.<name>.tmp-<pid>`, see
+/// [`sightline_guard::temp`]), for writing a whole directory and renaming it into place.
+/// Temporaries of `dir` that a killed run left are removed first.
 pub fn temp_dir_for(dir: &Path) -> Result<PathBuf> {
+    sightline_guard::temp::remove_stale(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = temp_path(dir);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -59,11 +54,17 @@ pub fn copy_base_files(base: &Path, dir: &Path, files: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` via a temp file in the same directory and a rename.
+/// Writes `bytes` to `path` via a temp file in the same directory and a rename; a failed
+/// write (a full disk) removes its temp file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let result = std::fs::write(&tmp, bytes)
+        .map_err(|e| Error::io(path, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Saves named tensors as one safetensors file, atomically.
@@ -86,8 +87,38 @@ pub fn save_safetensors_as(
         })
         .collect::<Result<_>>()?;
     let tmp = temp_path(path);
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let result = write_tensors(&map, &tmp)
+        .map_err(|e| e.renamed(&tmp, path))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// candle's safetensors writer, with an I/O error naming the file: a full disk is then one
+/// line, "PATH: No space left on device", not candle's bare "I/O error".
+pub fn write_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(map, path).map_err(|e| match io_cause(&e) {
+        Some(err) => Error::io(path, err),
+        None => Error::Candle(e),
+    })
+}
+
+/// The operating-system error under a candle error (candle wraps the safetensors crate's
+/// error, which wraps it), re-created because it cannot be moved out from behind `source()`.
+fn io_cause(e: &candle_core::Error) -> Option<std::io::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            });
+        }
+        cause = c.source();
+    }
+    None
 }
 
 fn create_dir(dir: &Path) -> Result<()> {

@@ -49,4 +49,17 @@ impl Error {
             err,
         }
     }
+
+    /// The same error naming `to` where it named the temporary `from` or a file in it (users
+    /// know the output's name, not the hidden one it was written under).
+    pub(crate) fn renamed(self, from: &std::path::Path, to: &std::path::Path) -> Self {
+        match self {
+            Error::Io { path, err } => match path.strip_prefix(from) {
+                Ok(rest) if rest.as_os_str().is_empty() => Error::io(to, err),
+                Ok(rest) => Error::io(to.join(rest), err),
+                Err(_) => Error::Io { path, err },
+            },
+            other => other,
+        }
+    }
 }

@@ -12,7 +12,7 @@ use sightline_model::hub::Need;
 use sightline_model::lora::LoraAdapter;
 use sightline_model::{LoadOptions, Weights};
 
-use crate::checkpoint::{copy_base_files, temp_dir_for, COPIED_FILES};
+use crate::checkpoint::{copy_base_files, temp_dir_for, write_tensors, COPIED_FILES};
 use crate::error::{Error, Result};
 
 /// What the merge did.
@@ -34,7 +34,9 @@ const PROBES: &[&str] = &[
 ];
 
 /// Merges `adapter` into the model at `base` and writes the result to `out` (which must not
-/// exist). `tolerance` bounds the logit difference (the 1e-4).
+/// exist). `tolerance` bounds the logit difference (the 1e-4). The result is written
+/// into `.<out>.tmp-<pid>` and renamed when checked: a kill or a full disk never leaves a
+/// half-written `out`, and the next merge to `out` removes the temporary a killed one left.
 pub fn merge_lora(base: &Path, adapter: &Path, out: &Path, tolerance: f32) -> Result<MergeReport> {
     if out.exists() {
         return Err(Error::Config(format!(
@@ -71,7 +73,7 @@ pub fn merge_lora(base: &Path, adapter: &Path, out: &Path, tolerance: f32) -> Re
     }
     let tmp = temp_dir_for(out)?;
     let result = (|| -> Result<(f32, usize)> {
-        candle_core::safetensors::save(&merged, tmp.join("model.safetensors"))?;
+        write_tensors(&merged, &tmp.join("model.safetensors"))?;
         copy_base_files(base, &tmp, COPIED_FILES)?;
         probe_diff(base, adapter, &tmp)
     })();
@@ -94,7 +96,7 @@ pub fn merge_lora(base: &Path, adapter: &Path, out: &Path, tolerance: f32) -> Re
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
+            Err(e.renamed(&tmp, out))
         }
     }
 }

@@ -10,7 +10,10 @@
 //! - `checkpoint-N/`: the artefacts plus `trainer_state.json` and `trainer_state.safetensors`
 //!   (trainable tensors, AdamW moments; f32, the masters of a bf16 run), enough to resume
 //!   exactly;
-//! - the final artefacts (see [`crate::artifacts`]).
+//! - the final artefacts (see [`crate::artifacts`]);
+//! - while a checkpoint is written, `.checkpoint-N.tmp-<pid>/`, renamed to `checkpoint-N/` when
+//!   whole. A run killed meanwhile leaves it behind, `--resume` ignores and removes it; a save
+//!   that fails (a full disk) removes it itself and leaves the earlier checkpoints as they were.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,7 +22,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts;
-use crate::checkpoint::{atomic_write, temp_dir_for};
+use crate::checkpoint::{atomic_write, temp_dir_for, write_tensors};
 use crate::config::TrainConfig;
 use crate::dataset::{collate, epoch_order};
 use crate::error::{Error, Result};
@@ -111,6 +114,10 @@ pub fn run(
 ) -> Result<Summary> {
     let out = PathBuf::from(&cfg.output_dir);
     let resume_from = resume_point(&out, opts)?;
+    if resume_from.is_some() {
+        // The run owns its folder: what a killed run of it left half-written goes.
+        sightline_guard::temp::remove_stale_in(&out).map_err(|e| Error::io(&out, e))?;
+    }
     let setup = build(cfg, &opts.device)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let (data, vision, pad_id) = (&setup.data, &setup.vision, setup.pad_id);
@@ -231,7 +238,7 @@ fn save_at_end(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<()> {
     if trainer.step() >= total_steps {
-        return saver.save(out, trainer);
+        return saver.save_final(out, trainer);
     }
     if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
         let dir = write_checkpoint(out, cfg, saver, trainer, at, total_steps)?;
@@ -411,7 +418,9 @@ fn write_checkpoint(
 }
 
 /// Writes a checkpoint into a temporary sibling directory and renames it into place, so a
-/// run killed mid-save leaves no half-written `checkpoint-N`.
+/// run killed mid-save leaves no half-written `checkpoint-N`. A failed save (a full disk)
+/// removes its temporary and names the checkpoint's file; earlier checkpoints are untouched
+/// (rotation runs only after a save succeeded).
 fn save_checkpoint(
     dir: &Path,
     saver: &artifacts::Saver,
@@ -419,7 +428,23 @@ fn save_checkpoint(
     state: &LoopState,
 ) -> Result<()> {
     let tmp = temp_dir_for(dir)?;
-    saver.save(&tmp, trainer)?;
+    let result = save_checkpoint_files(&tmp, saver, trainer, state)
+        .and_then(|()| std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e)));
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.renamed(&tmp, dir));
+    }
+    Ok(())
+}
+
+/// The artefacts, the trainable tensors with their AdamW moments, and the loop state.
+fn save_checkpoint_files(
+    tmp: &Path,
+    saver: &artifacts::Saver,
+    trainer: &Trainer,
+    state: &LoopState,
+) -> Result<()> {
+    saver.save(tmp, trainer)?;
     let mut tensors = std::collections::HashMap::new();
     let dev = Device::Cpu;
     for ((p, (m, v)), i) in trainer
@@ -439,11 +464,11 @@ fn save_checkpoint(
             Tensor::from_slice(v, t.shape(), &dev)?,
         );
     }
-    candle_core::safetensors::save(&tensors, tmp.join(STATE_TENSORS))?;
+    write_tensors(&tensors, &tmp.join(STATE_TENSORS))?;
     let json = serde_json::to_string_pretty(state)
         .map_err(|e| Error::Config(format!("{STATE_JSON}: {e}")))?;
-    std::fs::write(tmp.join(STATE_JSON), json).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    let path = tmp.join(STATE_JSON);
+    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
 }
 
 /// Restores trainable tensors, AdamW moments, the step and the dropout stream.

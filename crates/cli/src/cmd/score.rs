@@ -133,10 +133,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     .with_context(|| format!("{}", a.requests.display()))?;
     bar.finish_and_clear();
+    let name = a
+        .output
+        .as_ref()
+        .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
     let w = out.writer();
     for r in results {
-        serde_json::to_writer(&mut *w, &r)?;
-        w.write_all(b"\n")?;
+        serde_json::to_writer(&mut *w, &r)
+            .map_err(std::io::Error::from)
+            .and_then(|()| w.write_all(b"\n"))
+            .with_context(|| format!("{name}: cannot write"))?;
     }
     out.finish()
 }

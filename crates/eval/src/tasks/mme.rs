@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use sightline_guard::Folder;
 use sightline_metrics::mme::{score_task, COGNITION, PERCEPTION};
 
 use crate::data::DataSource;
@@ -79,8 +80,10 @@ fn entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The documents of one sub-task folder.
-fn read_task(root: &Path, task: &str, ext: &str, out: &mut Vec<Value>) -> Result<()> {
+/// The documents of one sub-task folder. Image names come from the folder's listing; an image
+/// that is a symlink out of the MME folder is refused (`--allow-outside-paths` lets it).
+fn read_task(mme: &Folder, task: &str, ext: &str, out: &mut Vec<Value>) -> Result<()> {
+    let root = mme.root();
     let dir = root.join(task);
     if !dir.is_dir() {
         return Err(Error::Config(format!(
@@ -120,6 +123,10 @@ fn read_task(root: &Path, task: &str, ext: &str, out: &mut Vec<Value>) -> Result
             ));
         }
         let image = format!("{}.{ext}", parts[0]);
+        let rel = idir.strip_prefix(root).unwrap_or(&idir).join(&image);
+        let image_ref = mme
+            .join(&rel)
+            .map_err(|e| Error::data(&path.display().to_string(), 0, format!("its image: {e}")))?;
         for (k, line) in lines.iter().enumerate() {
             let (q, a) = line.split_once('\t').ok_or_else(|| {
                 Error::data(
@@ -132,7 +139,7 @@ fn read_task(root: &Path, task: &str, ext: &str, out: &mut Vec<Value>) -> Result
                 "record": out.len(),
                 "task": task,
                 "image": format!("{task}/{image}"),
-                "image_ref": idir.join(&image).display().to_string(),
+                "image_ref": image_ref.display().to_string(),
                 "question": q,
                 "answer": a,
             }));
@@ -169,12 +176,14 @@ impl Task for Mme {
                 "mme: MME may not be redistributed, so it is not bundled: pass --mme-dir DIR (your MME_Benchmark_release_version folder)".into(),
             ));
         };
+        let mme = Folder::new(root, data.allow_outside_paths)
+            .map_err(|e| Error::Config(format!("--mme-dir: {e}")))?;
         let mut docs = Vec::new();
         for t in PERCEPTION {
-            read_task(root, t, "jpg", &mut docs)?;
+            read_task(&mme, t, "jpg", &mut docs)?;
         }
         for t in COGNITION {
-            read_task(root, t, "png", &mut docs)?;
+            read_task(&mme, t, "png", &mut docs)?;
         }
         let protocol = data.protocol.name();
         for d in &mut docs {
@@ -313,6 +322,30 @@ mod tests {
             err.contains("--mme-dir") && err.contains("not bundled"),
             "{err}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_image_that_links_out_of_the_mme_folder_is_refused_naming_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        write_mme(tmp.path());
+        let img = tmp.path().join("count/0002.jpg");
+        std::fs::remove_file(&img).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), &img).unwrap();
+        let mut data = DataSource {
+            mme_dir: Some(tmp.path().to_path_buf()),
+            ..Default::default()
+        };
+        let err = Mme.docs(&data).unwrap_err().to_string();
+        assert!(
+            err.contains("count/0002.txt") && err.contains("symlink"),
+            "{err}"
+        );
+        assert!(err.contains(sightline_guard::ALLOW_OUTSIDE_FLAG), "{err}");
+        data.allow_outside_paths = true;
+        assert_eq!(Mme.docs(&data).unwrap().len(), 2 + 11 * 4);
     }
 
     #[test]

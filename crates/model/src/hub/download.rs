@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
 
-use super::{shard_names, HubEnv, HubId, Need};
+use super::{is_commit, shard_names, HubEnv, HubId, Need};
 
 /// Downloads what `need` reads from the repository into the cache; returns the commit and
 /// its snapshot directory. Errors are one line of text (the caller adds the context).
@@ -26,7 +26,7 @@ pub(super) fn fetch(id: &HubId, need: Need, env: &HubEnv) -> Result<(String, Pat
         ))
         .info()
         .map_err(|e| explain(e, "the repository listing", env))?;
-    let commit = info.sha;
+    let commit = checked_commit(info.sha)?;
     let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
     let repo_dir = env.cache_dir.join(id.folder());
     let dir = repo_dir.join("snapshots").join(&commit);
@@ -72,6 +72,20 @@ pub(super) fn fetch(id: &HubId, need: Need, env: &HubEnv) -> Result<(String, Pat
     Ok((commit, dir))
 }
 
+/// The commit the server's listing names, which becomes a folder of the cache
+/// (`snapshots/<commit>`, `refs/<commit>`): refused unless it is a 40-hex commit id, so that a
+/// rogue endpoint (`HF_ENDPOINT`) cannot name `../../..` and have files written outside it.
+fn checked_commit(sha: String) -> Result<String, String> {
+    if is_commit(&sha) {
+        Ok(sha)
+    } else {
+        Err(format!(
+            "the repository listing names the commit {sha:?}, not a 40-hex commit id (it would \
+             name a folder of the cache)"
+        ))
+    }
+}
+
 /// `refs/{revision}` = commit, written to a temp file and renamed.
 fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), String> {
     if revision == commit {
@@ -94,4 +108,19 @@ fn explain(e: ApiError, what: &str, env: &HubEnv) -> String {
         ""
     };
     format!("fetching {what} from {}: {msg}{hint}", env.endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checked_commit;
+
+    #[test]
+    fn only_a_commit_id_may_name_a_cache_folder() {
+        let c = "0123456789abcdef0123456789abcdef01234567".to_string();
+        assert_eq!(checked_commit(c.clone()), Ok(c));
+        for bad in ["../../../../tmp/x", "/etc", "main", ""] {
+            let e = checked_commit(bad.into()).expect_err(bad);
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
 }

@@ -197,7 +197,9 @@ pub fn all(
     Ok(out)
 }
 
-/// A file-name-safe form of a label.
+/// A file-name-safe form of a label. Labels come from folder names and task names from
+/// results files written elsewhere; what this returns is one plain file-name component (no
+/// `/`, backslash or `.`), so a plot's file can never leave the report's `plots/` folder.
 pub fn slug(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -212,4 +214,28 @@ pub fn slug(s: &str) -> String {
 
 fn text_style(size: u32) -> TextStyle<'static> {
     TextStyle::from((FAMILY, size).into_font()).color(&BLACK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug;
+
+    #[test]
+    fn a_hostile_label_or_task_becomes_one_plain_file_name() {
+        for s in [
+            "../../../etc/cron.d/x",
+            "/etc/hostname",
+            "a\\..\\b",
+            "..",
+            ".",
+        ] {
+            let out = slug(s);
+            assert!(
+                out.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{s:?} -> {out:?}"
+            );
+        }
+        assert_eq!(slug("LLaVA-7B v1.5"), "llava-7b_v1_5");
+    }
 }

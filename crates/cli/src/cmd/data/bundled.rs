@@ -36,12 +36,12 @@ pub fn run_bundled(a: BundledArgs) -> Result<()> {
     if out.exists() {
         bail!("{}: already exists; choose a new folder", out.display());
     }
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a folder name", out.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    if out.file_name().is_none() {
+        bail!("{}: not a folder name", out.display());
+    }
+    sightline_guard::temp::remove_stale(out)
+        .with_context(|| format!("{}: cannot remove a killed run's temporary", out.display()))?;
+    let tmp = sightline_guard::temp::temp_path(out);
     let write = |tmp: &Path| -> Result<usize> {
         let all = files();
         for (rel, bytes) in &all {

@@ -71,6 +71,7 @@ pub fn run_corrupt(a: CorruptArgs) -> Result<()> {
     let (corruptions, severities) = selection(&a)?;
     let inputs = list_inputs(&a.input)?;
     let planned = check_outputs(&a, &inputs, &corruptions, &severities)?;
+    sweep_output_folders(&planned)?;
 
     let cfg = ImageProcessorConfig::clip(sightline_corrupt::SIZE as usize);
     // The first image and its corruptions, kept for the contact sheet.
@@ -105,6 +106,9 @@ pub fn run_corrupt(a: CorruptArgs) -> Result<()> {
             })
             .collect();
         let grid = sheet::contact_sheet(&columns, &rows, 112);
+        sightline_guard::temp::remove_stale(path).with_context(|| {
+            format!("{}: cannot remove a killed run's temporary", path.display())
+        })?;
         write_png(path, &grid, a.overwrite)?;
         eprintln!(
             "contact sheet of {} → {}",
@@ -300,9 +304,26 @@ fn write_png(path: &Path, img: &RgbImage, overwrite: bool) -> Result<()> {
     write_bytes(path, &bytes, overwrite)
 }
 
-/// Moves `bytes` into place at `path` through a temporary file.
+/// Removes the temporaries a killed run left in the folders the outputs go to, once per
+/// folder (they are `--output-dir`'s `<corruption>/<severity>/` folders, sightline's own).
+fn sweep_output_folders(planned: &std::collections::HashSet<PathBuf>) -> Result<()> {
+    let folders: std::collections::BTreeSet<&Path> =
+        planned.iter().filter_map(|p| p.parent()).collect();
+    for dir in folders {
+        sightline_guard::temp::remove_stale_in(dir).with_context(|| {
+            format!(
+                "{}: cannot remove a killed run's temporaries",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Moves `bytes` into place at `path` through a temporary file (its folder was swept by
+/// [`sweep_output_folders`]).
 fn write_bytes(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    let mut out = Output::create(Some(path), overwrite)?;
+    let mut out = Output::create_swept(Some(path), overwrite)?;
     out.writer()
         .write_all(bytes)
         .with_context(|| format!("{}: cannot write", path.display()))?;

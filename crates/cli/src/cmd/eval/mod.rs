@@ -213,7 +213,9 @@ fn bar(multi: &MultiProgress, label: &str) -> ProgressBar {
 
 fn write_file(path: &Path, overwrite: bool, contents: &[u8]) -> Result<()> {
     let mut out = Output::create(Some(path), overwrite)?;
-    out.writer().write_all(contents)?;
+    out.writer()
+        .write_all(contents)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     out.finish()
 }
 
@@ -509,7 +511,9 @@ fn warn_about(results: &[TaskResult]) {
     }
 }
 
-/// `results<suffix>.json` and, with `--log-samples`, `samples_<task><suffix>.jsonl` in `dir`.
+/// `results<suffix>.json` and, with `--log-samples`, `samples_<task><suffix>.jsonl` in `dir`:
+/// all written to temporaries first and only then renamed into place, so a failure (a full
+/// disk) leaves the files of an earlier run whole and consistent.
 fn write_results(
     a: &Args,
     dir: &Path,
@@ -518,7 +522,7 @@ fn write_results(
     info: &RunInfo,
 ) -> Result<()> {
     let json = serde_json::to_string_pretty(&results_json(results, info))?;
-    write_file(&dir.join(run.results_name()), a.overwrite, json.as_bytes())?;
+    let mut files = vec![(dir.join(run.results_name()), json)];
     if a.log_samples {
         for r in results {
             let mut text = String::new();
@@ -526,12 +530,18 @@ fn write_results(
                 text.push_str(&serde_json::to_string(s)?);
                 text.push('\n');
             }
-            write_file(
-                &dir.join(format!("samples_{}{}.jsonl", r.name, run.suffix())),
-                a.overwrite,
-                text.as_bytes(),
-            )?;
+            let name = format!("samples_{}{}.jsonl", r.name, run.suffix());
+            files.push((dir.join(name), text));
         }
     }
-    Ok(())
+    let mut written = Vec::with_capacity(files.len());
+    for (path, text) in &files {
+        let mut out = Output::create(Some(path), a.overwrite)?;
+        out.writer()
+            .write_all(text.as_bytes())
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        out.flush()?;
+        written.push(out);
+    }
+    written.into_iter().try_for_each(Output::finish)
 }
