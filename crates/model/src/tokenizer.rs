@@ -30,6 +30,15 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// What [`Tokenizer::from_bytes`] checks before handing `tokenizer.json` to the tokenizers
+/// crate: the whole file is JSON and its `decoder` parses (the rest is skipped unread).
+#[derive(serde::Deserialize)]
+struct DecoderProbe {
+    #[serde(default)]
+    #[allow(dead_code)]
+    decoder: Option<serde_json::Value>,
+}
+
 impl Tokenizer {
     /// Loads `dir/tokenizer.json` and, if present, `dir/tokenizer_config.json`.
     /// `fallback_bos`/`fallback_eos` come from `config.json` for tokenizers that name none.
@@ -69,6 +78,13 @@ impl Tokenizer {
         fallback_bos: Option<u32>,
         fallback_eos: Option<u32>,
     ) -> Result<Self> {
+        // The JSON, and the `decoder` as plain JSON, first: tokenizers 0.22 panics
+        // (`expect("Helper")`) instead of returning an error when the `decoder` breaks off or
+        // holds text serde_json refuses, such as a lone surrogate escape (found by fuzzing;
+        // the inputs are in fuzz/regressions/tokenizer/). A decoder that parses as JSON gets
+        // past that `expect`.
+        serde_json::from_slice::<DecoderProbe>(json)
+            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| Error::format(&path, format!("not a valid tokenizer.json: {e}")))?;
         let cfg_path = path.with_file_name("tokenizer_config.json");
