@@ -17,6 +17,10 @@ fi
 bin=target/x86_64-unknown-linux-gnu/release
 commit=$(git rev-parse --short HEAD)
 mkdir -p logs
+# The targets write their inputs to temporary files: on tmpfs that is 25 times faster than on
+# the campaign machine's busy disk (10,000 against 400 executions per second for safetensors).
+export TMPDIR=${TMPDIR:-/dev/shm/sightline-fuzz}
+mkdir -p "$TMPDIR"
 for t in "$@"; do
     mkdir -p "artifacts/$t" "corpus/$t"
     log="logs/$t.log"
