@@ -35,7 +35,9 @@ for t in "$@"; do
     found="none"
     if [ "$rc" -ne 0 ]; then
         found="rc $rc: $(grep -m1 -E 'panicked|ERROR: libFuzzer|Timeout|out-of-memory|deadly signal' "$log" | cut -c1-120)"
-        took=${took:-$(grep -o 'Test unit written to .*' "$log" | head -1)}
+        # No "Done" line after a finding: the time from the executions and their rate.
+        if [ -z "$took" ] && [ "${speed:-0}" -gt 0 ]; then took="~$((runs / speed))"; fi
+        found="$found ($(grep -o 'artifacts/[^ ]*' "$log" | tail -1))"
     fi
     echo "| $t | $(date -u +%F) | $commit | ${took:-?} | ${runs:-?} | ${speed:-?} | ${rss:-?} MB | $found |"
 done

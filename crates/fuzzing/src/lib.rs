@@ -16,7 +16,8 @@
 //! FUZZING.md at the repository root says how to run the targets and what they have found.
 //! Modules: [`model`] (checkpoints, configs, tokenizers, pickles, adapters), [`vision`]
 //! (images), [`data`] (training records and sources), [`eval`] (task CSVs, the request cache,
-//! results folders, run and study files), [`serve`] (HTTP bodies of `sightline serve`).
+//! results folders, run and study files), [`serve`] (HTTP bodies of `sightline serve`); they
+//! import only the helpers of this file, not each other.
 
 #[cfg(feature = "capped-alloc")]
 mod alloc;

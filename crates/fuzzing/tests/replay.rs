@@ -3,14 +3,20 @@
 //! nightly toolchain) keeps every finding fixed and every corpus entry harmless.
 //!
 //! Fails on a panic in any thread (the server's engine runs the model on its own thread, where
-//! a panic would otherwise only close a channel), on a target without a corpus, on a folder
-//! that names no target, and on an empty folder.
+//! a panic would otherwise only close a channel), on an input that takes longer than
+//! [`SLOW`] (libFuzzer's limit is 1 s in a release build; this is a test build on a shared CI
+//! machine, hence the margin), on a target without a corpus, on a folder that names no target,
+//! and on an empty folder.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sightline_fuzzing::{target, TARGETS};
+
+/// The longest one input may take. The slow findings took 8 s and more in a release build.
+const SLOW: Duration = Duration::from_secs(5);
 
 /// Panics seen by the hook, in any thread, since the test began.
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -47,9 +53,12 @@ fn folders(kind: &str) -> Vec<(String, Vec<PathBuf>)> {
 
 #[test]
 fn every_corpus_and_finding_replays_without_a_panic() {
-    std::panic::set_hook(Box::new(|info| {
+    // Counts every panic (and still prints it, so that a failure of the test itself shows).
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
         PANICS.fetch_add(1, Ordering::SeqCst);
         *LAST.lock().unwrap_or_else(|e| e.into_inner()) = info.to_string();
+        print(info);
     }));
     let corpus = folders("corpus");
     for (name, _) in TARGETS {
@@ -71,10 +80,14 @@ fn every_corpus_and_finding_replays_without_a_panic() {
             for file in files {
                 let data = std::fs::read(&file).unwrap();
                 let before = PANICS.load(Ordering::SeqCst);
+                let start = Instant::now();
                 let caught = std::panic::catch_unwind(|| f(&data));
+                let took = start.elapsed();
                 if caught.is_err() || PANICS.load(Ordering::SeqCst) != before {
                     let msg = LAST.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     failures.push(format!("{}: {msg}", file.display()));
+                } else if took > SLOW {
+                    failures.push(format!("{}: took {took:?}", file.display()));
                 }
                 replayed += 1;
             }
@@ -83,7 +96,7 @@ fn every_corpus_and_finding_replays_without_a_panic() {
     let _ = std::panic::take_hook();
     assert!(
         failures.is_empty(),
-        "{} of {replayed} fuzz inputs panic:\n{}",
+        "{} of {replayed} fuzz inputs panic or are slow:\n{}",
         failures.len(),
         failures.join("\n")
     );
