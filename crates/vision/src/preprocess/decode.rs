@@ -70,6 +70,10 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
                 "truncated JPEG (the data ends before the end-of-image marker); expected a complete image",
             ));
         }
+        // The pixel limit's message first (the header alone), then the data's size.
+        if let Some((w, h)) = walk.size {
+            check_pixel_limit(w, h, path)?;
+        }
         check_jpeg_data(&walk, path)?;
         match jpeg::decode(bytes) {
             Ok((width, height, rgb)) => {
@@ -115,8 +119,13 @@ fn check_pixels(bytes: &[u8], format: ImageFormat, path: &Path) -> Result<()> {
     let Ok((w, h)) = reader.into_dimensions() else {
         return Ok(());
     };
+    check_pixel_limit(u64::from(w), u64::from(h), path)
+}
+
+/// Refuses `w` × `h` pixels over `SIGHTLINE_MAX_IMAGE_PIXELS`.
+fn check_pixel_limit(w: u64, h: u64, path: &Path) -> Result<()> {
     let limit = &sightline_guard::limits::IMAGE_PIXELS;
-    let pixels = u64::from(w) * u64::from(h);
+    let pixels = w * h;
     if pixels > limit.get_or_default() {
         return Err(Error::format(
             path,
@@ -155,6 +164,8 @@ struct JpegWalk {
     eoi: bool,
     data_bytes: u64,
     huffman_blocks: Option<u64>,
+    /// Width and height of the frame header, when there is one.
+    size: Option<(u64, u64)>,
 }
 
 /// Walks a JPEG's markers from SOI to EOI. Segments are skipped by their length (so the EOI of
@@ -199,8 +210,17 @@ fn jpeg_walk(b: &[u8]) -> JpegWalk {
                 };
                 let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
                 // Baseline, extended and progressive Huffman frames, and lossless Huffman.
+                let sof = b.get(j + 3..j + 1 + len).unwrap_or(&[]);
                 if (0xC0..=0xC3).contains(&marker) {
-                    walk.huffman_blocks = frame_blocks(b.get(j + 3..j + 1 + len).unwrap_or(&[]));
+                    walk.huffman_blocks = frame_blocks(sof);
+                }
+                if let [_, y0, y1, x0, x1, ..] = sof {
+                    if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+                        walk.size = Some((
+                            u64::from(u16::from_be_bytes([*x0, *x1])),
+                            u64::from(u16::from_be_bytes([*y0, *y1])),
+                        ));
+                    }
                 }
                 i = j + 1 + len;
             }
