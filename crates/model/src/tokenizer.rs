@@ -30,6 +30,39 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// What [`Tokenizer::from_bytes`] checks before handing `tokenizer.json` to the tokenizers
+/// crate: the whole file is JSON and its `decoder` parses (the rest is skipped unread).
+#[derive(serde::Deserialize)]
+struct DecoderProbe {
+    #[serde(default)]
+    #[allow(dead_code)]
+    decoder: Option<serde_json::Value>,
+}
+
+/// Refuses a vocabulary whose largest id is far beyond its number of tokens. The tokenizers
+/// crate walks every id up to the largest when it saves a tokenizer (and prints each missing
+/// one), and a grown embedding gets a row per id: one token with id 65,555,554 in a 20 KB file
+/// made saving take minutes (found by fuzzing; fuzz/regressions/tokenizer/). Ids are
+/// contiguous in every tokenizer transformers writes; up to twice the token count is allowed.
+fn check_ids(inner: &tokenizers::Tokenizer, path: &Path) -> Result<()> {
+    let vocab = inner.get_vocab(true);
+    let count = vocab.len() as u64;
+    let Some(max) = vocab.values().max().map(|&m| u64::from(m)) else {
+        return Ok(());
+    };
+    if max >= 2 * count.max(1) {
+        return Err(Error::format(
+            path,
+            format!(
+                "token id {max} is far beyond the vocabulary's {count} tokens (ids must run \
+                 0, 1, 2, ... with few gaps; saving the tokenizer or growing the embedding \
+                 would walk every missing id)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Tokenizer {
     /// Loads `dir/tokenizer.json` and, if present, `dir/tokenizer_config.json`.
     /// `fallback_bos`/`fallback_eos` come from `config.json` for tokenizers that name none.
@@ -69,8 +102,16 @@ impl Tokenizer {
         fallback_bos: Option<u32>,
         fallback_eos: Option<u32>,
     ) -> Result<Self> {
+        // The JSON, and the `decoder` as plain JSON, first: tokenizers 0.22 panics
+        // (`expect("Helper")`) instead of returning an error when the `decoder` breaks off or
+        // holds text serde_json refuses, such as a lone surrogate escape (found by fuzzing;
+        // the inputs are in fuzz/regressions/tokenizer/). A decoder that parses as JSON gets
+        // past that `expect`.
+        serde_json::from_slice::<DecoderProbe>(json)
+            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| Error::format(&path, format!("not a valid tokenizer.json: {e}")))?;
+        check_ids(&inner, &path)?;
         let cfg_path = path.with_file_name("tokenizer_config.json");
         let cfg: serde_json::Value = match config {
             Some(bytes) => serde_json::from_slice(bytes)

@@ -77,26 +77,50 @@ pub fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>> {
         ),
         other => bad(other.to_string()),
     })?;
+    let pkl_name_path = path.join(&pkl_name);
+    tensors_from_pickle(&pkl, path, &pkl_name_path, |key, declared| {
+        read_entry(&mut zip, &format!("{prefix}data/{key}"), file_len, declared)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The tensors a `data.pkl` describes, their storages fetched by `storage(key, declared
+/// bytes)` (at most the declared bytes, or one more to show a longer entry) and each view
+/// checked against what it returns before anything is copied. [`read_all`] fetches them from
+/// the archive; this is public so that the fuzz targets (`crates/fuzzing`) run the same pickle
+/// reader and rebuild checks on bytes without wrapping every input in a zip file. `path`
+/// names the checkpoint and `pkl_path` the pickle in errors.
+pub fn tensors_from_pickle(
+    pkl: &[u8],
+    path: &Path,
+    pkl_path: &Path,
+    mut storage: impl FnMut(&str, u64) -> std::result::Result<Vec<u8>, String>,
+) -> Result<Vec<(String, Tensor)>> {
+    let bad =
+        |msg: String| Error::format(path, format!("not a readable PyTorch checkpoint: {msg}"));
+    let pkl_limit = limits::PICKLE_BYTES.get().map_err(|e| bad(e.to_string()))?;
+    limits::PICKLE_BYTES
+        .check(pkl_path, pkl.len() as u64)
+        .map_err(|e| Error::format(path, e.to_string()))?;
     let budget = vm::Budget {
         // A state dict's objects take a few times its pickle's bytes; 64 MiB floor.
         bytes: (pkl.len() as u64).saturating_mul(16).max(pkl_limit),
         depth: limits::PICKLE_DEPTH.get().map_err(|e| bad(e.to_string()))?,
     };
-    let root = vm::run(&pkl, &budget).map_err(|e| bad(e.to_string()))?;
+    let root = vm::run(pkl, &budget).map_err(|e| bad(e.to_string()))?;
     let specs = torch::tensor_specs(&root).map_err(bad)?;
     drop(root);
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        let entry = format!("{prefix}data/{}", spec.key);
         if !storages.contains_key(&spec.key) {
             let declared = spec
                 .storage_numel
                 .saturating_mul(spec.dtype.size_in_bytes() as u64);
             // Read at most what the storage declares (+1 to notice a longer entry); the
             // entry's own size is checked against the file first.
-            let bytes = read_entry(&mut zip, &entry, file_len, declared)
+            let bytes = storage(&spec.key, declared)
                 .map_err(|e| bad(format!("tensor `{}`: {e}", spec.name)))?;
             storages.insert(spec.key.clone(), bytes);
         }

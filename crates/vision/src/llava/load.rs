@@ -219,22 +219,14 @@ impl Llava {
         opts: &LlavaOptions,
     ) -> Result<Self> {
         let dir = config_path.parent().unwrap_or(Path::new("."));
-        let vision_value = match raw.get("vision_config") {
-            Some(v) if v.is_object() => v.clone(),
-            // transformers' LlavaConfig default: CLIP ViT-L/14 at 336 px.
-            _ => serde_json::json!({"hidden_size": 1024, "intermediate_size": 4096,
-                "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14,
-                "image_size": 336}),
-        };
-        let vcfg = ClipVisionConfig::from_value(&vision_value, config_path)?;
-        let layer: i64 = field(raw, "vision_feature_layer", config_path)?.unwrap_or(-2);
-        let strategy: String = field(raw, "vision_feature_select_strategy", config_path)?
-            .unwrap_or_else(|| "default".into());
-        let select = select_feature(&strategy, "vision_feature_select_strategy", config_path)?;
-        let act: String =
-            field(raw, "projector_hidden_act", config_path)?.unwrap_or_else(|| "gelu".into());
-        let bias: bool = field(raw, "multimodal_projector_bias", config_path)?.unwrap_or(true);
-        let image_id: u32 = field(raw, "image_token_index", config_path)?.unwrap_or(32000);
+        let HfMmConfig {
+            vcfg,
+            layer,
+            select,
+            act,
+            bias,
+            image_id,
+        } = HfMmConfig::from_value(raw, config_path)?;
         if opts.vision_tower.is_some() {
             return Err(Error::format(
                 config_path,
@@ -294,6 +286,62 @@ impl Llava {
             mm_use_im_start_end: false,
             tower_hub: None,
             image_tokens: ImageTokens::TokenId(image_id),
+        })
+    }
+}
+
+/// Checks the multimodal settings of a parsed `config.json` of `layout` as [`Llava::load`]
+/// reads them (original LLaVA's `mm_*` keys; llava-hf's `vision_config` and projector keys),
+/// without opening weights, tokenizer or tower. `load` reads them only after it has found the
+/// weights and tokenizer; this is public so that the fuzz targets (`crates/fuzzing`) reach the
+/// same parsing from a `config.json` alone.
+pub fn check_mm_config(
+    layout: CheckpointLayout,
+    raw: &serde_json::Value,
+    path: &Path,
+) -> Result<()> {
+    match layout {
+        CheckpointLayout::Llama => Ok(()),
+        CheckpointLayout::LlavaOriginal => MmConfig::from_value(raw, path).map(drop),
+        CheckpointLayout::LlavaHf => HfMmConfig::from_value(raw, path).map(drop),
+    }
+}
+
+/// The multimodal keys of a llava-hf `config.json` (`vision_config` and the projector's).
+struct HfMmConfig {
+    vcfg: ClipVisionConfig,
+    layer: i64,
+    select: SelectFeature,
+    act: String,
+    bias: bool,
+    image_id: u32,
+}
+
+impl HfMmConfig {
+    fn from_value(raw: &serde_json::Value, config_path: &Path) -> Result<Self> {
+        let vision_value = match raw.get("vision_config") {
+            Some(v) if v.is_object() => v.clone(),
+            // transformers' LlavaConfig default: CLIP ViT-L/14 at 336 px.
+            _ => serde_json::json!({"hidden_size": 1024, "intermediate_size": 4096,
+                "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14,
+                "image_size": 336}),
+        };
+        let vcfg = ClipVisionConfig::from_value(&vision_value, config_path)?;
+        let layer: i64 = field(raw, "vision_feature_layer", config_path)?.unwrap_or(-2);
+        let strategy: String = field(raw, "vision_feature_select_strategy", config_path)?
+            .unwrap_or_else(|| "default".into());
+        let select = select_feature(&strategy, "vision_feature_select_strategy", config_path)?;
+        let act: String =
+            field(raw, "projector_hidden_act", config_path)?.unwrap_or_else(|| "gelu".into());
+        let bias: bool = field(raw, "multimodal_projector_bias", config_path)?.unwrap_or(true);
+        let image_id: u32 = field(raw, "image_token_index", config_path)?.unwrap_or(32000);
+        Ok(Self {
+            vcfg,
+            layer,
+            select,
+            act,
+            bias,
+            image_id,
         })
     }
 }

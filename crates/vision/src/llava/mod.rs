@@ -23,6 +23,8 @@
 mod load;
 mod score;
 
+pub use load::check_mm_config;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};

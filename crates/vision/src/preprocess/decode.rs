@@ -63,12 +63,18 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if format == ImageFormat::Jpeg {
         // libjpeg decodes a truncated JPEG with a warning (the missing part comes out grey), but
         // Pillow refuses it ("image file is truncated"), and so do we.
-        if !jpeg_reaches_eoi(bytes) {
+        let walk = jpeg_walk(bytes);
+        if !walk.eoi {
             return Err(Error::format(
                 path,
                 "truncated JPEG (the data ends before the end-of-image marker); expected a complete image",
             ));
         }
+        // The pixel limit's message first (the header alone), then the data's size.
+        if let Some((w, h)) = walk.size {
+            check_pixel_limit(w, h, path)?;
+        }
+        check_jpeg_data(&walk, path)?;
         match jpeg::decode(bytes) {
             Ok((width, height, rgb)) => {
                 return RgbImage::from_raw(width, height, rgb)
@@ -113,8 +119,13 @@ fn check_pixels(bytes: &[u8], format: ImageFormat, path: &Path) -> Result<()> {
     let Ok((w, h)) = reader.into_dimensions() else {
         return Ok(());
     };
+    check_pixel_limit(u64::from(w), u64::from(h), path)
+}
+
+/// Refuses `w` × `h` pixels over `SIGHTLINE_MAX_IMAGE_PIXELS`.
+fn check_pixel_limit(w: u64, h: u64, path: &Path) -> Result<()> {
     let limit = &sightline_guard::limits::IMAGE_PIXELS;
-    let pixels = u64::from(w) * u64::from(h);
+    let pixels = w * h;
     if pixels > limit.get_or_default() {
         return Err(Error::format(
             path,
@@ -145,18 +156,32 @@ fn decoder_for(bytes: &[u8], format: ImageFormat) -> image::ImageReader<std::io:
     reader
 }
 
-/// Whether a JPEG's marker structure runs from SOI to an EOI marker. Segments are skipped by
-/// their length (so the EOI of an EXIF thumbnail inside APP1 does not count), entropy-coded data
-/// is scanned for the next real marker (`FF 00` is a stuffed byte, `FF D0..D7` restart markers).
-/// Trailing bytes after EOI are fine, as in Pillow.
-fn jpeg_reaches_eoi(b: &[u8]) -> bool {
+/// What [`jpeg_walk`] found: whether the markers run from SOI to EOI, the bytes of
+/// entropy-coded data before it, and the blocks a Huffman-coded frame header declares (all
+/// components, unpadded).
+#[derive(Debug, Default)]
+struct JpegWalk {
+    eoi: bool,
+    data_bytes: u64,
+    huffman_blocks: Option<u64>,
+    /// Width and height of the frame header, when there is one.
+    size: Option<(u64, u64)>,
+}
+
+/// Walks a JPEG's markers from SOI to EOI. Segments are skipped by their length (so the EOI of
+/// an EXIF thumbnail inside APP1 does not count), entropy-coded data is scanned for the next
+/// real marker (`FF 00` is a stuffed byte, `FF D0..D7` restart markers). Trailing bytes after
+/// EOI are fine, as in Pillow.
+fn jpeg_walk(b: &[u8]) -> JpegWalk {
+    let mut walk = JpegWalk::default();
     if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
-        return false;
+        return walk;
     }
     let mut i = 2;
     while i < b.len() {
         if b[i] != 0xFF {
             // Entropy-coded data (or junk, which libjpeg skips with a warning).
+            walk.data_bytes += 1;
             i += 1;
             continue;
         }
@@ -165,21 +190,87 @@ fn jpeg_reaches_eoi(b: &[u8]) -> bool {
             j += 1; // fill bytes
         }
         let Some(&marker) = b.get(j) else {
-            return false;
+            return walk;
         };
         match marker {
-            0xD9 => return true,
-            // Stuffed zero, restart markers, TEM, a stray SOI: no length field.
-            0x00 | 0x01 | 0xD0..=0xD8 => i = j + 1,
+            0xD9 => {
+                walk.eoi = true;
+                return walk;
+            }
+            // A stuffed zero is a data byte.
+            0x00 => {
+                walk.data_bytes += 1;
+                i = j + 1;
+            }
+            // Restart markers, TEM, a stray SOI: no length field.
+            0x01 | 0xD0..=0xD8 => i = j + 1,
             _ => {
                 let Some(len) = b.get(j + 1..j + 3) else {
-                    return false;
+                    return walk;
                 };
-                i = j + 1 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                // Baseline, extended and progressive Huffman frames, and lossless Huffman.
+                let sof = b.get(j + 3..j + 1 + len).unwrap_or(&[]);
+                if (0xC0..=0xC3).contains(&marker) {
+                    walk.huffman_blocks = frame_blocks(sof);
+                }
+                if let [_, y0, y1, x0, x1, ..] = sof {
+                    if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+                        walk.size = Some((
+                            u64::from(u16::from_be_bytes([*x0, *x1])),
+                            u64::from(u16::from_be_bytes([*y0, *y1])),
+                        ));
+                    }
+                }
+                i = j + 1 + len;
             }
         }
     }
-    false
+    walk
+}
+
+/// The 8×8 blocks of all components of a frame header (after its length field): per component
+/// `ceil(ceil(X·h/hmax)/8) · ceil(ceil(Y·v/vmax)/8)`, as T.81 A.2.4 sizes them.
+fn frame_blocks(sof: &[u8]) -> Option<u64> {
+    let [_, y0, y1, x0, x1, n, comps @ ..] = sof else {
+        return None;
+    };
+    let (y, x) = (
+        u64::from(u16::from_be_bytes([*y0, *y1])),
+        u64::from(u16::from_be_bytes([*x0, *x1])),
+    );
+    let factors: Vec<(u64, u64)> = comps
+        .chunks_exact(3)
+        .take(usize::from(*n))
+        .map(|c| (u64::from(c[1] >> 4).max(1), u64::from(c[1] & 15).max(1)))
+        .collect();
+    let hmax = factors.iter().map(|f| f.0).max()?;
+    let vmax = factors.iter().map(|f| f.1).max()?;
+    Some(
+        factors
+            .iter()
+            .map(|&(h, v)| (x * h).div_ceil(hmax).div_ceil(8) * (y * v).div_ceil(vmax).div_ceil(8))
+            .sum(),
+    )
+}
+
+/// Refuses a Huffman-coded JPEG with less image data than its header's blocks need: every
+/// block takes at least one bit (its DC code, in the first DC scan). Decoders fill the missing
+/// part, so without this a 436-byte file declaring 8232 × 10782 pixels took 8 s to decode
+/// (found by fuzzing; fuzz/regressions/jpeg/). Bounds the pixels decoded per byte of file.
+fn check_jpeg_data(walk: &JpegWalk, path: &Path) -> Result<()> {
+    match walk.huffman_blocks {
+        Some(blocks) if walk.data_bytes.saturating_mul(8) < blocks => Err(Error::format(
+            path,
+            format!(
+                "corrupt JPEG: the header declares {blocks} blocks of 8x8 pixels but the file \
+                 holds {} bytes of image data, less than one bit a block; expected a complete \
+                 image",
+                walk.data_bytes
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Pillow's `convert('RGB')` on what the `image` crate decoded (see [`load_rgb`]).
@@ -231,6 +322,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_jpeg_with_less_data_than_its_blocks_is_refused() {
+        // SOI, SOF0 8232 x 10782 with Y 2x2 and Cb, Cr 1x1, an SOS, 16 bytes of data, EOI.
+        let mut jpeg = vec![
+            0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 8, 0x2A, 0x1E, 0x20, 0x28, 3,
+        ];
+        jpeg.extend_from_slice(&[1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x0C, 3, 1, 0, 2, 0x11, 3, 0x11, 0, 63, 0]);
+        jpeg.extend_from_slice(&[0x55; 16]);
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        let walk = jpeg_walk(&jpeg);
+        assert!(walk.eoi);
+        assert_eq!(walk.data_bytes, 16);
+        // Y: 1029 x 1348 blocks; Cb, Cr: 515 x 674 each.
+        assert_eq!(walk.huffman_blocks, Some(1029 * 1348 + 2 * 515 * 674));
+        let e = decode_rgb(&jpeg, Path::new("big.jpg"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("big.jpg") && e.contains("less than one bit a block"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn jpeg_eoi_scan() {
         // SOI, APP1 (length 8) holding an EXIF-thumbnail-like FF D9, SOS (length 4), entropy data
         // with a stuffed FF 00 and a restart marker, then EOI.
@@ -238,15 +353,12 @@ mod tests {
         jpeg.extend_from_slice(&[
             0xFF, 0xDA, 0x00, 0x04, 9, 9, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56,
         ]);
-        assert!(
-            !jpeg_reaches_eoi(&jpeg),
-            "the thumbnail's EOI is inside APP1"
-        );
+        assert!(!jpeg_walk(&jpeg).eoi, "the thumbnail's EOI is inside APP1");
         jpeg.extend_from_slice(&[0xFF, 0xD9]);
-        assert!(jpeg_reaches_eoi(&jpeg));
+        assert!(jpeg_walk(&jpeg).eoi);
         jpeg.extend_from_slice(b"trailing junk");
-        assert!(jpeg_reaches_eoi(&jpeg));
-        assert!(!jpeg_reaches_eoi(&jpeg[..5]));
-        assert!(!jpeg_reaches_eoi(b"not a jpeg"));
+        assert!(jpeg_walk(&jpeg).eoi);
+        assert!(!jpeg_walk(&jpeg[..5]).eoi);
+        assert!(!jpeg_walk(b"not a jpeg").eoi);
     }
 }

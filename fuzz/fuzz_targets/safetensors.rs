@@ -1,0 +1,3 @@
+#![no_main]
+// Entry point and what it covers: sightline_fuzzing::model::safetensors.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sightline_fuzzing::model::safetensors(data));
