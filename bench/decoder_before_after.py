@@ -38,9 +38,10 @@ SMOLLM2_TRAIN = (49152, 4, 128)  # vocabulary, batch, sequence length
 
 
 def run_timed(cmd, env=None):
-    """Runs cmd to completion; returns (wall seconds, CPU seconds of the child)."""
+    """Runs cmd to completion, its output discarded; returns (wall seconds, CPU seconds of the
+    child). The benches that time whole sightline processes share it."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     dt = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:

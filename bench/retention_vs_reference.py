@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ OUT = ROOT / "bench/out"
 HFLM_DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "scripts/reference"))
+from decoder_before_after import run_timed  # noqa: E402
 
 
 def torch_dtypes():
@@ -143,13 +143,7 @@ def sightline(model_dir, threads, batch_size, dtype, args, name):
     out = OUT / f"retention_{name}"
     cmd = [str(ROOT / "target/release/sightline"), "--threads", str(threads), "eval", "--model", str(model_dir),
            "--dtype", dtype, "--batch-size", str(batch_size), "--output", str(out), "--overwrite", *args]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    dt = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"sightline failed: {' '.join(cmd)}")
-    cpu = usage.ru_utime + usage.ru_stime
+    dt, cpu = run_timed(cmd)
     return dt, cpu, json.loads((out / "results.json").read_text())["results"], cmd
 
 

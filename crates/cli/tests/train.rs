@@ -2,35 +2,16 @@
 //! checkpoint loaded back into `generate` and `eval` the way the config's header says, plus
 //! `sightline merge-lora` and the one-line errors of bad runs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
+mod drill_support;
+use drill_support::ok;
 
-/// Runs the binary in the repository root (the configs' paths are relative to it).
+/// Runs the binary in the repository root (the configs' paths are relative to it), offline: a
+/// missing path that reads as a Hub id must not reach for the network.
 fn sightline(args: &[&str]) -> Output {
-    // Offline: a missing path that reads as a Hub id must not reach for the network.
-    Command::new(env!("CARGO_BIN_EXE_sightline"))
-        .current_dir(root())
-        .env("HF_HUB_OFFLINE", "1")
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    drill_support::command().args(args).output().expect("runs")
 }
 
 fn one_error(o: &Output) -> String {

@@ -1,5 +1,6 @@
-//! Helpers of the crash drills (`crash_train.rs`, `full_disk.rs`): run the binary from the
-//! repository root, kill it while it is writing an output, and give it a small disk.
+//! Helpers of the CLI tests that train (`train.rs`) and of the crash drills (`crash_train.rs`,
+//! `full_disk.rs`): run the binary from the repository root, kill it while it is writing an
+//! output, and give it a small disk.
 // Each test file uses its own subset of these helpers.
 #![allow(dead_code)]
 
