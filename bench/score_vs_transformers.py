@@ -13,6 +13,12 @@ tok512 tokenizer of the fixtures. The reference is lm_eval 0.4.9.1 HFLM(add_bos_
 .loglikelihood, timed without model loading; sightline is timed as a whole process (model
 loading included), once with its shared-prefix KV cache (default) and once without.
 
+`--shape smollm2`: the real pretrained SmolLM2-135M-Instruct (bench/smollm2.py) and its own
+tokenizer instead of a random LLaMA. With `--dtype bf16` the run also scores the requests with
+plain transformers in **f32** (untimed) and reports each bf16 system's log-likelihood error
+against it (max and median relative |Δll|): sightline's bf16 must be no worse than
+transformers' own bf16.
+
 `--reference transformers` replaces HFLM by plain transformers with HFLM's rules (context +
 continuation encoded whole and split at the context's token count, no BOS, left truncation to
 max_length + 1, length-sorted batches, log-softmax in f32): for a Python without lm_eval
@@ -153,7 +159,7 @@ def main():
     ap.add_argument("--reference", default="lm_eval", choices=["lm_eval", "transformers"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
-    ap.add_argument("--shape", default="134m", choices=sorted(SHAPES))
+    ap.add_argument("--shape", default="134m", choices=sorted(SHAPES) + ["smollm2"])
     ap.add_argument("--binary", default=str(ROOT / "target/release/sightline"))
     ap.add_argument("--work", help="models, requests and outputs (default bench/out)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -168,8 +174,13 @@ def main():
     import transformers
     torch.set_num_threads(a.threads)
 
-    model_dir = OUT / f"llama-{a.shape}"
-    build_model(model_dir, a.shape)
+    if a.shape == "smollm2":
+        sys.path.insert(0, str(ROOT / "bench"))
+        import smollm2
+        model_dir = Path(smollm2.smollm2_dir())
+    else:
+        model_dir = OUT / f"llama-{a.shape}"
+        build_model(model_dir, a.shape)
     reqs = requests(a.questions)
     req_file = OUT / "truthfulqa_requests.jsonl"
     req_file.write_text("".join(json.dumps(dict(context=c, continuation=x)) + "\n" for c, x in reqs))
@@ -182,6 +193,15 @@ def main():
         ref_name = f"lm_eval {lm_eval.__version__} HFLM"
     else:
         ref_name = "transformers (HFLM's rules)"
+
+    # bf16 precision: every bf16 system against transformers in f32 on the same weights.
+    f32_ref = None
+    if a.dtype == "bf16":
+        f32_ref = [r[0] for r in transformers_reference(model_dir, reqs, a, "float32")[2]]
+
+    def rel_errors(lls):
+        errs = sorted(abs(g - r) / max(1.0, abs(r)) for g, r in zip(lls, f32_ref))
+        return errs[-1], errs[len(errs) // 2]
 
     binary = Path(a.binary)
     runs = {}
@@ -197,22 +217,27 @@ def main():
         dt = time.perf_counter() - t0
         got = [json.loads(l)["logprob"] for l in out.read_text().splitlines()]
         diff = max(abs(g - r[0]) / max(1.0, abs(r[0])) for g, r in zip(got, ref))
-        runs[label] = (dt, diff)
+        runs[label] = (dt, diff, rel_errors(got) if f32_ref else None)
 
-    print(f"model: random LLaMA {a.shape} {a.dtype} on {a.device} | {len(reqs)} TruthfulQA MC requests "
+    kind = "SmolLM2-135M-Instruct" if a.shape == "smollm2" else f"random LLaMA {a.shape}"
+    print(f"model: {kind} {a.dtype} on {a.device} | {len(reqs)} TruthfulQA MC requests "
           f"({a.questions} questions), {tokens} input tokens | batch {a.batch_size} | {a.threads} threads")
     print(f"reference: {ref_name}, torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"{'system':32} {'seconds':>8} {'tokens/s':>9} {'ratio':>6} {'max rel |Δll|':>14}")
-    print(f"{ref_name:32} {t_ref:8.2f} {tokens / t_ref:9.0f} {1.0:6.2f} {'-':>14}")
-    for label, (dt, diff) in runs.items():
-        print(f"{label:32} {dt:8.2f} {tokens / dt:9.0f} {t_ref / dt:6.2f} {diff:14.2e}")
+    vs32 = lambda e: f"{e[0]:10.2e} {e[1]:10.2e}" if e else ""
+    head32 = f" {'max vs f32':>10} {'median':>10}" if f32_ref else ""
+    ref32 = vs32(rel_errors([r[0] for r in ref])) if f32_ref else ""
+    print(f"{'system':32} {'seconds':>8} {'tokens/s':>9} {'ratio':>6} {'max rel |Δll|':>14}{head32}")
+    print(f"{ref_name:32} {t_ref:8.2f} {tokens / t_ref:9.0f} {1.0:6.2f} {'-':>14} {ref32}")
+    for label, (dt, diff, e32) in runs.items():
+        print(f"{label:32} {dt:8.2f} {tokens / dt:9.0f} {t_ref / dt:6.2f} {diff:14.2e} {vs32(e32)}")
     if a.json:
         Path(a.json).write_text(json.dumps({
             "shape": a.shape, "device": a.device, "dtype": a.dtype, "questions": a.questions,
             "requests": len(reqs), "tokens": tokens, "reference": ref_name,
             "reference_seconds": t_ref, "reference_tokens_per_s": tokens / t_ref,
-            "sightline": {k: {"seconds": dt, "tokens_per_s": tokens / dt, "max_rel_diff": d}
-                          for k, (dt, d) in runs.items()},
+            "reference_vs_f32": rel_errors([r[0] for r in ref]) if f32_ref else None,
+            "sightline": {k: {"seconds": dt, "tokens_per_s": tokens / dt, "max_rel_diff": d, "vs_f32": e}
+                          for k, (dt, d, e) in runs.items()},
             "speed_ratio": t_ref / runs["sightline (shared prefix)"][0]}, indent=1))
 
 

@@ -279,3 +279,51 @@ fn a_tokenizer_too_big_to_parse() {
     assert!(err.contains("tokenizer.json"), "{err}");
     assert!(err.contains("SIGHTLINE_MAX_TOKENIZER_BYTES"), "{err}");
 }
+
+/// `MemAvailable` in bytes.
+fn available_memory() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// A bf16 checkpoint (sparse weight file) whose weights fit in memory in bf16 but not in f32:
+/// `--dtype f32` is refused before anything is read, naming the dtype that fits.
+#[test]
+fn an_upcast_that_cannot_fit_in_memory() {
+    let d = tmp();
+    let (m, req) = model_dir(d.path());
+    let cfg = m.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        "\"torch_dtype\": \"float32\"",
+        "\"torch_dtype\": \"bfloat16\"",
+    );
+    assert!(
+        text.contains("bfloat16"),
+        "the fixture config names its torch_dtype"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // 60% of the available memory in bf16: 120% once upcast to f32.
+    let bytes = available_memory() / 10 * 6;
+    let f = std::fs::File::create(m.join("model.safetensors")).unwrap();
+    f.set_len(bytes).unwrap();
+    let ms = m.display().to_string();
+    let mut args = score(&ms, &req).to_vec();
+    args.extend(["--dtype", "f32"]);
+    let err = refused(&args);
+    assert!(err.contains("the weights need"), "{err}");
+    assert!(err.contains("in f32 but"), "{err}");
+    assert!(
+        err.contains("--dtype bf16 needs") && err.contains("(fits)"),
+        "{err}"
+    );
+}

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{rows_per_task, slice, tracks, with_f32, CResult, Path};
+use crate::cpu::{bf16_forward, rows_per_task, slice, tracks, with_f32, CResult, Path};
 
 /// `q: [b, heads, t, d]`, `k, v: [b, kv_heads, T, d]` (contiguous f32) → `[b, t, heads, d]`.
 /// Query row `i` sits at position `offset + i` and sees keys `0..=offset + i`.
@@ -104,7 +104,7 @@ fn sum8(xs: &[f32]) -> f32 {
 /// libm). `round(x·log2 e)` comes from the 1.5·2²³ magic-number trick, and `2^n` from the same
 /// bits.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -364,6 +364,13 @@ pub fn causal_attention(
 ) -> CResult<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kvh, total, _) = k.dims4()?;
+    if bf16_forward(&[q, k, v]) {
+        // bf16 scoring: in f32 (PyTorch's bf16 attention rounds the scores and probabilities
+        // to bf16 between its steps; computing them in f32 is at least as close to the f32
+        // result), then one rounding of the output.
+        let up = |t: &Tensor| t.to_dtype(DType::F32);
+        return causal_attention(&up(q)?, &up(k)?, &up(v)?, offset, scale)?.to_dtype(DType::BF16);
+    }
     if Path::of(&[q, k, v]) == Path::Forward && d <= FUSED_ATTENTION_MAX_HEAD_DIM {
         let op = CausalAttention {
             scale: scale as f32,

@@ -32,6 +32,18 @@ impl Path {
     }
 }
 
+/// Whether every input is a CPU bf16 tensor and none tracks a gradient: bf16 scoring and
+/// generation, which the kernels of `bf16.rs` serve (computing in f32 inside, as PyTorch's
+/// bf16 CPU kernels do) when [`crate::gemm_bf16::Bf16Gemm::detect`] finds a bf16 GEMM.
+/// Without one (`SIGHTLINE_BF16_GEMM=off`), bf16 keeps candle's ops as before.
+pub(crate) fn bf16_forward(inputs: &[&Tensor]) -> bool {
+    crate::gemm_bf16::Bf16Gemm::detect() == crate::gemm_bf16::Bf16Gemm::Avx512Bf16
+        && inputs
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16)
+        && !tracks(inputs)
+}
+
 /// Whether any input is part of a graph that a backward pass will walk.
 pub(crate) fn tracks(inputs: &[&Tensor]) -> bool {
     inputs.iter().any(|t| t.track_op())
@@ -43,6 +55,14 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, layout: &Layout) -> CResult<&'a [f32]
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("fused op: non-contiguous input".into()))?;
     Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// The contiguous bf16 values of a CPU storage under `layout`.
+pub(crate) fn slice_bf16<'a>(s: &'a CpuStorage, layout: &Layout) -> CResult<&'a [half::bf16]> {
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused op: non-contiguous input".into()))?;
+    Ok(&s.as_slice::<half::bf16>()?[a..b])
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor (copied only if strided).

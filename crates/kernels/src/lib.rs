@@ -27,7 +27,9 @@
 //! fit is a caller bug, not bad outside data.
 
 mod attention;
+mod bf16;
 mod cpu;
+pub mod gemm_bf16;
 mod linear;
 mod loss;
 mod mlp;
@@ -36,7 +38,7 @@ mod rope;
 
 pub use attention::{causal_attention, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM};
 pub use cpu::Path;
-pub use linear::frozen_linear;
+pub use linear::{frozen_linear, frozen_linear_to_f32};
 pub use loss::cross_entropy_rows;
 pub use mlp::swiglu;
 pub use norm::{layer_norm, rms_norm};

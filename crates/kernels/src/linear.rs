@@ -1,9 +1,9 @@
 //! The matmul by a frozen weight, whose backward skips the weight's gradient.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 
-use crate::cpu::{CResult, Path};
+use crate::cpu::{bf16_forward, CResult, Path};
 
 /// `x · Wᵀ` where `W` is frozen: the backward returns x's gradient only. candle's matmul
 /// backward always computes the right operand's gradient too, which for a frozen base weight
@@ -42,10 +42,24 @@ impl CustomOp1 for FrozenMatmul {
 /// which is what gemm gives either way. With gradients on CPU f32: the op whose backward
 /// returns x's gradient only.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+    if bf16_forward(&[x, w]) && x.rank() == 2 {
+        return crate::bf16::linear(x, w, DType::BF16);
+    }
     if Path::of(&[x, w]) != Path::WithBackward || x.rank() != 2 {
         return x.matmul(&w.t()?);
     }
     x.apply_op1(FrozenMatmul {
         w_t: w.contiguous()?.t()?,
     })
+}
+
+/// [`frozen_linear`] with the result in f32, for the LM head: on the bf16 forward path the
+/// GEMM's f32 accumulators are returned as they are, not rounded to bf16 first (log-likelihoods
+/// are differences of logits of a few units: bf16's 8 bits would cost ~1e-2 each); elsewhere
+/// the product cast to f32.
+pub fn frozen_linear_to_f32(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+    if bf16_forward(&[x, w]) && x.rank() == 2 {
+        return crate::bf16::linear(x, w, DType::F32);
+    }
+    frozen_linear(x, w)?.to_dtype(DType::F32)
 }

@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{slice, with_f32, CResult, Path};
+use crate::cpu::{bf16_forward, slice, with_f32, CResult, Path};
 
 /// `silu(gate) · up`. With `σ = sigmoid(gate)`: `d gate = g · up · σ · (1 + gate · (1 − σ))`,
 /// `d up = g · gate · σ`.
@@ -80,6 +80,11 @@ impl CustomOp2 for SwiGlu {
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
     if gate.shape() != up.shape() {
         return gate.silu()? * up;
+    }
+    if bf16_forward(&[gate, up]) {
+        return gate
+            .contiguous()?
+            .apply_op2_no_bwd(&up.contiguous()?, &crate::bf16::Bf16SwiGlu);
     }
     match Path::of(&[gate, up]) {
         Path::Forward => gate

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{rows_per_task, slice, with_f32, CResult, Path};
+use crate::cpu::{bf16_forward, rows_per_task, slice, with_f32, CResult, Path};
 
 /// transformers' `LlamaRMSNorm` on rows: `y = w · x · r`, `r = 1/sqrt(mean(x²) + eps)`.
 struct RmsNorm {
@@ -121,6 +121,12 @@ impl CustomOp2 for RmsNorm {
 /// the statistic; on the CPU this is the fused f32 op with its backward.
 pub fn rms_norm(xs: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
     let op = RmsNorm { eps: eps as f32 };
+    // bf16 weights on bf16 rows, or on the f32 residual stream of bf16 inference (→ bf16).
+    let f32_rows = xs.dtype() == DType::F32 && bf16_forward(&[w]) && !xs.track_op();
+    if bf16_forward(&[xs, w]) || (f32_rows && xs.device().is_cpu()) {
+        let op = crate::bf16::Bf16RmsNorm { eps: eps as f32 };
+        return xs.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op);
+    }
     match Path::of(&[xs, w]) {
         Path::Forward => xs.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op),
         Path::WithBackward => xs.contiguous()?.apply_op2(&w.contiguous()?, op),

@@ -23,6 +23,7 @@
 pub mod builtin;
 pub mod config;
 pub mod device;
+pub mod dtype;
 pub mod error;
 pub mod generate;
 pub mod hub;
@@ -41,6 +42,7 @@ use candle_core::{DType, Device};
 
 pub use config::{CheckpointLayout, LlamaConfig};
 pub use device::open_device;
+pub use dtype::{dtype_name, resolve_dtype};
 pub use error::{Error, Result};
 pub use llama::{Llama, Trainable};
 pub use lora::LoraAdapter;

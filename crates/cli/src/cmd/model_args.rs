@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use candle_core::DType;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use sightline_model::{load, open_device, parse_dtype, LoadOptions, LoadedModel, DEFAULT_MODEL};
+use sightline_model::{load, open_device, resolve_dtype, LoadOptions, LoadedModel, DEFAULT_MODEL};
 use sightline_vision::llava::{Llava, LlavaOptions};
 use sightline_vision::preprocess::AspectMode;
 
@@ -21,8 +22,11 @@ pub struct ModelArgs {
     /// or .bin), applied unmerged on top of --model, as lm-eval's `peft=` does.
     #[arg(long, value_name = "DIR|ID")]
     pub adapter: Option<PathBuf>,
-    /// Weight and activation dtype: f32, bf16 or f16. f32 is the fast path on CPU.
-    #[arg(long, default_value = "f32")]
+    /// Weight and activation dtype: auto, f32, bf16 or f16. `auto` (lm-eval's default) is the
+    /// checkpoint's `torch_dtype` where this machine computes it fast: bf16 on a CPU with a
+    /// bf16 GEMM (AVX512-BF16), f32 for an f16 checkpoint on a CPU (exact), f32 when absent.
+    /// A dtype whose weights cannot fit in memory is refused before loading.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
@@ -43,10 +47,17 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The dtype the model loads in: `--dtype`, with `auto` resolved for this checkpoint and
+    /// machine, after the memory check (see `sightline_model::dtype`).
+    pub fn dtype(&self) -> Result<DType> {
+        let device = open_device(&self.device)?;
+        Ok(resolve_dtype(&self.dtype, &self.model, &device)?)
+    }
+
     fn options(&self) -> Result<LoadOptions> {
         let device = open_device(&self.device)?;
         Ok(LoadOptions {
-            dtype: parse_dtype(&self.dtype)?,
+            dtype: resolve_dtype(&self.dtype, &self.model, &device)?,
             device,
             adapter: self.adapter.clone(),
         })

@@ -36,6 +36,24 @@ impl Linear {
             None => Ok(ys),
         }
     }
+
+    /// [`Linear::forward`] with the result in `out`: f32 for the layers that write into an
+    /// f32 residual stream (a frozen bf16 weight then returns the GEMM's f32 sums unrounded).
+    pub fn forward_to(&self, xs: &Tensor, out: DType, train: bool) -> Result<Tensor> {
+        let frozen_bf16_to_f32 = out == DType::F32 && self.weight.compute_dtype() != DType::F32;
+        let (Param::Frozen(w), true) = (&self.weight, frozen_bf16_to_f32) else {
+            return Ok(self.forward(xs, train)?.to_dtype(out)?);
+        };
+        let ys = sightline_kernels::frozen_linear_to_f32(xs, w)?;
+        let ys = match &self.bias {
+            Some(b) => ys.broadcast_add(&b.value()?.to_dtype(DType::F32)?)?,
+            None => ys,
+        };
+        match &self.lora {
+            Some(l) => l.forward(xs, ys, train),
+            None => Ok(ys),
+        }
+    }
 }
 
 /// transformers' `LlamaRMSNorm`.
@@ -155,12 +173,14 @@ impl KvCache {
 }
 
 /// What every layer of one forward shares: `b` sequences of `t` new tokens at positions
-/// `offset..`, and the RoPE tables.
+/// `offset..`, the RoPE tables, and the dtype of the residual stream (the compute dtype, or
+/// f32 under bf16 inference: see `Llama::residual_dtype`).
 pub(crate) struct Ctx<'a> {
     pub b: usize,
     pub t: usize,
     pub offset: usize,
     pub rope: &'a Rope,
+    pub residual: DType,
 }
 
 pub(crate) struct Attention {
@@ -219,7 +239,7 @@ impl Attention {
         };
         let scale = 1.0 / (d as f64).sqrt();
         let ys = sightline_kernels::causal_attention(&q, &k, &v, offset, scale)?; // [b*t, h*d]
-        self.o_proj.forward(&ys, train)
+        self.o_proj.forward_to(&ys, c.residual, train)
     }
 }
 
@@ -230,11 +250,12 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    /// `xs: [n, hidden]` → `[n, hidden]` in `out` (the residual stream's dtype).
+    fn forward(&self, xs: &Tensor, out: DType, train: bool) -> Result<Tensor> {
         let gate = self.gate_proj.forward(xs, train)?;
         let up = self.up_proj.forward(xs, train)?;
         let act = sightline_kernels::swiglu(&gate, &up)?; // silu(gate) · up
-        self.down_proj.forward(&act, train)
+        self.down_proj.forward_to(&act, out, train)
     }
 }
 
@@ -258,6 +279,6 @@ impl DecoderLayer {
         let h = self.self_attn.forward(&h, c, cache, train)?;
         let xs = (xs + h)?;
         let h = self.post_attention_layernorm.forward(&xs)?;
-        Ok((&xs + self.mlp.forward(&h, train)?)?)
+        Ok((&xs + self.mlp.forward(&h, c.residual, train)?)?)
     }
 }

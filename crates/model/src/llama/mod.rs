@@ -149,6 +149,8 @@ pub struct Llama {
     lora_rng: Option<SharedRng>,
     /// The dtype of activations and of every weight as the forward uses it.
     compute: DType,
+    /// No weight (base or LoRA) is a `Var`: the model only evaluates.
+    all_frozen: bool,
     pub config: LlamaConfig,
 }
 
@@ -258,7 +260,12 @@ impl Llama {
         } else {
             b.param(&[v, hs], "lm_head.weight")?
         };
+        let all_frozen = b.base.iter().all(|p| p.param.var().is_none())
+            && b.loras
+                .iter()
+                .all(|(m, l)| l.named_params(m).iter().all(|p| p.param.var().is_none()));
         Ok(Self {
+            all_frozen,
             embed_tokens,
             layers,
             norm,
@@ -316,14 +323,16 @@ impl Llama {
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.layers.len(), None);
         }
+        let residual = self.residual_dtype(embeds, train);
         let ctx = Ctx {
             b,
             t,
             offset,
             rope: &self.rope,
+            residual,
         };
         let mut xs = embeds
-            .to_dtype(self.dtype())?
+            .to_dtype(residual)?
             .reshape((b * t, hidden))?
             .contiguous()?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -332,6 +341,25 @@ impl Llama {
         }
         let xs = self.norm.forward(&xs)?;
         Ok(xs.reshape((b, t, hidden))?)
+    }
+
+    /// The dtype of the residual stream between layers: the compute dtype, except under bf16
+    /// inference on a CPU with the bf16 GEMM, where it is **f32**. transformers rounds the
+    /// residual stream to bf16 after every attention and MLP block; rounding there is where most
+    /// of bf16's error accumulates, and keeping it in f32 costs little (the matrix products and
+    /// everything inside a block stay bf16; `o_proj` and `down_proj` hand their f32 sums to the
+    /// stream unrounded). So sightline's bf16 log-likelihoods are closer to f32 than
+    /// transformers' bf16 ones (`crates/model/tests/bf16.rs`). Training and anything that
+    /// tracks a gradient keep the compute dtype.
+    fn residual_dtype(&self, embeds: &Tensor, train: bool) -> DType {
+        let fast_bf16 = sightline_kernels::gemm_bf16::Bf16Gemm::detect()
+            == sightline_kernels::gemm_bf16::Bf16Gemm::Avx512Bf16;
+        let inference = !train && self.all_frozen && !embeds.track_op();
+        if self.compute == DType::BF16 && fast_bf16 && inference && self.device().is_cpu() {
+            DType::F32
+        } else {
+            self.compute
+        }
     }
 
     /// `(b, t, hidden)` of input embeddings at positions `offset..`, checked against the config.
@@ -356,8 +384,11 @@ impl Llama {
     /// LM-head logits in f32 for hidden rows `[n, hidden]` → `[n, vocab]` (transformers
     /// upcasts logits to f32 as well).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let ys = linear(&hidden.contiguous()?, &self.lm_head)?;
-        Ok(ys.to_dtype(DType::F32)?)
+        let hidden = hidden.contiguous()?;
+        Ok(match &self.lm_head {
+            Param::Frozen(w) => sightline_kernels::frozen_linear_to_f32(&hidden, w)?,
+            p => linear(&hidden, p)?.to_dtype(DType::F32)?,
+        })
     }
 
     /// Full forward: `ids: [b, t]` → f32 logits `[b, t, vocab]`.

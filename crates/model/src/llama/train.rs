@@ -93,6 +93,7 @@ impl Llama {
             t,
             offset: 0,
             rope: &self.rope,
+            residual: self.dtype(),
         };
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut xs = embeds.reshape((b * t, hs))?.detach();

@@ -196,6 +196,11 @@ impl LoraLayer {
         };
         let (a, b) = (self.a.value()?, self.b.value()?);
         let delta = (x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?;
+        if dtype == DType::F32 {
+            // An f32 base output (bf16 inference's f32 residual path): the update joins it in
+            // f32, as torch promotes `result + lora_B(lora_A(x)) * scaling`.
+            return Ok((base + delta.to_dtype(DType::F32)?)?);
+        }
         Ok((base.to_dtype(delta.dtype())? + delta)?.to_dtype(dtype)?)
     }
 

@@ -24,7 +24,7 @@ use sightline_eval::mm_lm::{ImageCorruption, LlavaLm};
 use sightline_eval::protocol::Protocol;
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
 use sightline_eval::tasks::mathqa::TrainFile;
-use sightline_model::hub;
+use sightline_model::{dtype_name, hub};
 
 use super::api_args::ApiArgs;
 use super::model_args::ModelArgs;
@@ -373,13 +373,9 @@ fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
     // Cache identities pin Hub ids to the commit they resolved to (`repo@commit`, known once
     // loaded), so a moved branch is a new model; local paths stay as given.
     let pin = |p: Option<&Path>| p.map_or(String::new(), |p| hub::identity(&p.to_string_lossy()));
-    let tag = || {
-        format!(
-            "adapter={}|dtype={}",
-            pin(a.model.adapter.as_deref()),
-            a.model.dtype
-        )
-    };
+    // The dtype answers are computed in (`auto` resolved), not the flag's spelling.
+    let dtype = dtype_name(a.model.dtype()?);
+    let tag = || format!("adapter={}|dtype={dtype}", pin(a.model.adapter.as_deref()),);
     if run.multimodal {
         let llava = a.model.load_llava()?;
         let max_length = llava.llm.config.max_position_embeddings;
@@ -462,7 +458,12 @@ fn run_info(
         peft_sha: adapter_hub.map(|h| h.commit),
         model: a.model.model.clone(),
         adapter,
-        dtype: a.model.dtype.clone(),
+        // `auto` as resolved for this checkpoint on this machine.
+        dtype: a
+            .model
+            .dtype()
+            .map(|d| dtype_name(d).to_string())
+            .unwrap_or_else(|_| a.model.dtype.clone()),
         batch_size: a.scoring.batch_size,
         limit: a.limit,
         shuffle_seed: a.seed,

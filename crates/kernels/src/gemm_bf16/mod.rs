@@ -1,0 +1,143 @@
+//! bf16 matrix products on the CPU's bf16 dot-product instructions: `y = x · Wᵀ` with bf16
+//! inputs, f32 accumulation and a bf16 (or f32) result, as PyTorch computes a bf16 `matmul`.
+//!
+//! Why by hand: candle 0.11's CPU matmul has no bf16 kernel; it widens *both whole storages* to
+//! f32 on every call (the full weight matrix included), multiplies in f32 and narrows back, which
+//! makes bf16 slower than f32. The `gemm` crate has f16 kernels but none for bf16.
+//!
+//! What runs where ([`Bf16Gemm::detect`]):
+//! - **AVX512-BF16** (`VDPBF16PS`; AMD Zen 4+, Intel Cooper Lake / Sapphire Rapids+): the kernel
+//!   in `avx512.rs`, reading weights in their checkpoint layout (nothing is re-packed, so a
+//!   memory-mapped checkpoint needs no second copy).
+//! - **AMX-BF16** tiles (Intel Sapphire Rapids+) would be faster again; not built yet — on such
+//!   CPUs the AVX512-BF16 kernel runs.
+//! - Otherwise, or with `SIGHTLINE_BF16_GEMM=off`: no kernel here, and callers keep candle's
+//!   path (results exactly as before this module existed).
+//!
+//! Rounding: see [`reference`], which states every addition; the kernel equals it bit for bit.
+
+mod avx512;
+pub mod reference;
+
+use std::sync::OnceLock;
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// The bf16 GEMM this process uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Gemm {
+    /// `VDPBF16PS` on 512-bit vectors.
+    Avx512Bf16,
+    /// No bf16 kernel: candle's widening matmul.
+    Unavailable,
+}
+
+impl Bf16Gemm {
+    /// The CPU's best kernel, unless `SIGHTLINE_BF16_GEMM=off` (or `0`/`false`) forces the
+    /// fallback (to compare, or to test a machine without the instructions). Decided once.
+    pub fn detect() -> Self {
+        static CHOICE: OnceLock<Bf16Gemm> = OnceLock::new();
+        *CHOICE.get_or_init(|| {
+            let off = std::env::var("SIGHTLINE_BF16_GEMM")
+                .map(|v| matches!(v.trim(), "off" | "0" | "false"))
+                .unwrap_or(false);
+            if !off && cpu_has_avx512_bf16() {
+                Bf16Gemm::Avx512Bf16
+            } else {
+                Bf16Gemm::Unavailable
+            }
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_avx512_bf16() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_has_avx512_bf16() -> bool {
+    false
+}
+
+/// An element type the product can be written in.
+///
+/// bf16 results are the f32 sums rounded to nearest-even, as PyTorch rounds a bf16 matmul's
+/// f32 accumulator (a sum in the f32 denormal range, below 1.2e-38, becomes zero).
+pub trait GemmOut: Copy + Send + Sync + 'static {
+    /// bf16 (rounded) rather than f32 (as summed).
+    const BF16: bool;
+}
+
+impl GemmOut for f32 {
+    const BF16: bool = false;
+}
+
+impl GemmOut for bf16 {
+    const BF16: bool = true;
+}
+
+/// Bytes of weight rows a thread keeps hot while it sweeps its rows of `x` (half of a 1 MiB L2).
+const W_BLOCK_BYTES: usize = 512 << 10;
+/// Bytes of `x` rows per task (they are re-read once per weight block, from L2).
+const X_BLOCK_BYTES: usize = 128 << 10;
+
+/// `y = x · wᵀ` for `x: [n, k]`, `w: [m, k]` (row-major, bf16) into `y: [n, m]`.
+///
+/// Returns `false`, leaving `y` untouched, when this CPU has no bf16 kernel (see
+/// [`Bf16Gemm::detect`]); the caller then uses another path. Slice lengths must match the
+/// shapes (checked: a mismatch is an `Err`).
+pub fn matmul_nt<O: GemmOut>(
+    x: &[bf16],
+    w: &[bf16],
+    (n, k, m): (usize, usize, usize),
+    y: &mut [O],
+) -> Result<bool, String> {
+    if x.len() != n * k || w.len() != m * k || y.len() != n * m {
+        return Err(format!(
+            "bf16 gemm: x has {} values, w {}, y {}, for n={n} k={k} m={m}",
+            x.len(),
+            w.len(),
+            y.len()
+        ));
+    }
+    if Bf16Gemm::detect() != Bf16Gemm::Avx512Bf16 {
+        return Ok(false);
+    }
+    if n == 0 || m == 0 {
+        return Ok(true);
+    }
+    let row_bytes = k.max(1) * 2;
+    let cols = (W_BLOCK_BYTES / row_bytes).max(16) / 16 * 16;
+    let rows = ((X_BLOCK_BYTES / row_bytes).max(4) / 4 * 4).min(n.next_multiple_of(4));
+    let (row_blocks, col_blocks) = (n.div_ceil(rows), m.div_ceil(cols));
+    let out = SharedOut(y.as_mut_ptr());
+    (0..row_blocks * col_blocks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (rb, cb) = (task / col_blocks, task % col_blocks);
+            let r = rb * rows..((rb + 1) * rows).min(n);
+            let c = cb * cols..((cb + 1) * cols).min(m);
+            // SAFETY: the CPU was checked above; tasks write disjoint (row, column) blocks of `y`,
+            // whose length was checked against n·m.
+            unsafe { avx512::block(x, w, k, m, r, c, out.ptr()) };
+        });
+    Ok(true)
+}
+
+/// `y`'s pointer shared by the tasks, each of which writes its own block.
+#[derive(Clone, Copy)]
+struct SharedOut<O>(*mut O);
+// SAFETY: tasks write disjoint elements (see `matmul_nt`).
+unsafe impl<O: Send> Sync for SharedOut<O> {}
+
+impl<O> SharedOut<O> {
+    /// (A method, so that closures capture the `Sync` wrapper rather than its raw field.)
+    fn ptr(&self) -> *mut O {
+        self.0
+    }
+}

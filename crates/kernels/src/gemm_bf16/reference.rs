@@ -1,0 +1,58 @@
+//! The scalar statement of what the bf16 GEMM computes, addition by addition: the oracle of
+//! its tests (equal bits, not a tolerance) and the specification of its rounding.
+//!
+//! `VDPBF16PS` (Intel SDM; AMD Zen 4 implements the same) adds, per f32 lane, the product of
+//! the odd bf16 pair element and then that of the even one, each product exact in f32 (two
+//! 8-bit significands) and each addition rounded to nearest-even, with bf16 denormal inputs read
+//! as zero and denormal results flushed to zero. Lane `l` of a 32-value chunk takes elements
+//! `2l` and `2l + 1`; the 16 lanes of a row are then reduced in a fixed tree.
+
+use half::bf16;
+
+/// `y[i][j] = Σ_k x[i][k]·w[j][k]` for `x: [n, k]`, `w: [m, k]` → `[n, m]` in f32, summed as the
+/// AVX512-BF16 kernel sums.
+pub fn matmul_nt_bf16_reference(x: &[bf16], w: &[bf16], n: usize, k: usize, m: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n * m];
+    for i in 0..n {
+        for j in 0..m {
+            y[i * m + j] = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+        }
+    }
+    y
+}
+
+fn dot(x: &[bf16], w: &[bf16]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for (c, (xc, wc)) in x.chunks(32).zip(w.chunks(32)).enumerate() {
+        let _ = c;
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let at = |e: usize| -> f32 {
+                match (xc.get(e), wc.get(e)) {
+                    (Some(a), Some(b)) => daz(*a) * daz(*b),
+                    _ => 0.0,
+                }
+            };
+            *lane = ftz(*lane + at(2 * l + 1));
+            *lane = ftz(*lane + at(2 * l));
+        }
+    }
+    reduce_lanes(&lanes)
+}
+
+/// The kernel's reduction tree of the 16 lanes of one output.
+pub(crate) fn reduce_lanes(l: &[f32; 16]) -> f32 {
+    let y: [f32; 8] = std::array::from_fn(|i| l[i] + l[i + 8]);
+    ((y[0] + y[1]) + (y[2] + y[3])) + ((y[4] + y[5]) + (y[6] + y[7]))
+}
+
+fn daz(v: bf16) -> f32 {
+    ftz(v.to_f32())
+}
+
+fn ftz(v: f32) -> f32 {
+    if v.is_subnormal() {
+        0.0f32.copysign(v)
+    } else {
+        v
+    }
+}

@@ -1,0 +1,109 @@
+//! The bf16 forward path (linear layers on the bf16 GEMM, RMSNorm, SwiGLU) against PyTorch's
+//! bf16 CPU kernels on the same inputs (`scripts/reference/make_bf16_fixtures.py`).
+//!
+//! With a bf16 GEMM on this CPU the results must be PyTorch's bits, or one bf16 step away where
+//! the two f32 computations land on opposite sides of a rounding boundary (a different
+//! summation order, `1/sqrt` vs `rsqrt`, exp's last ulp). Without one (or with
+//! `SIGHTLINE_BF16_GEMM=off`) candle's bf16 ops run and only the looser bound is checked.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use half::bf16;
+use serde_json::Value;
+use sightline_kernels::gemm_bf16::Bf16Gemm;
+
+fn fixture() -> Result<Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/bf16/ops.json"
+    );
+    let text = std::fs::read_to_string(path).with_context(|| path.to_string())?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn values(v: &Value) -> Result<Vec<bf16>> {
+    v.as_array()
+        .context("not a list")?
+        .iter()
+        .map(|b| {
+            Ok(bf16::from_bits(
+                b.as_u64().context("not a bit pattern")? as u16
+            ))
+        })
+        .collect()
+}
+
+fn shape(v: &Value) -> Result<Vec<usize>> {
+    v.as_array()
+        .context("not a shape")?
+        .iter()
+        .map(|d| Ok(d.as_u64().context("not a dimension")? as usize))
+        .collect()
+}
+
+fn tensor(v: &Value, dims: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(values(v)?, dims, &Device::Cpu)?)
+}
+
+/// Distance in bf16 steps (same sign assumed for the nonzero values compared here).
+fn steps(a: bf16, b: bf16) -> u32 {
+    (a.to_bits() as i32 - b.to_bits() as i32).unsigned_abs()
+}
+
+/// Checks `got` against torch's `want`: with the fast path, every value within one bf16 step
+/// and at least `min_exact` of them equal; without it, within 1% relative.
+fn compare(name: &str, got: &Tensor, want: &[bf16], min_exact: f64) -> Result<()> {
+    assert_eq!(got.dtype(), DType::BF16, "{name}");
+    let got: Vec<bf16> = got.flatten_all()?.to_vec1()?;
+    assert_eq!(got.len(), want.len(), "{name}");
+    if Bf16Gemm::detect() != Bf16Gemm::Avx512Bf16 {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let (g, w) = (g.to_f32(), w.to_f32());
+            assert!(
+                (g - w).abs() <= 1e-2 * w.abs().max(1.0),
+                "{name}[{i}]: {g} vs {w}"
+            );
+        }
+        return Ok(());
+    }
+    let mut exact = 0;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(steps(*g, *w) <= 1, "{name}[{i}]: {g} vs torch {w}");
+        exact += usize::from(g == w);
+    }
+    let share = exact as f64 / want.len() as f64;
+    assert!(
+        share >= min_exact,
+        "{name}: {exact} of {} equal to torch's bits",
+        want.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn rms_norm_is_transformers_llama_rms_norm_in_bf16() -> Result<()> {
+    let f = &fixture()?["rms_norm"];
+    let x = tensor(&f["x"], &shape(&f["x_shape"])?)?;
+    let w = tensor(&f["w"], &[x.dim(1)?])?;
+    let eps = f["eps"].as_f64().context("eps")?;
+    let y = sightline_kernels::rms_norm(&x, &w, eps)?;
+    compare("rms_norm", &y, &values(&f["y"])?, 0.98)
+}
+
+#[test]
+fn swiglu_is_silu_times_up_in_bf16() -> Result<()> {
+    let f = &fixture()?["silu_mul"];
+    let dims = shape(&f["shape"])?;
+    let (g, u) = (tensor(&f["gate"], &dims)?, tensor(&f["up"], &dims)?);
+    let y = sightline_kernels::swiglu(&g, &u)?;
+    compare("silu_mul", &y, &values(&f["y"])?, 0.98)
+}
+
+#[test]
+fn linear_is_torch_bf16_linear() -> Result<()> {
+    let f = &fixture()?["linear"];
+    let x = tensor(&f["x"], &shape(&f["x_shape"])?)?;
+    let w = tensor(&f["w"], &shape(&f["w_shape"])?)?;
+    let y = sightline_kernels::frozen_linear(&x, &w)?;
+    compare("linear", &y, &values(&f["y"])?, 0.9)
+}
