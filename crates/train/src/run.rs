@@ -160,16 +160,11 @@ pub fn run_on(
         vision_dir: vision.as_ref().map(|v| v.dir.as_path()),
     };
 
-    let at = match lead {
-        true => start_or_resume(
-            &out,
-            cfg,
-            resume_from.as_deref(),
-            &mut trainer,
-            batch,
-            world,
-        )?,
-        false => (0, 0),
+    let at = if lead {
+        let from = resume_from.as_deref();
+        start_or_resume(&out, cfg, from, &mut trainer, batch, world)?
+    } else {
+        (0, 0)
     };
     let (mut epoch, mut group_in_epoch) = sync_start(comm, &mut trainer, at)?;
     on_event(Event::Start {
@@ -195,7 +190,7 @@ pub fn run_on(
             let accum = cfg.gradient_accumulation_steps;
             let micro = rank_micro_batches(first, accum, comm.rank(), micro_per_epoch);
             let slice = GroupSlice {
-                first: (micro.start - first),
+                first: micro.start - first,
                 per_step,
             };
             let group = collate_group(cfg, data, &orders[epoch], micro, pad_id, vision, opts)?;
@@ -324,8 +319,9 @@ fn resume_point(out: &Path, opts: &RunOptions) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// The micro-batches of one accumulation group: micro-batches `micro.start..` of the epoch's
-/// `order`, at most `gradient_accumulation_steps` of them (`micro.end` is the epoch's count).
+/// This rank's micro-batches of one accumulation group: micro-batches `micro` of the epoch's
+/// `order` (at most `gradient_accumulation_steps` of them; see
+/// [`crate::distributed::rank_micro_batches`]).
 fn collate_group(
     cfg: &TrainConfig,
     data: &crate::dataset::Dataset,
