@@ -291,3 +291,51 @@ fn bad_runs_fail_with_one_line() {
         "{err}"
     );
 }
+
+/// A launcher that asks for several ranks this build cannot serve is refused in one line
+/// before anything is written, instead of N processes training N independent copies:
+/// torchrun's variables (NCCL is not built), and, in a build without the `mpi` feature, an MPI
+/// launcher's.
+#[test]
+fn multi_rank_launches_without_a_backend_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("run");
+    let out = format!("output_dir={:?}", out_dir.display().to_string());
+    let args = [
+        "train",
+        "--config",
+        "configs/text-only.toml",
+        &out,
+        "max_steps=1",
+    ];
+    let refused = |vars: &[(&str, &str)]| {
+        let mut c = drill_support::command();
+        c.args(args);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let err = one_error(&c.output().expect("runs"));
+        assert!(
+            !out_dir.exists(),
+            "a refused launch wrote {}",
+            out_dir.display()
+        );
+        err
+    };
+    let err = refused(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")]);
+    assert!(
+        err.contains("WORLD_SIZE=2") && err.contains("mpirun -np 2"),
+        "{err}"
+    );
+    let err = refused(&[("SLURM_STEP_NUM_TASKS", "4")]);
+    assert!(err.contains("srun --mpi=pmix"), "{err}");
+    #[cfg(not(feature = "mpi"))]
+    {
+        let err = refused(&[("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_RANK", "0")]);
+        assert!(err.contains("--features mpi"), "{err}");
+    }
+    // One rank is one process.
+    let mut c = drill_support::command();
+    c.args(args).env("WORLD_SIZE", "1").env("RANK", "0");
+    ok(&c.output().expect("runs"), "WORLD_SIZE=1");
+}

@@ -261,11 +261,19 @@ impl TrainConfig {
     /// Optimizer steps of the run for `num_examples` training rows (HF: `max_steps` if > 0,
     /// else `ceil(epochs · (len(dataloader) // accum))`, at least 1 per epoch).
     pub fn total_steps(&self, num_examples: usize) -> usize {
+        self.total_steps_on(num_examples, 1)
+    }
+
+    /// [`TrainConfig::total_steps`] for `world_size` data-parallel ranks: the accumulation
+    /// group spans `gradient_accumulation_steps × world_size` micro-batches (HF's global
+    /// batch), so the count equals one process's with that much accumulation.
+    pub fn total_steps_on(&self, num_examples: usize, world_size: usize) -> usize {
         if self.max_steps > 0 {
             return self.max_steps as usize;
         }
         let batches = num_examples.div_ceil(self.per_device_train_batch_size.max(1));
-        let per_epoch = (batches / self.gradient_accumulation_steps.max(1)).max(1);
+        let group = self.gradient_accumulation_steps.max(1) * world_size.max(1);
+        let per_epoch = (batches / group).max(1);
         (self.num_train_epochs * per_epoch as f64).ceil() as usize
     }
 

@@ -34,6 +34,9 @@ pub enum Error {
     /// The vision tower or an image failed to load.
     #[error(transparent)]
     Vision(#[from] sightline_vision::Error),
+    /// Talking to the other ranks of a data-parallel run failed.
+    #[error(transparent)]
+    Collective(#[from] sightline_collective::Error),
     /// An error inside candle (shape bugs, device errors).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

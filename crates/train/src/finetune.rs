@@ -3,8 +3,14 @@
 //! into f32 buffers that exist only for trainable tensors, `clip_grad_norm_`, AdamW, and the
 //! schedule's next multiplier. Stage 1 (projector only), full fine-tuning and LoRA are the same
 //! loop; what trains was decided when the model was built.
+//!
+//! Data-parallel ([`Trainer::train_step_on`]): each rank runs its slice of the step's
+//! micro-batches; the group's label and micro-batch counts are summed over the ranks before any
+//! loss is scaled, and the gradients before clipping, so the step equals one process running
+//! all the micro-batches (to the order of f32 additions).
 
 use candle_core::{Tensor, Var};
+use sightline_collective::{Collective, Single};
 
 use crate::error::{Error, Result};
 use crate::loss::{causal_lm_loss, label_rows};
@@ -80,6 +86,21 @@ pub struct StepReport {
     /// Tokens processed (all positions of all micro-batches, spliced images included).
     pub tokens: usize,
 }
+
+/// Where a rank's micro-batches sit among the run's micro-batches (data-parallel training):
+/// the LoRA dropout mask of a micro-batch is drawn from a stream position given by its index in
+/// the run, `step × per_step + first + j`, so it does not depend on which rank computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSlice {
+    /// Index, within the optimizer step's global group, of this rank's first micro-batch.
+    pub first: usize,
+    /// Micro-batches of a full global group (accumulation × world size).
+    pub per_step: usize,
+}
+
+/// Stream words reserved for one micro-batch's dropout masks (2^40: a 7B LoRA micro-batch of
+/// 16 × 2,048 tokens draws ~3·10^10); ChaCha's 2^68-word stream then holds 2^28 micro-batches.
+const DROPOUT_WORDS_LOG2: u32 = 40;
 
 /// A model, its optional projector, their optimizer and the gradient buffers.
 pub struct Trainer {
@@ -175,12 +196,18 @@ impl Trainer {
     /// Forward and backward over one accumulation group, adding into the gradient buffers.
     /// Returns each micro-batch's mean loss and the tokens processed.
     pub fn accumulate(&mut self, group: &[Batch]) -> Result<(Vec<f64>, usize)> {
-        let acc = self.accumulate_group(group)?;
+        let acc = self.accumulate_group(group, &Single, None)?;
         Ok((acc.losses, acc.tokens))
     }
 
-    /// [`Trainer::accumulate`], also returning the group's loss under the rule that trains.
-    fn accumulate_group(&mut self, group: &[Batch]) -> Result<Accumulated> {
+    /// [`Trainer::accumulate`] on this rank's slice of the group, also returning the group's
+    /// loss under the rule that trains (over all ranks) and the tokens of all ranks.
+    fn accumulate_group(
+        &mut self,
+        group: &[Batch],
+        comm: &dyn Collective,
+        slice: Option<GroupSlice>,
+    ) -> Result<Accumulated> {
         let vocab = self.model.config.vocab_size;
         let labels: Vec<Vec<Vec<i64>>> = group
             .iter()
@@ -197,10 +224,17 @@ impl Trainer {
                     .count()
             })
             .sum();
+        // The whole group's counts, over every rank: the denominators of the loss rules.
+        let mut counts = [group_labels as f64, group.len() as f64];
+        comm.all_reduce_sum_f64(&mut counts)?;
+        let (group_labels, micro_batches) = (counts[0] as usize, counts[1] as usize);
         let mut losses = Vec::with_capacity(group.len());
         let mut targets = Vec::with_capacity(group.len());
         let mut tokens = 0;
-        for (batch, labels) in group.iter().zip(labels) {
+        for (j, (batch, labels)) in group.iter().zip(labels).enumerate() {
+            if let Some(s) = slice {
+                self.key_dropout(s, j)?;
+            }
             let mut embeds = self.model.embed(&batch.input_ids)?;
             let mut labels = labels;
             if let Some(img) = &batch.image {
@@ -214,7 +248,7 @@ impl Trainer {
             tokens += embeds.dim(0)? * embeds.dim(1)?;
             targets.push(shifted_targets(&labels));
             if self.checkpointing {
-                let n = group.len();
+                let n = micro_batches;
                 losses.push(self.backward_checkpointed(&embeds, &labels, n, group_labels)?);
                 continue;
             }
@@ -228,7 +262,7 @@ impl Trainer {
             losses.push(sum / parts.targets as f64);
             let denom = match self.settings.accum_loss {
                 AccumLoss::Tokens => group_labels as f64,
-                AccumLoss::Mean => (parts.targets * group.len()) as f64,
+                AccumLoss::Mean => (parts.targets * micro_batches) as f64,
             };
             let scaled = (parts.sum / denom)?;
             let store = scaled.backward()?;
@@ -239,7 +273,12 @@ impl Trainer {
                 }
             }
         }
-        let loss = group_loss(self.settings.accum_loss, &losses, &targets, group_labels);
+        let rule = self.settings.accum_loss;
+        let mut sums = loss_sums(rule, &losses, &targets);
+        sums.push(tokens as f64);
+        comm.all_reduce_sum_f64(&mut sums)?;
+        let tokens = sums[3] as usize;
+        let loss = finish_loss(rule, &sums[..3], group_labels);
         Ok(Accumulated {
             losses,
             loss,
@@ -249,6 +288,16 @@ impl Trainer {
 
     /// Clips, updates and zeroes the gradient buffers; returns (lr used, grad norm).
     pub fn apply(&mut self) -> Result<(f64, f64)> {
+        self.apply_on(&Single)
+    }
+
+    /// [`Trainer::apply`] after summing the gradient buffers over the ranks (each rank's
+    /// gradients are already scaled by the whole group's denominators, so the sum is the
+    /// one-process gradient); every rank then clips and steps the same numbers.
+    fn apply_on(&mut self, comm: &dyn Collective) -> Result<(f64, f64)> {
+        for g in &mut self.grads {
+            comm.all_reduce_sum(g)?;
+        }
         let scale = self.lr_scale();
         let norm = match self.settings.max_grad_norm {
             Some(m) if m > 0.0 => clip_grad_norm(&mut self.grads, m),
@@ -263,12 +312,25 @@ impl Trainer {
 
     /// One optimizer step over a gradient-accumulation group of micro-batches.
     pub fn train_step(&mut self, group: &[Batch]) -> Result<StepReport> {
+        self.train_step_on(group, &Single, None)
+    }
+
+    /// One data-parallel optimizer step: `group` is this rank's slice (possibly empty, when a
+    /// short last group has no micro-batch left for it); every rank must call this for every
+    /// step. The report's `loss` and `tokens` are the whole group's, `losses` this rank's.
+    /// `slice` keys the LoRA dropout masks by micro-batch (None: the stream just continues).
+    pub fn train_step_on(
+        &mut self,
+        group: &[Batch],
+        comm: &dyn Collective,
+        slice: Option<GroupSlice>,
+    ) -> Result<StepReport> {
         let Accumulated {
             losses,
             loss,
             tokens,
-        } = self.accumulate_group(group)?;
-        let (lr, grad_norm) = self.apply()?;
+        } = self.accumulate_group(group, comm, slice)?;
+        let (lr, grad_norm) = self.apply_on(comm)?;
         tracing::debug!(
             step = self.opt.step,
             ?losses,
@@ -297,6 +359,22 @@ impl Trainer {
         moments: Vec<(Vec<f32>, Vec<f32>)>,
     ) -> Result<()> {
         self.opt.restore(step, moments)
+    }
+
+    /// Moves the LoRA dropout stream to micro-batch `j` of `s`'s own stretch (see
+    /// [`GroupSlice`]).
+    fn key_dropout(&self, s: GroupSlice, j: usize) -> Result<()> {
+        let Some(layer) = self.model.lora_layers().next() else {
+            return Ok(());
+        };
+        let index = self.opt.step as u128 * s.per_step as u128 + (s.first + j) as u128;
+        if index + 1 >= 1 << (68 - DROPOUT_WORDS_LOG2) {
+            return Err(Error::Config(format!(
+                "micro-batch {index} of the run is past the LoRA dropout stream's 2^28"
+            )));
+        }
+        layer.set_rng_position((index + 1) << DROPOUT_WORDS_LOG2)?;
+        Ok(())
     }
 
     /// Sets a trainable tensor's value by name (e.g. a given initial LoRA adapter); the
@@ -414,20 +492,35 @@ pub fn group_loss(
     targets: &[usize],
     group_labels: usize,
 ) -> Option<f64> {
+    finish_loss(rule, &loss_sums(rule, losses, targets), group_labels)
+}
+
+/// The sums [`group_loss`] divides, which ranks add up: `[Σ mean·targets, Σ mean, trained
+/// micro-batches]` over the micro-batches with a target.
+fn loss_sums(rule: AccumLoss, losses: &[f64], targets: &[usize]) -> Vec<f64> {
     let trained: Vec<(f64, usize)> = losses
         .iter()
         .zip(targets)
         .filter(|(l, &t)| t > 0 && l.is_finite())
         .map(|(&l, &t)| (l, t))
         .collect();
-    if trained.is_empty() {
+    let weighted = match rule {
+        AccumLoss::Tokens => trained.iter().map(|(l, t)| l * *t as f64).sum::<f64>(),
+        AccumLoss::Mean => 0.0,
+    };
+    let plain = trained.iter().map(|(l, _)| l).sum::<f64>();
+    vec![weighted, plain, trained.len() as f64]
+}
+
+/// [`group_loss`] from the (summed) [`loss_sums`].
+fn finish_loss(rule: AccumLoss, sums: &[f64], group_labels: usize) -> Option<f64> {
+    let (weighted, plain, trained) = (sums[0], sums[1], sums[2]);
+    if trained == 0.0 {
         return None;
     }
     Some(match rule {
-        AccumLoss::Tokens => {
-            trained.iter().map(|(l, t)| l * *t as f64).sum::<f64>() / group_labels as f64
-        }
-        AccumLoss::Mean => trained.iter().map(|(l, _)| l).sum::<f64>() / trained.len() as f64,
+        AccumLoss::Tokens => weighted / group_labels as f64,
+        AccumLoss::Mean => plain / trained,
     })
 }
 

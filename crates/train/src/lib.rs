@@ -19,6 +19,9 @@
 //!   `bench/train_step_vs_torch.py`, figures in BENCHMARKS.md.
 //! - [`checkpoint`]: full weights, `mm_projector.safetensors`, PEFT adapters, atomically.
 //! - [`config::TrainConfig`]: the run settings with HF-Trainer / LLaVA field names.
+//! - [`distributed`]: data-parallel training over a `sightline_collective::Collective` (MPI):
+//!   each rank's slice of the global batch, the shared start, world-size-free checkpoints;
+//!   [`run::run_on`] is the loop as one rank.
 //!
 //! Parity: `tests/parity.rs` checks the first losses and the weights after 3 steps against
 //! PyTorch (`scripts/reference/make_train_fixtures.py`).
@@ -48,6 +51,7 @@ pub mod artifacts;
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
+pub mod distributed;
 pub mod error;
 pub mod finetune;
 pub mod loss;
@@ -57,6 +61,7 @@ pub mod param;
 pub mod run;
 pub mod schedule;
 pub mod setup;
+mod state;
 
 pub use error::{Error, Result};
 

@@ -14,6 +14,10 @@
 //! - while a checkpoint is written, `.checkpoint-N.tmp-<pid>/`, renamed to `checkpoint-N/` when
 //!   whole. A run killed meanwhile leaves it behind, `--resume` ignores and removes it; a save
 //!   that fails (a full disk) removes it itself and leaves the earlier checkpoints as they were.
+//!
+//! Data-parallel ([`run_on`] with several ranks, see [`crate::distributed`]): every rank loads
+//! the model and data and takes its slice of each global group; rank 0 alone reads the
+//! checkpoint it resumes (then sends the state to the others) and writes everything above.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,12 +26,16 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts;
-use crate::checkpoint::{atomic_write, temp_dir_for, write_tensors};
+use crate::checkpoint::atomic_write;
 use crate::config::TrainConfig;
 use crate::dataset::{collate, epoch_order};
+use crate::distributed::{rank_micro_batches, sync_start, GlobalBatch};
 use crate::error::{Error, Result};
-use crate::finetune::{Batch, ImageInput, Trainer};
+use crate::finetune::{Batch, GroupSlice, ImageInput, Trainer};
 use crate::setup::build;
+pub use crate::state::newest_checkpoint;
+use crate::state::{load_state, write_checkpoint};
+use sightline_collective::{Collective, Single};
 
 /// One optimizer step, as logged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,42 +97,53 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
 }
 
-/// Saved loop position (`trainer_state.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LoopState {
-    global_step: usize,
-    epoch: usize,
-    /// Accumulation groups of `epoch` already done.
-    group_in_epoch: usize,
-    /// LoRA dropout stream position (decimal string: JSON has no u128).
-    lora_rng: Option<String>,
-    seed: u64,
-    total_steps: usize,
-}
-
-const STATE_JSON: &str = "trainer_state.json";
-const STATE_TENSORS: &str = "trainer_state.safetensors";
 const LOG: &str = "train_log.jsonl";
 
-/// Runs (or resumes) training; `on_event` sees progress.
+/// Runs (or resumes) training in one process; `on_event` sees progress.
 pub fn run(
     cfg: &TrainConfig,
     opts: &RunOptions,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary> {
+    run_on(cfg, opts, &Single, on_event)
+}
+
+/// [`run`] as one rank of `comm`: the global batch is `per_device_train_batch_size ×
+/// gradient_accumulation_steps × comm.size()`, and the run's losses, steps and weights are
+/// those of one process with `comm.size()` times the accumulation. Only rank 0 touches
+/// `output_dir`; every rank's `on_event` sees the same steps.
+pub fn run_on(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    comm: &dyn Collective,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary> {
     let out = PathBuf::from(&cfg.output_dir);
-    let resume_from = resume_point(&out, opts)?;
+    let lead = comm.rank() == 0;
+    let resume_from = if lead {
+        resume_point(&out, opts)?
+    } else {
+        None
+    };
     if resume_from.is_some() {
         // The run owns its folder: what a killed run of it left half-written goes.
         sightline_guard::temp::remove_stale_in(&out).map_err(|e| Error::io(&out, e))?;
     }
     let setup = build(cfg, &opts.device)?;
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    if lead {
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    }
     let (data, vision, pad_id) = (&setup.data, &setup.vision, setup.pad_id);
     let n = data.len();
-    let total_steps = cfg.total_steps(n);
+    let world = comm.size();
+    let total_steps = cfg.total_steps_on(n, world);
     let micro_per_epoch = n.div_ceil(cfg.per_device_train_batch_size);
-    let groups_per_epoch = micro_per_epoch.div_ceil(cfg.gradient_accumulation_steps);
+    let batch = GlobalBatch {
+        per_device_train_batch_size: cfg.per_device_train_batch_size,
+        micro_batches_per_step: cfg.gradient_accumulation_steps * world,
+    };
+    let per_step = batch.micro_batches_per_step;
+    let groups_per_epoch = micro_per_epoch.div_ceil(per_step);
     let mut trainer = Trainer::new(
         setup.model,
         setup.projector,
@@ -141,8 +160,13 @@ pub fn run(
         vision_dir: vision.as_ref().map(|v| v.dir.as_path()),
     };
 
-    let (mut epoch, mut group_in_epoch) =
-        start_or_resume(&out, cfg, resume_from.as_deref(), &mut trainer)?;
+    let at = if lead {
+        let from = resume_from.as_deref();
+        start_or_resume(&out, cfg, from, &mut trainer, batch, world)?
+    } else {
+        (0, 0)
+    };
+    let (mut epoch, mut group_in_epoch) = sync_start(comm, &mut trainer, at)?;
     on_event(Event::Start {
         total_steps,
         start_step: trainer.step(),
@@ -150,7 +174,9 @@ pub fn run(
         skipped_mismatch: data.skipped_mismatch,
     });
     let mut orders: Vec<Vec<usize>> = (0..=epoch).map(|e| epoch_order(n, cfg.seed, e)).collect();
-    write_order(&out, cfg.seed, &orders, data)?;
+    if lead {
+        write_order(&out, cfg.seed, &orders, data)?;
+    }
     let started = Instant::now();
     let (mut tokens_total, mut last_loss, mut done_here) = (0usize, None, 0usize);
     let mut empty_steps = 0;
@@ -160,9 +186,15 @@ pub fn run(
                 break 'epochs;
             }
             let t0 = Instant::now();
-            let micro = group_in_epoch * cfg.gradient_accumulation_steps..micro_per_epoch;
+            let first = group_in_epoch * per_step;
+            let accum = cfg.gradient_accumulation_steps;
+            let micro = rank_micro_batches(first, accum, comm.rank(), micro_per_epoch);
+            let slice = GroupSlice {
+                first: micro.start - first,
+                per_step,
+            };
             let group = collate_group(cfg, data, &orders[epoch], micro, pad_id, vision, opts)?;
-            let report = trainer.train_step(&group)?;
+            let report = trainer.train_step_on(&group, comm, Some(slice))?;
             group_in_epoch += 1;
             done_here += 1;
             empty_steps += usize::from(report.loss.is_none());
@@ -177,11 +209,13 @@ pub fn run(
                 tokens: report.tokens,
                 seconds: t0.elapsed().as_secs_f64(),
             };
-            append_log(&out.join(LOG), &log)?;
+            if lead {
+                append_log(&out.join(LOG), &log)?;
+            }
             on_event(Event::Step(&log));
             let step = trainer.step();
-            if step.is_multiple_of(cfg.save_steps) && step < total_steps {
-                let at = (epoch, group_in_epoch);
+            if lead && step.is_multiple_of(cfg.save_steps) && step < total_steps {
+                let at = (epoch, group_in_epoch, batch);
                 let dir = write_checkpoint(&out, cfg, &saver, &trainer, at, total_steps)?;
                 on_event(Event::Saved(&dir));
             }
@@ -190,11 +224,17 @@ pub fn run(
         group_in_epoch = 0;
         if orders.len() <= epoch {
             orders.push(epoch_order(n, cfg.seed, epoch));
-            write_order(&out, cfg.seed, &orders, data)?;
+            if lead {
+                write_order(&out, cfg.seed, &orders, data)?;
+            }
         }
     }
-    let at = (epoch, group_in_epoch);
-    save_at_end(&out, cfg, &saver, &trainer, at, total_steps, on_event)?;
+    if lead {
+        let at = (epoch, group_in_epoch, batch);
+        save_at_end(&out, cfg, &saver, &trainer, at, total_steps, on_event)?;
+    }
+    // No rank reports success before the run's files are in place.
+    comm.barrier()?;
     Ok(Summary {
         steps: trainer.step(),
         samples: n,
@@ -209,11 +249,14 @@ pub fn run(
 
 /// Restores the trainer and the data position from `resume_from` (cutting the log back to
 /// its step), or records the run's config for a fresh run; returns (epoch, group in epoch).
+/// A checkpoint written with another global batch is refused (`world`: this run's ranks).
 fn start_or_resume(
     out: &Path,
     cfg: &TrainConfig,
     resume_from: Option<&Path>,
     trainer: &mut Trainer,
+    batch: GlobalBatch,
+    world: usize,
 ) -> Result<(usize, usize)> {
     let Some(dir) = resume_from else {
         let json = serde_json::to_string_pretty(cfg)
@@ -222,6 +265,9 @@ fn start_or_resume(
         return Ok((0, 0));
     };
     let st = load_state(dir, trainer)?;
+    if let Some(saved) = &st.global_batch {
+        batch.check_resume(saved, world, &dir.display().to_string())?;
+    }
     truncate_log(&out.join(LOG), st.global_step)?;
     Ok((st.epoch, st.group_in_epoch))
 }
@@ -233,7 +279,7 @@ fn save_at_end(
     cfg: &TrainConfig,
     saver: &artifacts::Saver,
     trainer: &Trainer,
-    at: (usize, usize),
+    at: (usize, usize, GlobalBatch),
     total_steps: usize,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<()> {
@@ -273,8 +319,9 @@ fn resume_point(out: &Path, opts: &RunOptions) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// The micro-batches of one accumulation group: micro-batches `micro.start..` of the epoch's
-/// `order`, at most `gradient_accumulation_steps` of them (`micro.end` is the epoch's count).
+/// This rank's micro-batches of one accumulation group: micro-batches `micro` of the epoch's
+/// `order` (at most `gradient_accumulation_steps` of them; see
+/// [`crate::distributed::rank_micro_batches`]).
 fn collate_group(
     cfg: &TrainConfig,
     data: &crate::dataset::Dataset,
@@ -341,175 +388,6 @@ fn make_batch(
         labels: c.labels,
         image,
     })
-}
-
-fn lora_position(trainer: &Trainer) -> Result<Option<u128>> {
-    trainer
-        .model
-        .lora_layers()
-        .next()
-        .map(|l| l.rng_position())
-        .transpose()
-        .map_err(Into::into)
-}
-
-/// The newest `checkpoint-N` directory of `out`, if any.
-pub fn newest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
-    Ok(checkpoints(out)?.pop().map(|(_, p)| p))
-}
-
-/// `checkpoint-N` directories of `out`, oldest first.
-fn checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
-    if !out.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
-        let entry = entry.map_err(|e| Error::io(out, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name
-            .strip_prefix("checkpoint-")
-            .and_then(|s| s.parse::<usize>().ok())
-        {
-            if entry.path().join(STATE_JSON).is_file() {
-                found.push((n, entry.path()));
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// HF's `save_total_limit`: delete the oldest checkpoints beyond the limit.
-fn rotate(out: &Path, limit: Option<usize>) -> Result<()> {
-    let Some(limit) = limit else { return Ok(()) };
-    let all = checkpoints(out)?;
-    if all.len() > limit {
-        for (_, dir) in &all[..all.len() - limit] {
-            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// `output_dir/checkpoint-<step>` for the trainer's state at this loop position, then
-/// `save_total_limit`'s rotation; returns the directory.
-fn write_checkpoint(
-    out: &Path,
-    cfg: &TrainConfig,
-    saver: &artifacts::Saver,
-    trainer: &Trainer,
-    (epoch, group_in_epoch): (usize, usize),
-    total_steps: usize,
-) -> Result<PathBuf> {
-    let step = trainer.step();
-    let dir = out.join(format!("checkpoint-{step}"));
-    let state = LoopState {
-        global_step: step,
-        epoch,
-        group_in_epoch,
-        lora_rng: lora_position(trainer)?.map(|p| p.to_string()),
-        seed: cfg.seed,
-        total_steps,
-    };
-    save_checkpoint(&dir, saver, trainer, &state)?;
-    rotate(out, cfg.save_total_limit)?;
-    Ok(dir)
-}
-
-/// Writes a checkpoint into a temporary sibling directory and renames it into place, so a
-/// run killed mid-save leaves no half-written `checkpoint-N`. A failed save (a full disk)
-/// removes its temporary and names the checkpoint's file; earlier checkpoints are untouched
-/// (rotation runs only after a save succeeded).
-fn save_checkpoint(
-    dir: &Path,
-    saver: &artifacts::Saver,
-    trainer: &Trainer,
-    state: &LoopState,
-) -> Result<()> {
-    let tmp = temp_dir_for(dir)?;
-    let result = save_checkpoint_files(&tmp, saver, trainer, state)
-        .and_then(|()| std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e)));
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.renamed(&tmp, dir));
-    }
-    Ok(())
-}
-
-/// The artefacts, the trainable tensors with their AdamW moments, and the loop state.
-fn save_checkpoint_files(
-    tmp: &Path,
-    saver: &artifacts::Saver,
-    trainer: &Trainer,
-    state: &LoopState,
-) -> Result<()> {
-    saver.save(tmp, trainer)?;
-    let mut tensors = std::collections::HashMap::new();
-    let dev = Device::Cpu;
-    for ((p, (m, v)), i) in trainer
-        .trainable()
-        .iter()
-        .zip(trainer.optimizer_moments())
-        .zip(0..)
-    {
-        let t = p.param.tensor();
-        tensors.insert(format!("{i}.param"), t.clone());
-        tensors.insert(
-            format!("{i}.exp_avg"),
-            Tensor::from_slice(m, t.shape(), &dev)?,
-        );
-        tensors.insert(
-            format!("{i}.exp_avg_sq"),
-            Tensor::from_slice(v, t.shape(), &dev)?,
-        );
-    }
-    write_tensors(&tensors, &tmp.join(STATE_TENSORS))?;
-    let json = serde_json::to_string_pretty(state)
-        .map_err(|e| Error::Config(format!("{STATE_JSON}: {e}")))?;
-    let path = tmp.join(STATE_JSON);
-    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
-}
-
-/// Restores trainable tensors, AdamW moments, the step and the dropout stream.
-fn load_state(dir: &Path, trainer: &mut Trainer) -> Result<LoopState> {
-    let path = dir.join(STATE_JSON);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let st: LoopState = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    let tpath = dir.join(STATE_TENSORS);
-    let dev = trainer.model.device().clone();
-    let tensors = candle_core::safetensors::load(&tpath, &dev)?;
-    let get = |k: String| -> Result<&Tensor> {
-        tensors.get(&k).ok_or_else(|| {
-            Error::Config(format!(
-                "{}: no tensor `{k}` (the checkpoint is from a different run setup)",
-                tpath.display()
-            ))
-        })
-    };
-    let names: Vec<String> = trainer.trainable().iter().map(|p| p.name.clone()).collect();
-    let mut moments = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        trainer.set_param(name, get(format!("{i}.param"))?)?;
-        let m = get(format!("{i}.exp_avg"))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let v = get(format!("{i}.exp_avg_sq"))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        moments.push((m, v));
-    }
-    trainer.restore_optimizer(st.global_step, moments)?;
-    if let Some(pos) = &st.lora_rng {
-        let pos: u128 = pos
-            .parse()
-            .map_err(|_| Error::Config(format!("{}: bad lora_rng", path.display())))?;
-        for l in trainer.model.lora_layers().take(1) {
-            l.set_rng_position(pos)?;
-        }
-    }
-    Ok(st)
 }
 
 fn append_log(path: &Path, log: &StepLog) -> Result<()> {

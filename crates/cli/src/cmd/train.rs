@@ -1,12 +1,17 @@
 //! `sightline train --config RUN.toml [key=value ...]`: one training run (LLaVA stage 1,
 //! stage 2 full or LoRA, or text-only tuning), settings under HF Trainer / LLaVA names.
+//!
+//! Under `mpirun -np N` (a build with `--features mpi`) each process is one data-parallel
+//! rank (`sightline_train::run::run_on`); rank 0 prints and writes, the others stay quiet. A
+//! launcher this build cannot serve (torchrun's `WORLD_SIZE`, MPI without the feature) is
+//! refused in one line before anything is read.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use sightline_train::config::TrainConfig;
-use sightline_train::run::{run as train_run, Event, RunOptions};
+use sightline_train::run::{run_on, Event, RunOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,9 +41,15 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     // Before the run file: a wrong --device is one line whatever the run says.
     let device = sightline_model::open_device(&a.device)?;
+    let comm = sightline_collective::connect()?;
     let mut cfg = TrainConfig::from_toml(&a.config, &a.overrides)?;
     cfg.allow_outside_paths |= a.allow_outside_paths;
-    let bar = ProgressBar::new(0);
+    let lead = comm.rank() == 0;
+    let bar = if lead {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{msg} {bar:30} {pos}/{len} steps [{elapsed} < {eta}] {prefix}",
@@ -46,6 +57,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("training");
+    let (world, comm_name) = (comm.size(), comm.name());
     let mut on_event = |e: Event| match e {
         Event::Start {
             total_steps,
@@ -56,7 +68,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             bar.set_length(total_steps as u64);
             bar.set_position(start_step as u64);
             bar.println(format!(
-                "{samples} samples{}, {total_steps} optimizer steps{}",
+                "{samples} samples{}, {total_steps} optimizer steps{}{}",
                 if skipped_mismatch > 0 {
                     format!(" ({skipped_mismatch} skipped: tokenization mismatch)")
                 } else {
@@ -64,6 +76,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 },
                 if start_step > 0 {
                     format!(", resuming at step {start_step}")
+                } else {
+                    String::new()
+                },
+                if world > 1 {
+                    format!(", {world} ranks ({})", comm_name)
                 } else {
                     String::new()
                 }
@@ -80,24 +97,38 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         Event::Saved(dir) => bar.println(format!("saved {}", dir.display())),
     };
-    let summary = train_run(
-        &cfg,
-        &RunOptions {
-            device,
-            resume: a.resume,
-            stop_after: a.stop_after,
-        },
-        &mut on_event,
-    )
-    .with_context(|| format!("training run {}", a.config.display()))?;
+    let opts = RunOptions {
+        device,
+        resume: a.resume,
+        stop_after: a.stop_after,
+    };
+    let summary = match run_on(&cfg, &opts, comm.as_ref(), &mut on_event)
+        .with_context(|| format!("training run {}", a.config.display()))
+    {
+        Ok(s) => s,
+        // The other ranks would wait for this one forever: end them all.
+        Err(e) if comm.size() > 1 => {
+            eprintln!("error: rank {} of {}: {e:#}", comm.rank(), comm.size());
+            comm.abort(1)
+        }
+        Err(e) => return Err(e),
+    };
     bar.finish_and_clear();
+    if !lead {
+        return Ok(());
+    }
     println!(
-        "{} steps, {} samples, {} tokens in {:.1} s ({:.0} tok/s); last loss {}; output in {}",
+        "{} steps, {} samples, {} tokens in {:.1} s ({:.0} tok/s{}); last loss {}; output in {}",
         summary.steps,
         summary.samples,
         summary.tokens,
         summary.seconds,
         summary.tokens as f64 / summary.seconds.max(1e-9),
+        if world > 1 {
+            format!(" on {world} ranks, {comm_name}")
+        } else {
+            String::new()
+        },
         summary
             .final_loss
             .map_or("- (no trained tokens)".to_string(), |l| format!("{l:.4}")),
