@@ -16,7 +16,7 @@ loading included), once with its shared-prefix KV cache (default) and once witho
 `--shape smollm2`: the real pretrained SmolLM2-135M-Instruct (bench/smollm2.py) and its own
 tokenizer instead of a random LLaMA. With `--dtype bf16` the run also scores the requests with
 plain transformers in **f32** (untimed) and reports each bf16 system's log-likelihood error
-against it (max and median relative |Δll|): sightline's bf16 must be no worse than
+against it (max, median and mean relative |Δll|): sightline's bf16 must be no worse than
 transformers' own bf16.
 
 `--reference transformers` replaces HFLM by plain transformers with HFLM's rules (context +
@@ -201,7 +201,7 @@ def main():
 
     def rel_errors(lls):
         errs = sorted(abs(g - r) / max(1.0, abs(r)) for g, r in zip(lls, f32_ref))
-        return errs[-1], errs[len(errs) // 2]
+        return errs[-1], errs[len(errs) // 2], sum(errs) / len(errs)
 
     binary = Path(a.binary)
     runs = {}
@@ -223,8 +223,8 @@ def main():
     print(f"model: {kind} {a.dtype} on {a.device} | {len(reqs)} TruthfulQA MC requests "
           f"({a.questions} questions), {tokens} input tokens | batch {a.batch_size} | {a.threads} threads")
     print(f"reference: {ref_name}, torch {torch.__version__}, transformers {transformers.__version__}")
-    vs32 = lambda e: f"{e[0]:10.2e} {e[1]:10.2e}" if e else ""
-    head32 = f" {'max vs f32':>10} {'median':>10}" if f32_ref else ""
+    vs32 = lambda e: f"{e[0]:10.2e} {e[1]:10.2e} {e[2]:10.2e}" if e else ""
+    head32 = f" {'max vs f32':>10} {'median':>10} {'mean':>10}" if f32_ref else ""
     ref32 = vs32(rel_errors([r[0] for r in ref])) if f32_ref else ""
     print(f"{'system':32} {'seconds':>8} {'tokens/s':>9} {'ratio':>6} {'max rel |Δll|':>14}{head32}")
     print(f"{ref_name:32} {t_ref:8.2f} {tokens / t_ref:9.0f} {1.0:6.2f} {'-':>14} {ref32}")

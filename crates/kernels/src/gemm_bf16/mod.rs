@@ -111,9 +111,11 @@ pub fn matmul_nt<O: GemmOut>(
     if n == 0 || m == 0 {
         return Ok(true);
     }
+    // Blocks of whole tiles (columns: a multiple of 48 = lcm of the 6- and 16-wide tiles; rows:
+    // of 4), at least 48 × 16 so that long rows (k = 11,008) still make tasks worth a thread.
     let row_bytes = k.max(1) * 2;
-    let cols = (W_BLOCK_BYTES / row_bytes).max(16) / 16 * 16;
-    let rows = ((X_BLOCK_BYTES / row_bytes).max(4) / 4 * 4).min(n.next_multiple_of(4));
+    let cols = (W_BLOCK_BYTES / row_bytes).max(48) / 48 * 48;
+    let rows = ((X_BLOCK_BYTES / row_bytes).max(16) / 4 * 4).min(n.next_multiple_of(4));
     let (row_blocks, col_blocks) = (n.div_ceil(rows), m.div_ceil(cols));
     let out = SharedOut(y.as_mut_ptr());
     (0..row_blocks * col_blocks)
