@@ -8,17 +8,21 @@
 //! # Dispatch
 //!
 //! Every entry point (`rms_norm`, `layer_norm`, `rope_to_heads`, `causal_attention`,
-//! `causal_softmax`, `swiglu`, `cross_entropy_rows`, `frozen_linear`) picks one of three paths:
+//! `causal_softmax`, `swiglu`, `cross_entropy_rows`, `frozen_linear`) picks one of four paths:
 //!
 //! 1. **CPU f32, nothing to differentiate** (no input [`Tensor::track_op`]s): the fused kernel
 //!    run with `apply_op*_no_bwd` (or, where candle's own kernel is the fast one, that kernel).
 //!    No graph is recorded: inference pays nothing for training's existence.
 //! 2. **CPU f32, some input tracks a gradient**: the same fused kernel as a custom op with its
 //!    hand-written backward ([`candle_core::CustomOp1`]/`2`/`3`).
-//! 3. **Any other dtype or device**: candle's ops. Without gradients, candle-nn's forward-only
-//!    fused kernels where they exist (bf16 scoring: `rms_norm`, `rope`, `softmax_last_dim`);
-//!    with gradients, the composed differentiable forms (spec `candle-autograd.md` lists which
-//!    candle ops silently drop gradients; none of those is used on this path).
+//! 3. **CPU bf16, nothing to differentiate, and a bf16 GEMM on this CPU** ([`gemm_bf16`]):
+//!    bf16 scoring and generation — linear layers on the `VDPBF16PS` GEMM, RMSNorm and SwiGLU
+//!    with PyTorch's roundings, attention in f32 (`bf16.rs`; RoPE stays candle-nn's).
+//! 4. **Any other dtype or device**: candle's ops. Without gradients, candle-nn's forward-only
+//!    fused kernels where they exist (bf16 without the GEMM: `rms_norm`, `rope`,
+//!    `softmax_last_dim`); with gradients, the composed differentiable forms (spec
+//!    `candle-autograd.md` lists which candle ops silently drop gradients; none of those is used
+//!    on this path).
 //!
 //! A new backend kernel is one more arm in the entry point's match (see [`Path`]), next to
 //! its composed fallback, and one more case in `tests/ops.rs`.
