@@ -120,21 +120,15 @@ pub fn run_on(
 ) -> Result<Summary> {
     let out = PathBuf::from(&cfg.output_dir);
     let lead = comm.rank() == 0;
-    let resume_from = if lead {
-        resume_point(&out, opts)?
-    } else {
-        None
-    };
-    if resume_from.is_some() {
-        // The run owns its folder: what a killed run of it left half-written goes.
-        sightline_guard::temp::remove_stale_in(&out).map_err(|e| Error::io(&out, e))?;
-    }
+    let resume_from = lead
+        .then(|| lead_resume_point(&out, opts))
+        .transpose()?
+        .flatten();
     let setup = build(cfg, &opts.device)?;
     if lead {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     }
-    let (data, vision, pad_id) = (&setup.data, &setup.vision, setup.pad_id);
-    let n = data.len();
+    let (data, n) = (&setup.data, setup.data.len());
     let world = comm.size();
     let total_steps = cfg.total_steps_on(n, world);
     let micro_per_epoch = n.div_ceil(cfg.per_device_train_batch_size);
@@ -142,8 +136,7 @@ pub fn run_on(
         per_device_train_batch_size: cfg.per_device_train_batch_size,
         micro_batches_per_step: cfg.gradient_accumulation_steps * world,
     };
-    let per_step = batch.micro_batches_per_step;
-    let groups_per_epoch = micro_per_epoch.div_ceil(per_step);
+    let groups_per_epoch = micro_per_epoch.div_ceil(batch.micro_batches_per_step);
     let mut trainer = Trainer::new(
         setup.model,
         setup.projector,
@@ -157,14 +150,12 @@ pub fn run_on(
         tokenizer: &setup.tokenizer,
         base_dir: &setup.base_dir,
         base_vocab: setup.base_vocab,
-        vision_dir: vision.as_ref().map(|v| v.dir.as_path()),
+        vision_dir: setup.vision.as_ref().map(|v| v.dir.as_path()),
     };
-
-    let at = if lead {
-        let from = resume_from.as_deref();
-        start_or_resume(&out, cfg, from, &mut trainer, batch, world)?
-    } else {
-        (0, 0)
+    // Rank 0 alone reads a checkpoint; `sync_start` gives every rank its state and position.
+    let at = match (lead, resume_from.as_deref()) {
+        (true, from) => start_or_resume(&out, cfg, from, &mut trainer, batch, world)?,
+        (false, _) => (0, 0),
     };
     let (mut epoch, mut group_in_epoch) = sync_start(comm, &mut trainer, at)?;
     on_event(Event::Start {
@@ -177,6 +168,9 @@ pub fn run_on(
     if lead {
         write_order(&out, cfg.seed, &orders, data)?;
     }
+    let (vision, pad_id, saver) = (&setup.vision, setup.pad_id, &saver);
+    #[rustfmt::skip]
+    let ctx = GroupCtx { cfg, opts, comm, out: &out, saver, data, vision, pad_id, batch, micro_per_epoch, groups_per_epoch, total_steps };
     let started = Instant::now();
     let (mut tokens_total, mut last_loss, mut done_here) = (0usize, None, 0usize);
     let mut empty_steps = 0;
@@ -185,53 +179,25 @@ pub fn run_on(
             if trainer.step() >= total_steps || opts.stop_after.is_some_and(|s| done_here >= s) {
                 break 'epochs;
             }
-            let t0 = Instant::now();
-            let first = group_in_epoch * per_step;
-            let accum = cfg.gradient_accumulation_steps;
-            let micro = rank_micro_batches(first, accum, comm.rank(), micro_per_epoch);
-            let slice = GroupSlice {
-                first: micro.start - first,
-                per_step,
-            };
-            let group = collate_group(cfg, data, &orders[epoch], micro, pad_id, vision, opts)?;
-            let report = trainer.train_step_on(&group, comm, Some(slice))?;
+            let order = &orders[epoch];
+            let report = run_group(&ctx, &mut trainer, order, epoch, group_in_epoch, on_event)?;
             group_in_epoch += 1;
             done_here += 1;
             empty_steps += usize::from(report.loss.is_none());
             last_loss = report.loss;
             tokens_total += report.tokens;
-            let log = StepLog {
-                step: trainer.step(),
-                epoch: epoch as f64 + group_in_epoch as f64 / groups_per_epoch as f64,
-                loss: report.loss,
-                lr: report.lr,
-                grad_norm: report.grad_norm,
-                tokens: report.tokens,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            if lead {
-                append_log(&out.join(LOG), &log)?;
-            }
-            on_event(Event::Step(&log));
-            let step = trainer.step();
-            if lead && step.is_multiple_of(cfg.save_steps) && step < total_steps {
-                let at = (epoch, group_in_epoch, batch);
-                let dir = write_checkpoint(&out, cfg, &saver, &trainer, at, total_steps)?;
-                on_event(Event::Saved(&dir));
-            }
         }
         epoch += 1;
         group_in_epoch = 0;
         if orders.len() <= epoch {
             orders.push(epoch_order(n, cfg.seed, epoch));
-            if lead {
-                write_order(&out, cfg.seed, &orders, data)?;
-            }
+            lead.then(|| write_order(&out, cfg.seed, &orders, data))
+                .transpose()?;
         }
     }
     if lead {
         let at = (epoch, group_in_epoch, batch);
-        save_at_end(&out, cfg, &saver, &trainer, at, total_steps, on_event)?;
+        save_at_end(&out, cfg, saver, &trainer, at, total_steps, on_event)?;
     }
     // No rank reports success before the run's files are in place.
     comm.barrier()?;
@@ -245,6 +211,69 @@ pub fn run_on(
         empty_steps,
         output_dir: out,
     })
+}
+
+/// What every optimizer step of a run reads: the run's settings, this rank's place, where
+/// rank 0 writes, the data, and the shape of the global batch.
+struct GroupCtx<'a> {
+    cfg: &'a TrainConfig,
+    opts: &'a RunOptions,
+    comm: &'a dyn Collective,
+    out: &'a Path,
+    saver: &'a artifacts::Saver<'a>,
+    data: &'a crate::dataset::Dataset,
+    vision: &'a Option<crate::setup::Vision>,
+    pad_id: u32,
+    batch: GlobalBatch,
+    micro_per_epoch: usize,
+    groups_per_epoch: usize,
+    total_steps: usize,
+}
+
+/// One optimizer step: this rank's micro-batches of global group `group_in_epoch` of `epoch`
+/// (in `order`), the step over all ranks, its log line (rank 0 writes it) and a checkpoint
+/// when one is due.
+fn run_group(
+    c: &GroupCtx,
+    trainer: &mut Trainer,
+    order: &[usize],
+    epoch: usize,
+    group_in_epoch: usize,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<crate::finetune::StepReport> {
+    let (cfg, lead) = (c.cfg, c.comm.rank() == 0);
+    let t0 = Instant::now();
+    let per_step = c.batch.micro_batches_per_step;
+    let first = group_in_epoch * per_step;
+    let accum = cfg.gradient_accumulation_steps;
+    let micro = rank_micro_batches(first, accum, c.comm.rank(), c.micro_per_epoch);
+    let slice = GroupSlice {
+        first: micro.start - first,
+        per_step,
+    };
+    let group = collate_group(cfg, c.data, order, micro, c.pad_id, c.vision, c.opts)?;
+    let report = trainer.train_step_on(&group, c.comm, Some(slice))?;
+    let done = group_in_epoch + 1;
+    let log = StepLog {
+        step: trainer.step(),
+        epoch: epoch as f64 + done as f64 / c.groups_per_epoch as f64,
+        loss: report.loss,
+        lr: report.lr,
+        grad_norm: report.grad_norm,
+        tokens: report.tokens,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    if lead {
+        append_log(&c.out.join(LOG), &log)?;
+    }
+    on_event(Event::Step(&log));
+    let step = trainer.step();
+    if lead && step.is_multiple_of(cfg.save_steps) && step < c.total_steps {
+        let at = (epoch, done, c.batch);
+        let dir = write_checkpoint(c.out, cfg, c.saver, trainer, at, c.total_steps)?;
+        on_event(Event::Saved(&dir));
+    }
+    Ok(report)
 }
 
 /// Restores the trainer and the data position from `resume_from` (cutting the log back to
@@ -291,6 +320,16 @@ fn save_at_end(
         on_event(Event::Saved(&dir));
     }
     Ok(())
+}
+
+/// Rank 0's [`resume_point`]; when resuming, what a killed run left half-written in the folder
+/// goes first (the run owns its folder).
+fn lead_resume_point(out: &Path, opts: &RunOptions) -> Result<Option<PathBuf>> {
+    let from = resume_point(out, opts)?;
+    if from.is_some() {
+        sightline_guard::temp::remove_stale_in(out).map_err(|e| Error::io(out, e))?;
+    }
+    Ok(from)
 }
 
 /// The checkpoint `--resume` continues from, or None for a fresh run, which needs an empty (or
