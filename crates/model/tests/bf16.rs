@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use serde::Deserialize;
 use sightline_model::score::{score, Request, ScoreOptions};
-use sightline_model::{load, LoadOptions};
+use sightline_model::{load, LoadOptions, LoadedModel};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -44,7 +44,8 @@ fn errors(got: &[f64], f32_: &[f64]) -> (f64, f64, f64) {
     (e[e.len() - 1], mean, e[e.len() / 2])
 }
 
-fn check_bf16_scoring() {
+/// The scoring fixture and its model loaded in bf16.
+fn fixture_in_bf16() -> (Scoring, LoadedModel) {
     let text =
         std::fs::read_to_string(root().join("tests/fixtures/bf16/ops.json")).expect("fixture");
     let s: Ops = serde_json::from_str(&text).expect("ops.json parses");
@@ -55,6 +56,11 @@ fn check_bf16_scoring() {
         ..Default::default()
     };
     let m = load(dir.to_str().expect("utf-8 path"), &opts).expect("fixture loads");
+    (s, m)
+}
+
+fn check_bf16_scoring() {
+    let (s, m) = fixture_in_bf16();
     let (torch_max, torch_mean, torch_median) = errors(&s.bf16, &s.f32);
     for shared_prefix in [false, true] {
         let opts = ScoreOptions {
@@ -111,16 +117,7 @@ fn fallback_child() {
     }
     use sightline_kernels::gemm_bf16::Bf16Gemm;
     assert_eq!(Bf16Gemm::detect(), Bf16Gemm::Unavailable);
-    let text =
-        std::fs::read_to_string(root().join("tests/fixtures/bf16/ops.json")).expect("fixture");
-    let s: Ops = serde_json::from_str(&text).expect("ops.json parses");
-    let s = s.scoring;
-    let dir = root().join(&s.model);
-    let opts = LoadOptions {
-        dtype: DType::BF16,
-        ..Default::default()
-    };
-    let m = load(dir.to_str().expect("utf-8 path"), &opts).expect("fixture loads");
+    let (s, m) = fixture_in_bf16();
     let got = score(
         &m.model,
         &m.tokenizer,
