@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use sightline_train::config::TrainConfig;
-use sightline_train::run::{run_on, Event, RunOptions};
+use sightline_train::run::{run_on, Event, RunOptions, Summary};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,18 +45,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut cfg = TrainConfig::from_toml(&a.config, &a.overrides)?;
     cfg.allow_outside_paths |= a.allow_outside_paths;
     let lead = comm.rank() == 0;
-    let bar = if lead {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} {bar:30} {pos}/{len} steps [{elapsed} < {eta}] {prefix}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message("training");
+    let bar = progress_bar(lead);
     let (world, comm_name) = (comm.size(), comm.name());
     let mut on_event = |e: Event| match e {
         Event::Start {
@@ -67,23 +56,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } => {
             bar.set_length(total_steps as u64);
             bar.set_position(start_step as u64);
-            bar.println(format!(
-                "{samples} samples{}, {total_steps} optimizer steps{}{}",
-                if skipped_mismatch > 0 {
-                    format!(" ({skipped_mismatch} skipped: tokenization mismatch)")
-                } else {
-                    String::new()
-                },
-                if start_step > 0 {
-                    format!(", resuming at step {start_step}")
-                } else {
-                    String::new()
-                },
-                if world > 1 {
-                    format!(", {world} ranks ({})", comm_name)
-                } else {
-                    String::new()
-                }
+            bar.println(start_line(
+                samples,
+                skipped_mismatch,
+                total_steps,
+                start_step,
+                world,
+                comm_name,
             ));
         }
         Event::Step(s) => {
@@ -117,6 +96,57 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !lead {
         return Ok(());
     }
+    print_summary(&summary, world, comm_name, cfg.model_max_length);
+    Ok(())
+}
+
+/// The progress bar: shown on rank 0, hidden on the others.
+fn progress_bar(lead: bool) -> ProgressBar {
+    let bar = if lead {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len} steps [{elapsed} < {eta}] {prefix}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("training");
+    bar
+}
+
+/// The line printed when the run starts (or resumes).
+fn start_line(
+    samples: usize,
+    skipped_mismatch: usize,
+    total_steps: usize,
+    start_step: usize,
+    world: usize,
+    comm_name: &str,
+) -> String {
+    let skipped = if skipped_mismatch > 0 {
+        format!(" ({skipped_mismatch} skipped: tokenization mismatch)")
+    } else {
+        String::new()
+    };
+    let resuming = if start_step > 0 {
+        format!(", resuming at step {start_step}")
+    } else {
+        String::new()
+    };
+    let ranks = if world > 1 {
+        format!(", {world} ranks ({comm_name})")
+    } else {
+        String::new()
+    };
+    format!("{samples} samples{skipped}, {total_steps} optimizer steps{resuming}{ranks}")
+}
+
+/// Rank 0's closing lines: the summary, and warnings about steps that learned nothing and
+/// skipped samples.
+fn print_summary(summary: &Summary, world: usize, comm_name: &str, model_max_length: usize) {
     println!(
         "{} steps, {} samples, {} tokens in {:.1} s ({:.0} tok/s{}); last loss {}; output in {}",
         summary.steps,
@@ -138,7 +168,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         eprintln!(
             "warning: {} optimizer steps had no trained token (every label masked, e.g. the \
              answers were cut by model_max_length = {}); nothing was learned in them",
-            summary.empty_steps, cfg.model_max_length
+            summary.empty_steps, model_max_length
         );
     }
     if summary.skipped_mismatch > 0 {
@@ -147,5 +177,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             summary.skipped_mismatch
         );
     }
-    Ok(())
 }
