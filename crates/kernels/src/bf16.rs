@@ -13,8 +13,10 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::attention::exp_nonpositive;
-use crate::cpu::{rows_per_task, slice, slice_bf16, CResult};
+use crate::cpu::{rows_per_task, slice, slice_of, CResult};
 use crate::gemm_bf16::matmul_nt;
+use crate::gemm_bf16::GemmOut;
+use crate::norm::inv_rms;
 
 /// `x · Wᵀ` on bf16 rows `[n, k]` and a bf16 weight `[m, k]`, into bf16 (PyTorch's bf16
 /// matmul) or into f32 (the LM head: logits that are not rounded to 8 significant bits).
@@ -39,28 +41,27 @@ impl CustomOp2 for Bf16Linear {
         if k != k2 {
             candle_core::bail!("bf16-linear: x has {k} columns, W has {k2}");
         }
-        let (x, w) = (slice_bf16(xs, xl)?, slice_bf16(ws, wl)?);
-        let declined = || candle_core::Error::Msg("bf16-linear: no bf16 GEMM on this CPU".into());
+        let (x, w) = (slice_of::<bf16>(xs, xl)?, slice_of::<bf16>(ws, wl)?);
         let storage = match self.out {
-            DType::F32 => {
-                let mut y = vec![0f32; n * m];
-                matmul_nt(x, w, (n, k, m), &mut y)
-                    .map_err(candle_core::Error::Msg)?
-                    .then_some(())
-                    .ok_or_else(declined)?;
-                CpuStorage::F32(y)
-            }
-            _ => {
-                let mut y = vec![bf16::ZERO; n * m];
-                matmul_nt(x, w, (n, k, m), &mut y)
-                    .map_err(candle_core::Error::Msg)?
-                    .then_some(())
-                    .ok_or_else(declined)?;
-                CpuStorage::BF16(y)
-            }
+            DType::F32 => CpuStorage::F32(product(x, w, (n, k, m))?),
+            _ => CpuStorage::BF16(product(x, w, (n, k, m))?),
         };
         Ok((storage, Shape::from((n, m))))
     }
+}
+
+/// `x · wᵀ` into a new `[n, m]` buffer of `O`.
+fn product<O: GemmOut>(
+    x: &[bf16],
+    w: &[bf16],
+    (n, k, m): (usize, usize, usize),
+) -> CResult<Vec<O>> {
+    let mut y = vec![O::ZERO; n * m];
+    let ran = matmul_nt(x, w, (n, k, m), &mut y).map_err(candle_core::Error::Msg)?;
+    if !ran {
+        candle_core::bail!("bf16-linear: no bf16 GEMM on this CPU");
+    }
+    Ok(y)
 }
 
 /// `LlamaRMSNorm` in bf16 as transformers computes it: `r = rsqrt(mean(x²) + eps)` in f32,
@@ -82,7 +83,7 @@ impl CustomOp2 for Bf16RmsNorm {
         wl: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let h = xl.shape().dims().last().copied().unwrap_or(0);
-        let w = slice_bf16(ws, wl)?;
+        let w = slice_of::<bf16>(ws, wl)?;
         if w.len() != h || h == 0 {
             candle_core::bail!("rms-norm: weight of {} for rows of {h}", w.len());
         }
@@ -91,7 +92,7 @@ impl CustomOp2 for Bf16RmsNorm {
         // decoder keeps on this path: see `sightline_model::llama`).
         let y = match xs {
             CpuStorage::F32(_) => self.rows(slice(xs, xl)?, &w, |v: &f32| *v),
-            _ => self.rows(slice_bf16(xs, xl)?, &w, |v: &bf16| v.to_f32()),
+            _ => self.rows(slice_of::<bf16>(xs, xl)?, &w, |v: &bf16| v.to_f32()),
         };
         Ok((CpuStorage::BF16(y), xl.shape().clone()))
     }
@@ -110,8 +111,7 @@ impl Bf16RmsNorm {
                     for (r, v) in row.iter_mut().zip(x) {
                         *r = to_f32(v);
                     }
-                    let ss: f32 = row.iter().map(|v| v * v).sum();
-                    let r = 1.0 / (ss / h as f32 + self.eps).sqrt();
+                    let r = inv_rms(&row, self.eps);
                     for ((y, v), w) in y.iter_mut().zip(&row).zip(w) {
                         let normed = bf16::from_f32(v * r).to_f32();
                         *y = bf16::from_f32(w * normed);
@@ -138,7 +138,7 @@ impl CustomOp2 for Bf16SwiGlu {
         us: &CpuStorage,
         ul: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let (gate, up) = (slice_bf16(gs, gl)?, slice_bf16(us, ul)?);
+        let (gate, up) = (slice_of::<bf16>(gs, gl)?, slice_of::<bf16>(us, ul)?);
         if gate.len() != up.len() {
             candle_core::bail!("swiglu: gate {:?}, up {:?}", gl.shape(), ul.shape());
         }

@@ -1,6 +1,6 @@
 //! What every kernel shares: the dispatch decision and access to contiguous CPU f32 data.
 
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 
 pub(crate) type CResult<T> = candle_core::Result<T>;
 
@@ -51,18 +51,15 @@ pub(crate) fn tracks(inputs: &[&Tensor]) -> bool {
 
 /// The contiguous f32 values of a CPU storage under `layout`.
 pub(crate) fn slice<'a>(s: &'a CpuStorage, layout: &Layout) -> CResult<&'a [f32]> {
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused op: non-contiguous input".into()))?;
-    Ok(&s.as_slice::<f32>()?[a..b])
+    slice_of(s, layout)
 }
 
-/// The contiguous bf16 values of a CPU storage under `layout`.
-pub(crate) fn slice_bf16<'a>(s: &'a CpuStorage, layout: &Layout) -> CResult<&'a [half::bf16]> {
+/// The contiguous values of a CPU storage of element type `T` under `layout`.
+pub(crate) fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, layout: &Layout) -> CResult<&'a [T]> {
     let (a, b) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("fused op: non-contiguous input".into()))?;
-    Ok(&s.as_slice::<half::bf16>()?[a..b])
+    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor (copied only if strided).

@@ -12,7 +12,7 @@ struct RmsNorm {
 }
 
 /// `1/sqrt(mean(x²) + eps)` of one row.
-fn inv_rms(x: &[f32], eps: f32) -> f32 {
+pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let ss: f32 = x.iter().map(|v| v * v).sum();
     1.0 / (ss / x.len() as f32 + eps).sqrt()
 }

@@ -71,14 +71,17 @@ fn cpu_has_avx512_bf16() -> bool {
 pub trait GemmOut: Copy + Send + Sync + 'static {
     /// bf16 (rounded) rather than f32 (as summed).
     const BF16: bool;
+    const ZERO: Self;
 }
 
 impl GemmOut for f32 {
     const BF16: bool = false;
+    const ZERO: Self = 0.0;
 }
 
 impl GemmOut for bf16 {
     const BF16: bool = true;
+    const ZERO: Self = bf16::ZERO;
 }
 
 /// Bytes of weight rows a thread keeps hot while it sweeps its rows of `x` (half of a 1 MiB L2).
