@@ -24,29 +24,22 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// `[n, in] -> [n, out]`; `train` switches LoRA dropout on.
+    /// `[n, in] -> [n, out]` in the weight's compute dtype; `train` switches LoRA dropout on.
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = linear(xs, &self.weight)?;
-        let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(&b.value()?)?,
-            None => ys,
-        };
-        match &self.lora {
-            Some(l) => l.forward(xs, ys, train),
-            None => Ok(ys),
-        }
+        self.forward_to(xs, self.weight.compute_dtype(), train)
     }
 
     /// [`Linear::forward`] with the result in `out`: f32 for the layers that write into an
     /// f32 residual stream (a frozen bf16 weight then returns the GEMM's f32 sums unrounded).
     pub fn forward_to(&self, xs: &Tensor, out: DType, train: bool) -> Result<Tensor> {
-        let frozen_bf16_to_f32 = out == DType::F32 && self.weight.compute_dtype() != DType::F32;
-        let (Param::Frozen(w), true) = (&self.weight, frozen_bf16_to_f32) else {
-            return Ok(self.forward(xs, train)?.to_dtype(out)?);
+        let ys = match &self.weight {
+            Param::Frozen(w) if out == DType::F32 && w.dtype() != DType::F32 => {
+                sightline_kernels::frozen_linear_to_f32(xs, w)?
+            }
+            p => linear(xs, p)?.to_dtype(out)?,
         };
-        let ys = sightline_kernels::frozen_linear_to_f32(xs, w)?;
         let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(&b.value()?.to_dtype(DType::F32)?)?,
+            Some(b) => ys.broadcast_add(&b.value()?.to_dtype(out)?)?,
             None => ys,
         };
         match &self.lora {
