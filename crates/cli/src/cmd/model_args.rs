@@ -44,20 +44,29 @@ pub struct ModelArgs {
     /// `pad` (LLaVA's expand2square with the CLIP mean colour first).
     #[arg(long, value_name = "MODE")]
     pub image_aspect_ratio: Option<String>,
+    /// `--dtype` as resolved, once per process: the cache key, `results.json` and the load
+    /// all use the same decision, even if free memory changes between them.
+    #[arg(skip)]
+    #[serde(skip)]
+    resolved_dtype: std::sync::OnceLock<DType>,
 }
 
 impl ModelArgs {
     /// The dtype the model loads in: `--dtype`, with `auto` resolved for this checkpoint and
     /// machine, after the memory check (see `sightline_model::dtype`).
     pub fn dtype(&self) -> Result<DType> {
+        if let Some(d) = self.resolved_dtype.get() {
+            return Ok(*d);
+        }
         let device = open_device(&self.device)?;
-        Ok(resolve_dtype(&self.dtype, &self.model, &device)?)
+        let d = resolve_dtype(&self.dtype, &self.model, &device)?;
+        Ok(*self.resolved_dtype.get_or_init(|| d))
     }
 
     fn options(&self) -> Result<LoadOptions> {
         let device = open_device(&self.device)?;
         Ok(LoadOptions {
-            dtype: resolve_dtype(&self.dtype, &self.model, &device)?,
+            dtype: self.dtype()?,
             device,
             adapter: self.adapter.clone(),
         })
