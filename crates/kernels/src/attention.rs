@@ -7,10 +7,14 @@
 //! most of a scoring pass on memory traffic and `exp` of masked entries, and its fused softmax
 //! has no backward (spec `candle-autograd.md`).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D,
+};
+use half::bf16;
 use rayon::prelude::*;
 
-use crate::cpu::{bf16_forward, rows_per_task, slice, tracks, with_f32, CResult, Path};
+use crate::cpu::{bf16_forward, rows_per_task, slice, slice_of, tracks, with_f32, CResult, Path};
+use crate::flash::{self, Dims, Elem, Segment};
 
 /// `q: [b, heads, t, d]`, `k, v: [b, kv_heads, T, d]` (contiguous f32) → `[b, t, heads, d]`.
 /// Query row `i` sits at position `offset + i` and sees keys `0..=offset + i`.
@@ -351,6 +355,8 @@ pub const FUSED_ATTENTION_MAX_HEAD_DIM: usize = 32;
 ///
 /// Query heads sharing a KV head are folded into the row dimension, so GQA needs no copy of
 /// K/V: `q: [b, kvh, n_rep·t, d]` against `k: [b, kvh, T, d]`. Paths:
+/// - nothing tracks, CPU f32 or bf16 (bf16 where [`bf16_forward`] holds), `T = offset + t`,
+///   AVX-512F: the tiled kernel of `flash/` (no score matrix);
 /// - nothing tracks, CPU f32, `d ≤` [`FUSED_ATTENTION_MAX_HEAD_DIM`]: the fused kernel;
 /// - nothing tracks otherwise: matmul, mask, candle's forward-only softmax, matmul;
 /// - with gradients and no cached prefix: matmul, [`causal_softmax`], matmul;
@@ -364,6 +370,11 @@ pub fn causal_attention(
 ) -> CResult<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kvh, total, _) = k.dims4()?;
+    if total == offset + t {
+        if let Some(out) = flash_attention(q, None, k, v, scale)? {
+            return Ok(out);
+        }
+    }
     if bf16_forward(&[q, k, v]) {
         // bf16 scoring: in f32 (PyTorch's bf16 attention rounds the scores and probabilities
         // to bf16 between its steps; computing them in f32 is at least as close to the f32
@@ -405,6 +416,123 @@ pub fn causal_attention(
     ys.reshape((b, h, t, d))?
         .transpose(1, 2)?
         .reshape((b * t, h * d))
+}
+
+/// Causal attention of `q: [b, h, t, d]` (positions `P..P + t`) over a cached prefix that is
+/// only read, `prefix: [1 or b, kvh, P, d]` keys and values, followed by this step's
+/// `k, v: [b, kvh, t, d]` → `[b·t, h·d]`. A prefix of batch 1 serves every sequence: a batch of
+/// continuations scored on one cached context. The tiled kernel reads the prefix in place;
+/// other paths broadcast and concatenate it, then run [`causal_attention`].
+pub fn causal_attention_after_prefix(
+    q: &Tensor,
+    prefix: (&Tensor, &Tensor),
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> CResult<Tensor> {
+    if let Some(out) = flash_attention(q, Some(prefix), k, v, scale)? {
+        return Ok(out);
+    }
+    let (pk, pv) = prefix;
+    let (_, kvh, len, d) = pk.dims4()?;
+    let shape = (q.dim(0)?, kvh, len, d);
+    let k = Tensor::cat(&[&pk.broadcast_as(shape)?, k], 2)?.contiguous()?;
+    let v = Tensor::cat(&[&pv.broadcast_as(shape)?, v], 2)?.contiguous()?;
+    causal_attention(q, &k, &v, len, scale)
+}
+
+/// The tiled kernel when it applies (CPU, nothing tracks, all f32, or all bf16 with the bf16
+/// kernels on, AVX-512F): `Some([b·t, h·d])`, else `None`.
+fn flash_attention(
+    q: &Tensor,
+    prefix: Option<(&Tensor, &Tensor)>,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> CResult<Option<Tensor>> {
+    let mut all = vec![q, k, v];
+    all.extend(prefix.iter().flat_map(|(pk, pv)| [*pk, *pv]));
+    let on_cpu = all.iter().all(|t| t.device().is_cpu());
+    let dtype = q.dtype();
+    let same = all.iter().all(|t| t.dtype() == dtype);
+    let kind = dtype == DType::F32 || (dtype == DType::BF16 && bf16_forward(&all));
+    if !flash::available() || !on_cpu || !same || !kind || tracks(&all) {
+        return Ok(None);
+    }
+    let (b, h, t, d) = q.dims4()?;
+    let (kb, kvh, len, kd) = k.dims4()?;
+    let prefix_dims = prefix.map(|(pk, _)| pk.dims4()).transpose()?;
+    let fits = |(pb, pkvh, _, pd): (usize, usize, usize, usize)| {
+        (pb == 1 || pb == b) && pkvh == kvh && pd == d
+    };
+    if kb != b || kd != d || v.dims() != k.dims() || !prefix_dims.is_none_or(fits) {
+        candle_core::bail!(
+            "causal-attention: q {:?}, k {:?}, v {:?}, prefix {:?}",
+            q.shape(),
+            k.shape(),
+            v.shape(),
+            prefix.map(|(pk, pv)| (pk.shape().clone(), pv.shape().clone()))
+        );
+    }
+    if let Some((pk, pv)) = prefix {
+        if pk.dims() != pv.dims() {
+            candle_core::bail!(
+                "causal-attention: prefix keys {:?}, values {:?}",
+                pk.shape(),
+                pv.shape()
+            );
+        }
+    }
+    let all: Vec<Tensor> = all.iter().map(|t| t.contiguous()).collect::<CResult<_>>()?;
+    let dims = Dims { b, h, t, d, kvh };
+    let segments = (len, prefix_dims.map(|(pb, _, p, _)| (pb, p)));
+    let out = match dtype {
+        DType::F32 => Tensor::from_vec(
+            run_flash::<f32>(&all, dims, segments, scale)?,
+            (b * t, h * d),
+            q.device(),
+        )?,
+        _ => Tensor::from_vec(
+            run_flash::<bf16>(&all, dims, segments, scale)?,
+            (b * t, h * d),
+            q.device(),
+        )?,
+    };
+    Ok(Some(out))
+}
+
+/// [`flash::attention`] on contiguous CPU tensors `[q, k, v, (prefix k, prefix v)]` of element
+/// type `T`; `segments` = (new keys, (prefix batch, prefix length)).
+fn run_flash<T: Elem + candle_core::WithDType>(
+    tensors: &[Tensor],
+    dims: Dims,
+    (len, prefix): (usize, Option<(usize, usize)>),
+    scale: f64,
+) -> CResult<Vec<T>> {
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let data = guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cpu(c) => slice_of::<T>(c, l),
+            _ => candle_core::bail!("causal-attention: tensor is not on the CPU"),
+        })
+        .collect::<CResult<Vec<&[T]>>>()?;
+    let new = Segment {
+        k: data[1],
+        v: data[2],
+        batch: dims.b,
+        len,
+    };
+    let prefix = prefix.map(|(batch, len)| Segment {
+        k: data[3],
+        v: data[4],
+        batch,
+        len,
+    });
+    let mut out = vec![T::from_f32(0.0); data[0].len()];
+    flash::attention(data[0], prefix, new, dims, scale as f32, &mut out)
+        .map_err(candle_core::Error::Msg)?;
+    Ok(out)
 }
 
 #[cfg(test)]

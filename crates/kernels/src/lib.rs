@@ -11,13 +11,15 @@
 //! `causal_softmax`, `swiglu`, `cross_entropy_rows`, `frozen_linear`) picks one of four paths:
 //!
 //! 1. **CPU f32, nothing to differentiate** (no input [`Tensor::track_op`]s): the fused kernel
-//!    run with `apply_op*_no_bwd` (or, where candle's own kernel is the fast one, that kernel).
+//!    run with `apply_op*_no_bwd` (or, where candle's own kernel is the fast one, that kernel);
+//!    attention is the tiled, flash-style kernel of `flash/` on CPUs with AVX-512F.
 //!    No graph is recorded: inference pays nothing for training's existence.
 //! 2. **CPU f32, some input tracks a gradient**: the same fused kernel as a custom op with its
 //!    hand-written backward ([`candle_core::CustomOp1`]/`2`/`3`).
 //! 3. **CPU bf16, nothing to differentiate, and a bf16 GEMM on this CPU** ([`gemm_bf16`]):
 //!    bf16 scoring and generation — linear layers on the `VDPBF16PS` GEMM, RMSNorm and SwiGLU
-//!    with PyTorch's roundings, attention in f32 (`bf16.rs`; RoPE stays candle-nn's).
+//!    with PyTorch's roundings, RoPE fused with its transpose (candle-nn's bf16 roundings),
+//!    attention in f32 inside the tiled kernel (`bf16.rs`, `flash/`).
 //! 4. **Any other dtype or device**: candle's ops. Without gradients, candle-nn's forward-only
 //!    fused kernels where they exist (bf16 without the GEMM: `rms_norm`, `rope`,
 //!    `softmax_last_dim`); with gradients, the composed differentiable forms (spec
@@ -33,6 +35,7 @@
 mod attention;
 mod bf16;
 mod cpu;
+mod flash;
 pub mod gemm_bf16;
 mod linear;
 mod loss;
@@ -40,7 +43,9 @@ mod mlp;
 mod norm;
 mod rope;
 
-pub use attention::{causal_attention, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM};
+pub use attention::{
+    causal_attention, causal_attention_after_prefix, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM,
+};
 pub use cpu::Path;
 pub use linear::{frozen_linear, frozen_linear_to_f32};
 pub use loss::cross_entropy_rows;
