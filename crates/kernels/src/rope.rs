@@ -7,7 +7,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{slice, with_f32, CResult, Path};
+use half::bf16;
+
+use crate::cpu::{bf16_forward, slice, slice_of, with_f32, CResult, Path};
 
 /// Rope on `[b, heads, t, d]` with tables `[t, d/2]`. The map rotates each pair
 /// `(x_i, x_{i+d/2})`; its transpose (the backward) is the rotation by the opposite angle,
@@ -105,7 +107,53 @@ impl CustomOp3 for RopeToHeads {
         ss: &CpuStorage,
         ls: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
+        if let CpuStorage::BF16(_) = sx {
+            let (x, cos, sin) = (
+                slice_of::<bf16>(sx, lx)?,
+                slice_of::<bf16>(sc, lc)?,
+                slice_of::<bf16>(ss, ls)?,
+            );
+            let shape = self.shape(lx, lc, ls)?;
+            let out = self.rotate(x, cos, sin, shape, rotate_bf16);
+            return Ok((CpuStorage::BF16(out), heads_first(shape)));
+        }
         let (x, cos, sin) = (slice(sx, lx)?, slice(sc, lc)?, slice(ss, ls)?);
+        let shape = self.shape(lx, lc, ls)?;
+        let out = self.rotate(x, cos, sin, shape, rotate_f32);
+        Ok((CpuStorage::F32(out), heads_first(shape)))
+    }
+}
+
+/// The output shape `[b, h, t, d]` of an input `[b, t, h, d]`.
+fn heads_first((b, t, h, d): (usize, usize, usize, usize)) -> Shape {
+    Shape::from((b, h, t, d))
+}
+
+/// One rotated pair in f32: `(x1·c − x2·s, x2·c + x1·s)`.
+#[inline(always)]
+fn rotate_f32(x1: f32, x2: f32, c: f32, s: f32) -> (f32, f32) {
+    (x1 * c - x2 * s, x2 * c + x1 * s)
+}
+
+/// One rotated pair in bf16 with the roundings of PyTorch's `q·cos + rotate_half(q)·sin` on bf16
+/// tensors (and of candle-nn's bf16 rope): each product rounded, then the sum.
+#[inline(always)]
+fn rotate_bf16(x1: bf16, x2: bf16, c: bf16, s: bf16) -> (bf16, bf16) {
+    let r = bf16::from_f32;
+    let (x1, x2, c, s) = (x1.to_f32(), x2.to_f32(), c.to_f32(), s.to_f32());
+    let o1 = r(r(x1 * c).to_f32() - r(x2 * s).to_f32());
+    let o2 = r(r(x1 * s).to_f32() + r(x2 * c).to_f32());
+    (o1, o2)
+}
+
+impl RopeToHeads {
+    /// `(b, t, h, d)` of the input, checked against the tables `[positions, d/2]`.
+    fn shape(
+        &self,
+        lx: &Layout,
+        lc: &Layout,
+        ls: &Layout,
+    ) -> CResult<(usize, usize, usize, usize)> {
         let (b, t, h, d) = lx.shape().dims4()?;
         let (positions, half) = lc.shape().dims2()?;
         if 2 * half != d || ls.shape() != lc.shape() || self.offset + t > positions {
@@ -116,7 +164,20 @@ impl CustomOp3 for RopeToHeads {
                 self.offset
             );
         }
-        let mut out = vec![0f32; b * h * t * d];
+        Ok((b, t, h, d))
+    }
+
+    /// `[b, t, h, d]` → rotated `[b, h, t, d]`, one task per (batch, head).
+    fn rotate<T: Copy + Default + Send + Sync>(
+        &self,
+        x: &[T],
+        cos: &[T],
+        sin: &[T],
+        (b, t, h, d): (usize, usize, usize, usize),
+        pair: impl Fn(T, T, T, T) -> (T, T) + Sync,
+    ) -> Vec<T> {
+        let half = d / 2;
+        let mut out = vec![T::default(); b * h * t * d];
         out.par_chunks_mut(t * d).enumerate().for_each(|(bh, o)| {
             let (bi, hi) = (bh / h, bh % h);
             for i in 0..t {
@@ -126,22 +187,22 @@ impl CustomOp3 for RopeToHeads {
                 let (x1, x2) = src.split_at(half);
                 let (o1, o2) = o[i * d..(i + 1) * d].split_at_mut(half);
                 for j in 0..half {
-                    o1[j] = x1[j] * c[j] - x2[j] * s[j];
-                    o2[j] = x2[j] * c[j] + x1[j] * s[j];
+                    (o1[j], o2[j]) = pair(x1[j], x2[j], c[j], s[j]);
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
+        out
     }
 }
 
 /// Rotates projections `xs: [b, t, heads, d]` for positions `offset..offset + t` and returns
 /// them head-major, `[b, heads, t, d]`; `cos`, `sin` are the whole tables `[max_positions, d/2]`.
 ///
-/// Forward-only CPU f32: one vectorised pass does rotation and transpose. With gradients: the
-/// transposed copy, then [`rope`] (whose backward is the inverse rotation).
+/// Forward-only CPU f32, and CPU bf16 under the bf16 kernels (with PyTorch's roundings): one
+/// pass does rotation and transpose. With gradients: the transposed copy, then [`rope`] (whose
+/// backward is the inverse rotation).
 pub fn rope_to_heads(xs: &Tensor, cos: &Tensor, sin: &Tensor, offset: usize) -> CResult<Tensor> {
-    if Path::of(&[xs, cos, sin]) == Path::Forward {
+    if Path::of(&[xs, cos, sin]) == Path::Forward || bf16_forward(&[xs, cos, sin]) {
         return xs
             .contiguous()?
             .apply_op3_no_bwd(cos, sin, &RopeToHeads { offset });

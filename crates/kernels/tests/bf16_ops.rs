@@ -107,3 +107,41 @@ fn linear_is_torch_bf16_linear() -> Result<()> {
     let y = sightline_kernels::frozen_linear(&x, &w)?;
     compare("linear", &y, &values(&f["y"])?, 0.9)
 }
+
+/// The fused bf16 RoPE (rotation + transpose in one pass) gives candle-nn's bf16 `rope` bits —
+/// the path it replaced — which rounds as PyTorch's `q·cos + rotate_half(q)·sin` in bf16 does.
+#[test]
+fn rope_to_heads_in_bf16_equals_candle_rope_bit_for_bit() -> Result<()> {
+    let (b, t, h, d, positions, offset) = (2, 7, 3, 16, 12, 4);
+    let wave =
+        |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin() * 2.5).collect() };
+    let dev = Device::Cpu;
+    let x =
+        Tensor::from_vec(wave(b * t * h * d, 0.37), (b, t, h, d), &dev)?.to_dtype(DType::BF16)?;
+    let cos = Tensor::from_vec(wave(positions * d / 2, 0.11), (positions, d / 2), &dev)?
+        .to_dtype(DType::BF16)?;
+    let sin = Tensor::from_vec(wave(positions * d / 2, 0.23), (positions, d / 2), &dev)?
+        .to_dtype(DType::BF16)?;
+    let got = sightline_kernels::rope_to_heads(&x, &cos, &sin, offset)?;
+    let want = candle_nn::rotary_emb::rope(
+        &x.transpose(1, 2)?.contiguous()?,
+        &cos.narrow(0, offset, t)?.contiguous()?,
+        &sin.narrow(0, offset, t)?.contiguous()?,
+    )?;
+    anyhow::ensure!(got.dims() == [b, h, t, d], "shape {:?}", got.shape());
+    let (g, w) = (
+        got.flatten_all()?.to_vec1::<bf16>()?,
+        want.flatten_all()?.to_vec1::<bf16>()?,
+    );
+    let differ = g
+        .iter()
+        .zip(&w)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    anyhow::ensure!(
+        differ == 0,
+        "{differ} of {} values differ from candle's bf16 rope",
+        g.len()
+    );
+    Ok(())
+}
