@@ -480,8 +480,7 @@ fn score_shared_prefix(
                 rows.extend((0..t.len() - 1).map(|r| (b * width + r) as u32));
             }
             let ids = Tensor::from_vec(ids, (chunk.len(), width), dev)?;
-            let mut cache = cache.clone();
-            let hidden = model.forward_hidden(&ids, Some(&mut cache))?;
+            let hidden = model.forward_hidden_after(&ids, &cache)?;
             let hidden = hidden
                 .flatten_to(1)?
                 .index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;

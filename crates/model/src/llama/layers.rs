@@ -165,6 +165,16 @@ impl KvCache {
     }
 }
 
+/// One layer's use of the KV cache in a forward.
+pub(crate) enum Slot<'a> {
+    /// No cache: the tokens attend to each other only.
+    None,
+    /// Attend to the cached keys/values, then append this step's to them.
+    Append(&'a mut Option<(Tensor, Tensor)>),
+    /// Attend to the cached keys/values without changing them.
+    Read(Option<&'a (Tensor, Tensor)>),
+}
+
 /// What every layer of one forward shares: `b` sequences of `t` new tokens at positions
 /// `offset..`, the RoPE tables, and the dtype of the residual stream (the compute dtype, or
 /// f32 under bf16 inference: see `Llama::residual_dtype`).
@@ -187,15 +197,11 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    /// `xs: [b*t, hidden]` → `[b*t, hidden]`. With a cache slot, this step's keys/values are
-    /// appended to it (a prefix cached once at batch 1 serves a batch of continuations).
-    fn forward(
-        &self,
-        xs: &Tensor,
-        c: &Ctx,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        train: bool,
-    ) -> Result<Tensor> {
+    /// `xs: [b*t, hidden]` → `[b*t, hidden]`. With [`Slot::Append`], this step's keys/values
+    /// are appended to the cache (a prefix cached once at batch 1 serves a batch of
+    /// continuations); with [`Slot::Read`], they attend to the cached prefix, which is left as
+    /// it is (and, at batch 1, never copied per sequence).
+    fn forward(&self, xs: &Tensor, c: &Ctx, cache: Slot, train: bool) -> Result<Tensor> {
         let (b, t, offset) = (c.b, c.t, c.offset);
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self.q_proj.forward(xs, train)?.reshape((b, t, h, d))?;
@@ -208,8 +214,14 @@ impl Attention {
             .contiguous()?;
         let q = c.rope.apply(&q, offset)?; // [b, h, t, d]
         let k = c.rope.apply(&k, offset)?; // [b, kvh, t, d]
+        let scale = 1.0 / (d as f64).sqrt();
         let (k, v) = match cache {
-            Some(slot) => {
+            Slot::Read(Some((pk, pv))) => {
+                let ys =
+                    sightline_kernels::causal_attention_after_prefix(&q, (pk, pv), &k, &v, scale)?;
+                return self.o_proj.forward_to(&ys, c.residual, train);
+            }
+            Slot::Append(slot) => {
                 let kv = match slot.as_ref() {
                     Some((pk, pv)) => {
                         let (pk, pv) = if pk.dim(0)? != b {
@@ -228,9 +240,8 @@ impl Attention {
                 *slot = Some(kv.clone());
                 kv
             }
-            None => (k, v),
+            Slot::None | Slot::Read(None) => (k, v),
         };
-        let scale = 1.0 / (d as f64).sqrt();
         let ys = sightline_kernels::causal_attention(&q, &k, &v, offset, scale)?; // [b*t, h*d]
         self.o_proj.forward_to(&ys, c.residual, train)
     }
@@ -261,13 +272,7 @@ pub(crate) struct DecoderLayer {
 
 impl DecoderLayer {
     /// One pre-norm decoder layer on rows `[b·t, hidden]` → `[b·t, hidden]`.
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        c: &Ctx,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        train: bool,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, c: &Ctx, cache: Slot, train: bool) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
         let h = self.self_attn.forward(&h, c, cache, train)?;
         let xs = (xs + h)?;

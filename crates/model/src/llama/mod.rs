@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::lora::{self, LoraAdapter, LoraLayer, LoraSpec, SharedRng};
 use crate::param::{linear, NamedParam, Param};
 use crate::weights::Weights;
-use layers::{Attention, Ctx, DecoderLayer, Linear, Mlp, RmsNorm, Rope};
+use layers::{Attention, Ctx, DecoderLayer, Linear, Mlp, RmsNorm, Rope, Slot};
 
 pub use layers::{inv_freq, KvCache};
 pub use trainable::Trainable;
@@ -313,14 +313,26 @@ impl Llama {
         embeds: &Tensor,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        self.run(embeds, cache, false)
+        self.run(embeds, cache.into(), false)
+    }
+
+    /// [`Llama::forward_hidden`] on a cached prefix that is only read: `ids: [b, t]` at
+    /// positions `prefix.len()..` attend to it and to each other, and `prefix` is left as it
+    /// was. A prefix cached at batch 1 serves all `b` sequences without a copy per sequence
+    /// (scoring a batch of continuations of one context).
+    pub fn forward_hidden_after(&self, ids: &Tensor, prefix: &KvCache) -> Result<Tensor> {
+        self.run(&self.embed(ids)?, Cache::Read(prefix), false)
     }
 
     /// The decoder on input embeddings `[b, t, hidden]`; `train` switches LoRA dropout on.
-    fn run(&self, embeds: &Tensor, mut cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
-        let offset = cache.as_ref().map_or(0, |c| c.len());
+    fn run(&self, embeds: &Tensor, mut cache: Cache, train: bool) -> Result<Tensor> {
+        let offset = match &cache {
+            Cache::None => 0,
+            Cache::Append(c) => c.len(),
+            Cache::Read(c) => c.len(),
+        };
         let (b, t, hidden) = self.check_embeds(embeds, offset)?;
-        if let Some(c) = cache.as_mut() {
+        if let Cache::Append(c) = &mut cache {
             c.layers.resize(self.layers.len(), None);
         }
         let residual = self.residual_dtype(embeds, train);
@@ -336,7 +348,11 @@ impl Llama {
             .reshape((b * t, hidden))?
             .contiguous()?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let slot = match &mut cache {
+                Cache::None => Slot::None,
+                Cache::Append(c) => Slot::Append(&mut c.layers[i]),
+                Cache::Read(c) => Slot::Read(c.layers.get(i).and_then(|l| l.as_ref())),
+            };
             xs = layer.forward(&xs, &ctx, slot, train)?;
         }
         let xs = self.norm.forward(&xs)?;
@@ -404,6 +420,19 @@ impl Llama {
         let t = ids.dim(1)?;
         let hidden = self.forward_hidden(ids, cache)?;
         self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+}
+
+/// How one forward uses a KV cache (see [`Llama::forward_hidden_after`]).
+enum Cache<'a> {
+    None,
+    Append(&'a mut KvCache),
+    Read(&'a KvCache),
+}
+
+impl<'a> From<Option<&'a mut KvCache>> for Cache<'a> {
+    fn from(c: Option<&'a mut KvCache>) -> Self {
+        c.map_or(Cache::None, Cache::Append)
     }
 }
 

@@ -5,7 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::layers::Ctx;
+use super::layers::{Ctx, Slot};
 use super::Llama;
 use crate::error::{Error, Result};
 use crate::lora::layer::lock_rng;
@@ -56,7 +56,7 @@ impl Llama {
     /// Final-norm hidden states `[b, t, hidden]` for input embeddings `[b, t, hidden]`
     /// (transformers' `inputs_embeds=`), positions `0..t`. `train` turns LoRA dropout on.
     pub fn forward_hidden_train(&self, embeds: &Tensor, train: bool) -> Result<Tensor> {
-        self.run(embeds, None, train)
+        self.run(embeds, super::Cache::None, train)
     }
 
     /// Forward and backward with gradient checkpointing per decoder layer: the memory of a
@@ -102,7 +102,7 @@ impl Llama {
             // Through a `Var`, as the recomputation below: the kernels then take the same
             // path (with backward) both times and give the same bits.
             let x = Var::from_tensor(&xs)?;
-            let out = l.forward(x.as_tensor(), &ctx, None, train)?.detach();
+            let out = l.forward(x.as_tensor(), &ctx, Slot::None, train)?.detach();
             inputs.push((std::mem::replace(&mut xs, out), state));
         }
         let after_forward = self.rng_state()?;
@@ -121,7 +121,7 @@ impl Llama {
             self.rewind(&state)?;
             let x = Var::from_tensor(&input)?;
             drop(input);
-            let out = self.layers[inputs.len()].forward(x.as_tensor(), &ctx, None, train)?;
+            let out = self.layers[inputs.len()].forward(x.as_tensor(), &ctx, Slot::None, train)?;
             let store = (out * &g)?.sum_all()?.backward()?;
             on_grads(&store)?;
             g = input_grad(&store, &x)?;
