@@ -48,7 +48,12 @@ GPU and bf16 (what scripts/gpu/check.sh runs): `--device cuda --dtype bf16` runs
 in bf16 (the harness: `device="cuda"`, `dtype=bfloat16`; sightline: `--device cuda --dtype bf16`),
 `--shape tinyllama-1.1b` evaluates a random LLaMA of TinyLlama-1.1B's shape instead of the 134M
 one, `--binary PATH` names the sightline to run (the CUDA build's launcher), `--work DIR` where
-the model, data and outputs go (default bench/out), `--json FILE` writes the figures. Tokens/s
+the model, data and outputs go (default bench/out), `--json FILE` writes the figures.
+`--shape llama2-7b` evaluates a LLaMA-2-7B-shaped checkpoint with random bf16 weights, written
+by bench/llama7b.py (13.5 GB, sharded; use it with `--dtype bf16`).
+
+Peak memory: each system's peak resident set (sightline: the child process's `ru_maxrss`; the
+harness: this Python process's, measured after its run, so it includes the imports). Tokens/s
 counts each request's context + continuation tokens once (the harness's input positions; the
 same count for both, so the tokens/s ratio is the wall-time ratio).
 """
@@ -57,6 +62,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -67,6 +73,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/out"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_vs_transformers import QA_PROMPT, SHAPES, build_model  # noqa: E402
+import llama7b  # noqa: E402
+
+BIG_SHAPES = {"llama2-7b": llama7b.write}
 
 N_DOCS = 817
 TASKS = ["truthfulqa_mc1", "truthfulqa_mc2"]
@@ -147,7 +156,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
-    ap.add_argument("--shape", default="134m", choices=sorted(SHAPES))
+    ap.add_argument("--shape", default="134m", choices=sorted(SHAPES) + sorted(BIG_SHAPES))
     ap.add_argument("--binary", default=str(ROOT / "target/release/sightline"))
     ap.add_argument("--work", help="models, data and outputs (default bench/out)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -170,7 +179,10 @@ def main():
 
     OUT.mkdir(parents=True, exist_ok=True)
     model_dir = OUT / f"llama-{a.shape}"
-    build_model(model_dir, a.shape)
+    if a.shape in BIG_SHAPES:
+        BIG_SHAPES[a.shape](model_dir)
+    else:
+        build_model(model_dir, a.shape)
     torch_dtype = {"f32": "float32", "bf16": "bfloat16"}[a.dtype]
 
     docs = json.loads((ROOT / "data/truthfulqa/v0/mc_task.json").read_text())
@@ -196,6 +208,7 @@ def main():
     t0 = time.perf_counter()
     p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t_sl = time.perf_counter() - t0
+    rss_sl = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     if p.returncode != 0:
         sys.exit(f"sightline eval failed ({p.returncode}): {p.stderr.strip()[-800:]}")
     sl_res = json.loads((sl_out / "results.json").read_text())
@@ -211,6 +224,7 @@ def main():
     res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=local_tasks, task_manager=tm,
                                   batch_size=a.batch_size, device=a.device, log_samples=True)
     t_ref = time.perf_counter() - t0
+    rss_ref = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ref = {t: res["results"][t + "_local"]["acc,none"] for t in TASKS}
     ref_docs = {t: res["n-samples"][t + "_local"]["effective"] for t in TASKS}
     ref_mc2_split = sum(mc2_first_zero([r[0] for r in s["filtered_resps"]], s["doc"]["mc2_targets"]["labels"])
@@ -236,11 +250,11 @@ def main():
         if ref_docs[t] != n or sl_docs[t] != n:
             print(f"WARNING: {t}: harness evaluated {ref_docs[t]} docs, sightline {sl_docs[t]}, expected {n}")
     print()
-    print(f"{'system':32} {'seconds':>8} {'ratio':>6} {'mc1':>10} {'mc2':>10}")
-    print(f"{'lm-eval 0.4.9.1 (transformers)':32} {t_ref:8.2f} {1.0:6.2f} {ref['truthfulqa_mc1']:10.6f} "
-          f"{ref['truthfulqa_mc2']:10.6f}")
-    print(f"{'sightline':32} {t_sl:8.2f} {t_ref / t_sl:6.2f} {sl['truthfulqa_mc1']:10.6f} "
-          f"{sl['truthfulqa_mc2']:10.6f}")
+    print(f"{'system':32} {'seconds':>8} {'s/question':>10} {'ratio':>6} {'peak RSS GB':>11} {'mc1':>10} {'mc2':>10}")
+    print(f"{'lm-eval 0.4.9.1 (transformers)':32} {t_ref:8.2f} {t_ref / n:10.2f} {1.0:6.2f} {rss_ref / 1e9:11.2f} "
+          f"{ref['truthfulqa_mc1']:10.6f} {ref['truthfulqa_mc2']:10.6f}")
+    print(f"{'sightline':32} {t_sl:8.2f} {t_sl / n:10.2f} {t_ref / t_sl:6.2f} {rss_sl / 1e9:11.2f} "
+          f"{sl['truthfulqa_mc1']:10.6f} {sl['truthfulqa_mc2']:10.6f}")
     print()
     d1 = abs(sl["truthfulqa_mc1"] - ref["truthfulqa_mc1"])
     d2 = abs(sl["truthfulqa_mc2"] - ref["truthfulqa_mc2"])
@@ -256,8 +270,8 @@ def main():
     if a.json:
         Path(a.json).write_text(json.dumps({
             "shape": a.shape, "device": a.device, "dtype": a.dtype, "questions": n, "tokens": tokens,
-            "lm_eval": {"seconds": t_ref, "tokens_per_s": tokens / t_ref, **ref},
-            "sightline": {"seconds": t_sl, "tokens_per_s": tokens / t_sl, **sl},
+            "lm_eval": {"seconds": t_ref, "tokens_per_s": tokens / t_ref, "peak_rss_bytes": rss_ref, **ref},
+            "sightline": {"seconds": t_sl, "tokens_per_s": tokens / t_sl, "peak_rss_bytes": rss_sl, **sl},
             "speed_ratio": t_ref / t_sl, "abs_diff": {"mc1": d1, "mc2": d2, "mc2_first_zero": d2s},
         }, indent=1))
 
