@@ -6,8 +6,11 @@
 //! `SIGHTLINE_FLASH_ATTENTION=off` (the composed path), so both paths are held to the reference.
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use sightline_kernels as fused;
+
+mod common;
+use common::dense_attention as dense;
 
 fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -22,35 +25,6 @@ fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
         })
         .collect();
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-}
-
-/// Dense f64-free reference: K/V repeated per head, full scores, mask, softmax, `p·v`, in f32.
-fn dense(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, scale: f64) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let total = k.dim(2)?;
-    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
-        let (b, kvh, n, d) = x.dims4()?;
-        x.unsqueeze(2)?
-            .expand((b, kvh, h / kvh, n, d))?
-            .reshape((b, h, n, d))
-    };
-    let att = (q.matmul(&rep(k)?.t()?)? * scale)?;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    let att = att.broadcast_add(&Tensor::from_vec(mask, (t, total), &Device::Cpu)?)?;
-    Ok(candle_nn::ops::softmax(&att, D::Minus1)?
-        .matmul(&rep(v)?)?
-        .transpose(1, 2)?
-        .reshape((b * t, h * d))?)
 }
 
 /// max |a − b| / max |b|.

@@ -6,6 +6,8 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use sightline_kernels as fused;
 
+mod common;
+
 fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
     // A small LCG: fixed values on every machine, no dependency on candle's RNG.
     let n: usize = shape.iter().product();
@@ -300,33 +302,10 @@ fn layer_norm_matches_composed_and_finite_differences() -> Result<()> {
     )
 }
 
-/// Reference attention: K/V repeated per query head, dense scores, mask, differentiable softmax.
+/// Reference attention at the usual `1/sqrt(d)` scale (see `common::dense_attention`).
 fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let total = k.dim(2)?;
-    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
-        let (b, kvh, n, d) = x.dims4()?;
-        x.unsqueeze(2)?
-            .expand((b, kvh, h / kvh, n, d))?
-            .reshape((b, h, n, d))
-    };
-    let att = (q.matmul(&rep(k)?.t()?)? / (d as f64).sqrt())?;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    let att = att.broadcast_add(&Tensor::from_vec(mask, (t, total), &Device::Cpu)?)?;
-    Ok(candle_nn::ops::softmax(&att, D::Minus1)?
-        .matmul(&rep(v)?)?
-        .transpose(1, 2)?
-        .reshape((b * t, h * d))?)
+    let d = q.dim(3)?;
+    common::dense_attention(q, k, v, offset, 1.0 / (d as f64).sqrt())
 }
 
 /// Every attention path (fused forward-only kernel, composed forward-only, with gradients at

@@ -27,6 +27,8 @@ use std::sync::OnceLock;
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::cpu::SharedOut;
+
 /// Keys per block: four 16-lane vectors of scores per row.
 pub(crate) const KEY_BLOCK: usize = 64;
 /// Query positions per task (times the query heads sharing the KV head).
@@ -226,18 +228,5 @@ impl<T: Elem> Job<'_, T> {
                 .clone()
                 .map(move |i| (head, i, ((self.bi * h + head) * t + i) * d))
         })
-    }
-}
-
-/// `out`'s pointer shared by the tasks, each of which writes its own rows.
-#[derive(Clone, Copy)]
-struct SharedOut<T>(*mut T);
-// SAFETY: tasks write disjoint elements (see `attention`).
-unsafe impl<T: Send> Sync for SharedOut<T> {}
-
-impl<T> SharedOut<T> {
-    /// (A method, so that closures capture the `Sync` wrapper rather than its raw field.)
-    fn ptr(&self) -> *mut T {
-        self.0
     }
 }

@@ -24,6 +24,8 @@ use std::sync::OnceLock;
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::cpu::SharedOut;
+
 /// The bf16 GEMM this process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Gemm {
@@ -132,17 +134,4 @@ pub fn matmul_nt<O: GemmOut>(
             unsafe { avx512::block(x, w, k, m, r, c, out.ptr()) };
         });
     Ok(true)
-}
-
-/// `y`'s pointer shared by the tasks, each of which writes its own block.
-#[derive(Clone, Copy)]
-struct SharedOut<O>(*mut O);
-// SAFETY: tasks write disjoint elements (see `matmul_nt`).
-unsafe impl<O: Send> Sync for SharedOut<O> {}
-
-impl<O> SharedOut<O> {
-    /// (A method, so that closures capture the `Sync` wrapper rather than its raw field.)
-    fn ptr(&self) -> *mut O {
-        self.0
-    }
 }
