@@ -1,6 +1,6 @@
 //! One task of the tiled attention on AVX-512F: widen the task's query rows once, then per block
-//! of [`KEY_BLOCK`] keys: widen (and transpose) the keys and values, scores of 4 rows × 64 keys in
-//! 16 registers, the online-softmax update of each row, and `o += p·v` for 4 rows at a time.
+//! of [`KEY_BLOCK`] keys (packed once per call, see `Packed`): scores of 4 rows × 64 keys in 16
+//! registers, the online-softmax update of each row, and `o += p·v` for 4 rows at a time.
 
 use std::arch::x86_64::*;
 
@@ -28,61 +28,51 @@ pub(super) unsafe fn run<T: Elem>(job: &Job<T>, out: *mut T) {
             *o = x.to_f32();
         }
     }
+    // Keys of the new segment each row sees (padding rows: the last row's).
     let visible: Vec<usize> = (0..nr4)
-        .map(|r| job.visible(rows[r.min(nr - 1)].1))
+        .map(|r| job.visible_new(rows[r.min(nr - 1)].1))
         .collect();
-    let keys = visible.iter().copied().max().unwrap_or(0);
+    let seen = visible.iter().copied().max().unwrap_or(0);
 
     let mut o = vec![0f32; nr4 * dp];
     let mut max = vec![f32::NEG_INFINITY; nr4];
     let mut sum = vec![0f32; nr4];
-    let mut kt = vec![0f32; dp * KEY_BLOCK]; // keys transposed: kt[c·64 + j]
-    let mut vb = vec![0f32; KEY_BLOCK * dp]; // values: vb[j·dp + c]
     let mut s = vec![0f32; nr4 * KEY_BLOCK];
-    let mut key = vec![0f32; d];
-    let mut start = 0;
-    while start < keys {
-        let nk = (keys - start).min(KEY_BLOCK);
-        for j in 0..KEY_BLOCK {
-            if j < nk {
-                job.key_value(start + j, &mut key, &mut vb[j * dp..j * dp + d]);
-            } else {
-                key.fill(0.0);
-                vb[j * dp..(j + 1) * dp].fill(0.0);
+    let segments = job
+        .prefix
+        .into_iter()
+        .map(|p| (p, false))
+        .chain([(job.new, true)]);
+    for (seg, causal) in segments {
+        for blk in 0..seg.blocks {
+            let start = blk * KEY_BLOCK;
+            if causal && start >= seen {
+                break;
             }
-            for (c, &x) in key.iter().enumerate() {
-                kt[c * KEY_BLOCK + j] = x;
+            let (kt, vb, nk) = seg.block(job.bi, job.g, blk);
+            for r0 in (0..nr4).step_by(4) {
+                let q4 = qf.as_ptr().add(r0 * dp);
+                scores4(q4, dp, d, kt.as_ptr(), s.as_mut_ptr().add(r0 * KEY_BLOCK));
             }
-        }
-        for r0 in (0..nr4).step_by(4) {
-            scores4(
-                qf.as_ptr().add(r0 * dp),
-                dp,
-                d,
-                kt.as_ptr(),
-                s.as_mut_ptr().add(r0 * KEY_BLOCK),
-            );
-        }
-        for r in 0..nr4 {
-            let valid = visible[r].saturating_sub(start).min(nk);
-            let row = &mut s[r * KEY_BLOCK..(r + 1) * KEY_BLOCK];
-            let corr = softmax_step(row, valid, job.scale, &mut max[r], &mut sum[r]);
-            if corr != 1.0 {
-                for x in &mut o[r * dp..(r + 1) * dp] {
-                    *x *= corr;
+            for r in 0..nr4 {
+                let valid = if causal {
+                    visible[r].saturating_sub(start).min(nk)
+                } else {
+                    nk
+                };
+                let row = &mut s[r * KEY_BLOCK..(r + 1) * KEY_BLOCK];
+                let corr = softmax_step(row, valid, job.scale, &mut max[r], &mut sum[r]);
+                if corr != 1.0 {
+                    for x in &mut o[r * dp..(r + 1) * dp] {
+                        *x *= corr;
+                    }
                 }
             }
+            for r0 in (0..nr4).step_by(4) {
+                let o4 = o.as_mut_ptr().add(r0 * dp);
+                pv4(s.as_ptr().add(r0 * KEY_BLOCK), vb.as_ptr(), dp, nk, o4);
+            }
         }
-        for r0 in (0..nr4).step_by(4) {
-            pv4(
-                s.as_ptr().add(r0 * KEY_BLOCK),
-                vb.as_ptr(),
-                dp,
-                nk,
-                o.as_mut_ptr().add(r0 * dp),
-            );
-        }
-        start += KEY_BLOCK;
     }
     for (r, &(head, i, _)) in rows.iter().enumerate() {
         let inv = 1.0 / sum[r];

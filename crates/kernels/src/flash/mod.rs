@@ -128,6 +128,7 @@ pub(crate) fn attention<T: Elem>(
             && s.v.len() == s.k.len()
     };
     if kvh == 0
+        || d == 0
         || h % kvh != 0
         || q.len() != b * h * t * d
         || out.len() != q.len()
@@ -148,6 +149,8 @@ pub(crate) fn attention<T: Elem>(
     if !available() {
         return Err("flash attention: not available on this CPU".into());
     }
+    let prefix = prefix.map(|p| Packed::new(&p, kvh, d));
+    let new = Packed::new(&new, kvh, d);
     let blocks = t.div_ceil(QUERY_BLOCK);
     let shared = SharedOut(out.as_mut_ptr());
     (0..b * kvh * blocks).into_par_iter().for_each(|task| {
@@ -156,8 +159,8 @@ pub(crate) fn attention<T: Elem>(
         let positions = qb * QUERY_BLOCK..((qb + 1) * QUERY_BLOCK).min(t);
         let job = Job {
             q,
-            prefix,
-            new,
+            prefix: prefix.as_ref(),
+            new: &new,
             n,
             scale,
             bi,
@@ -177,11 +180,72 @@ pub(crate) fn attention<T: Elem>(
     Ok(())
 }
 
+/// A segment's keys and values widened to f32 once per call, in blocks of [`KEY_BLOCK`] keys per
+/// (sequence, KV head) as the block products read them: keys transposed (`kt[c·64 + j]`),
+/// values row-major (`v[j·dp + c]`), head dimension padded to `dp` (a multiple of 16) and the
+/// last block to 64 keys, with zeros. Widening once here, not in each task, matters when many
+/// tasks read the same keys: every query block of a sequence, and every sequence of a batch
+/// scored on one shared prefix.
+pub(crate) struct Packed {
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    batch: usize,
+    /// Keys in the segment.
+    pub len: usize,
+    /// Blocks per (sequence, KV head).
+    pub blocks: usize,
+    kvh: usize,
+    dp: usize,
+}
+
+impl Packed {
+    fn new<T: Elem>(seg: &Segment<'_, T>, kvh: usize, d: usize) -> Self {
+        let dp = d.next_multiple_of(16);
+        let blocks = seg.len.div_ceil(KEY_BLOCK);
+        let size = seg.batch * kvh * blocks * KEY_BLOCK * dp;
+        let (mut kt, mut v) = (vec![0f32; size], vec![0f32; size]);
+        let each = KEY_BLOCK * dp;
+        kt.par_chunks_mut(each)
+            .zip(v.par_chunks_mut(each))
+            .enumerate()
+            .for_each(|(i, (kt, v))| {
+                let (bg, blk) = (i / blocks, i % blocks);
+                let (bi, g) = (bg / kvh, bg % kvh);
+                let first = blk * KEY_BLOCK;
+                for j in 0..KEY_BLOCK.min(seg.len - first) {
+                    let at = seg.row(bi, g, kvh, first + j, d);
+                    for c in 0..d {
+                        kt[c * KEY_BLOCK + j] = seg.k[at + c].to_f32();
+                        v[j * dp + c] = seg.v[at + c].to_f32();
+                    }
+                }
+            });
+        Packed {
+            kt,
+            v,
+            batch: seg.batch,
+            len: seg.len,
+            blocks,
+            kvh,
+            dp,
+        }
+    }
+
+    /// Block `blk` of sequence `bi`, KV head `g`: (keys transposed, values, keys in it).
+    pub fn block(&self, bi: usize, g: usize, blk: usize) -> (&[f32], &[f32], usize) {
+        let bi = if self.batch == 1 { 0 } else { bi };
+        let each = KEY_BLOCK * self.dp;
+        let at = ((bi * self.kvh + g) * self.blocks + blk) * each;
+        let keys = (self.len - blk * KEY_BLOCK).min(KEY_BLOCK);
+        (&self.kt[at..at + each], &self.v[at..at + each], keys)
+    }
+}
+
 /// One task: query positions `positions` of sequence `bi`, for the query heads of KV head `g`.
 pub(crate) struct Job<'a, T> {
     pub q: &'a [T],
-    pub prefix: Option<Segment<'a, T>>,
-    pub new: Segment<'a, T>,
+    pub prefix: Option<&'a Packed>,
+    pub new: &'a Packed,
     pub n: Dims,
     pub scale: f32,
     pub bi: usize,
@@ -190,31 +254,10 @@ pub(crate) struct Job<'a, T> {
 }
 
 impl<T: Elem> Job<'_, T> {
-    /// Length of the prefix segment.
-    pub fn prefix_len(&self) -> usize {
-        self.prefix.as_ref().map_or(0, |p| p.len)
-    }
-
-    /// Keys visible to query position `i`: the prefix and `new[..=new.len - t + i]`.
-    pub fn visible(&self, i: usize) -> usize {
-        self.prefix_len() + self.new.len - self.n.t + i + 1
-    }
-
-    /// Widens key `j` of the concatenated sequence into `k` and its value into `v`
-    /// (`d` values each).
-    pub fn key_value(&self, j: usize, k: &mut [f32], v: &mut [f32]) {
-        let Dims { kvh, d, .. } = self.n;
-        let (seg, j) = match self.prefix {
-            Some(p) if j < p.len => (p, j),
-            _ => (self.new, j - self.prefix_len()),
-        };
-        let at = seg.row(self.bi, self.g, kvh, j, d);
-        for (o, x) in k.iter_mut().zip(&seg.k[at..at + d]) {
-            *o = x.to_f32();
-        }
-        for (o, x) in v.iter_mut().zip(&seg.v[at..at + d]) {
-            *o = x.to_f32();
-        }
+    /// Keys of the new segment visible to query position `i` (all prefix keys are):
+    /// `new[..=new.len - t + i]`.
+    pub fn visible_new(&self, i: usize) -> usize {
+        self.new.len - self.n.t + i + 1
     }
 
     /// The query heads of this task's KV head, as `(head, row offset in q)` per row: rows are
