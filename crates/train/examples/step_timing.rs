@@ -15,7 +15,8 @@
 //! process's peak resident memory (`VmHWM`).
 //!
 //! The global allocator is mimalloc, as in the `sightline` binary: candle allocates fresh
-//! tensors per op and the system allocator's page faults cost a third of a step.
+//! tensors per op and the system allocator's page faults cost a third of a step; freed memory is
+//! kept for reuse as `sightline train` keeps it (`sightline_train::alloc`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -93,6 +94,7 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() -> Result<()> {
+    sightline_train::alloc::keep_freed_memory();
     let a = parse()?;
     let dev = Device::Cpu;
     let cfg_path = a.model.join("config.json");

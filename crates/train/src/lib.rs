@@ -47,6 +47,7 @@
 //! # Ok::<(), sightline_train::Error>(())
 //! ```
 
+pub mod alloc;
 pub mod artifacts;
 pub mod checkpoint;
 pub mod config;

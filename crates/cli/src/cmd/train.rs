@@ -39,6 +39,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    // A training loop frees and reallocates its activations every step: keep freed memory.
+    sightline_train::alloc::keep_freed_memory();
     // Before the run file: a wrong --device is one line whatever the run says.
     let device = sightline_model::open_device(&a.device)?;
     let comm = sightline_collective::connect()?;
