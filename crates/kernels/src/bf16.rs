@@ -12,11 +12,10 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::attention::exp_nonpositive;
 use crate::cpu::{rows_per_task, slice, slice_of, CResult};
 use crate::gemm_bf16::matmul_nt;
 use crate::gemm_bf16::GemmOut;
-use crate::norm::inv_rms;
+use crate::math::{exp_nonpositive, inv_rms};
 
 /// `x · Wᵀ` on bf16 rows `[n, k]` and a bf16 weight `[m, k]`, into bf16 (PyTorch's bf16
 /// matmul) or into f32 (the LM head: logits that are not rounded to 8 significant bits).

@@ -39,8 +39,10 @@ mod flash;
 pub mod gemm_bf16;
 mod linear;
 mod loss;
+mod math;
 mod mlp;
 mod norm;
+mod par;
 mod rope;
 
 pub use attention::{

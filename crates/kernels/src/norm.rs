@@ -5,16 +5,11 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use crate::cpu::{bf16_forward, rows_per_task, slice, with_f32, CResult, Path};
+use crate::math::inv_rms;
 
 /// transformers' `LlamaRMSNorm` on rows: `y = w · x · r`, `r = 1/sqrt(mean(x²) + eps)`.
 struct RmsNorm {
     eps: f32,
-}
-
-/// `1/sqrt(mean(x²) + eps)` of one row.
-pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ss: f32 = x.iter().map(|v| v * v).sum();
-    1.0 / (ss / x.len() as f32 + eps).sqrt()
 }
 
 /// Sums per-task partial column sums in a fixed order: the same gradient on every run.

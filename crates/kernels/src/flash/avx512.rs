@@ -110,7 +110,7 @@ unsafe fn softmax_step(
     let corr = if *max == new_max {
         1.0
     } else {
-        crate::attention::exp_nonpositive(*max - new_max)
+        crate::math::exp_nonpositive(*max - new_max)
     };
     let (sv, mv) = (_mm512_set1_ps(scale), _mm512_set1_ps(new_max));
     let mut acc = _mm512_setzero_ps();
@@ -202,7 +202,7 @@ unsafe fn pv_chunk<const NV: usize>(
     }
 }
 
-/// [`crate::attention::exp_nonpositive`] on 16 lanes, operation for operation (the same bits).
+/// [`crate::math::exp_nonpositive`] on 16 lanes, operation for operation (the same bits).
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_nonpositive(x: __m512) -> __m512 {

@@ -14,7 +14,7 @@
 //! Arithmetic: every value is widened to f32 (bf16 products are exact in f32), scores, the
 //! softmax and `p·v` are f32, and the output is rounded once to the input dtype: what the
 //! composed f32 path computes, in another summation order. `exp` is the vectorisable
-//! [`exp_nonpositive`](crate::attention) (within 2 ulp of libm).
+//! [`exp_nonpositive`](crate::math) (within 2 ulp of libm).
 //!
 //! Runs on CPUs with AVX-512F (`avx512.rs`, the two block products); elsewhere, or with
 //! `SIGHTLINE_FLASH_ATTENTION=off`, callers keep the composed path ([`available`]).
@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::cpu::SharedOut;
+use crate::par::SharedOut;
 
 /// Keys per block: four 16-lane vectors of scores per row.
 pub(crate) const KEY_BLOCK: usize = 64;

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::cpu::SharedOut;
+use crate::par::SharedOut;
 
 /// The bf16 GEMM this process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
