@@ -86,18 +86,21 @@ fn api_eval_equals_the_local_run() {
     for task in ["truthfulqa_mc1", "ethics_cm"] {
         let (x, y) = (logprobs(&local, task), logprobs(&api, task));
         assert_eq!(x.len(), y.len());
+        // Relative to the log-likelihood (sums over up to ~100 tokens, |ll| up to ~300 here).
         let worst = x
             .iter()
             .zip(&y)
-            .map(|(p, q)| (p.0 - q.0).abs())
+            .map(|(p, q)| (p.0 - q.0).abs() / p.0.abs().max(1.0))
             .fold(0f64, f64::max);
         eprintln!(
-            "{task}: {} log-likelihoods, largest |local - api| = {worst:e}",
+            "{task}: {} log-likelihoods, largest |local - api| / |local| = {worst:e}",
             x.len()
         );
         // Not 0: the local run scores a question's answers on its context's KV cache, in
-        // batches; the server runs each prompt whole (see the bit-exact test below).
-        assert!(worst <= 2e-5, "{task}: {worst}");
+        // batches, its attention summing the cached context's keys and the answer's in separate
+        // blocks; the server runs each prompt whole (see the bit-exact test below). f32 noise:
+        // measured 7.8e-7.
+        assert!(worst <= 2e-6, "{task}: {worst}");
         let greedy_same = x.iter().zip(&y).filter(|(p, q)| p.1 == q.1).count();
         assert_eq!(greedy_same, x.len(), "{task}: is_greedy differs");
     }
