@@ -292,6 +292,31 @@ fn over_the_concurrency_limit_is_429_and_the_client_retries() {
     assert!(c["retries"].as_u64().unwrap() > 0, "{c}");
 }
 
+/// `got` has `want`'s structure (arrays, objects with the same keys, nulls, strings) and its
+/// numbers are within 1e-5 of `want`'s (log-probabilities of stories260K, |x| < 10).
+fn assert_close(got: &Value, want: &Value, what: &str) {
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-5, "{what}: {a} vs {b}");
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{what}: lengths");
+            for (x, y) in a.iter().zip(b) {
+                assert_close(x, y, what);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let (ka, kb): (Vec<_>, Vec<_>) = (a.keys().collect(), b.keys().collect());
+            assert_eq!(ka, kb, "{what}: keys");
+            for (k, x) in a {
+                assert_close(x, &b[k], what);
+            }
+        }
+        _ => assert_eq!(got, want, "{what}"),
+    }
+}
+
 /// The official `openai` Python client's session (scripts/reference/openai_client_check.py,
 /// tests/fixtures/serve/openai_client.json), replayed: the same request bodies give what that
 /// client read, field by field.
@@ -358,15 +383,20 @@ fn openai_python_client_fixture_replays() {
             assert_eq!(choice["finish_reason"], want["finish_reason"], "{name}");
         } else {
             assert_eq!(choice["text"], want["text"], "{name}");
-            for key in ["tokens", "text_offset", "top_logprobs"] {
+            for key in ["tokens", "text_offset"] {
                 assert_eq!(choice["logprobs"][key], want[key], "{name}: {key}");
             }
-            // Compared as numbers: Python wrote the floats it parsed.
-            let got: Vec<Option<f64>> =
-                serde_json::from_value(choice["logprobs"]["token_logprobs"].clone()).unwrap();
-            let exp: Vec<Option<f64>> =
-                serde_json::from_value(want["token_logprobs"].clone()).unwrap();
-            assert_eq!(got, exp, "{name}");
+            // Log-probabilities as numbers, to f32 summation noise: the fixture holds the values
+            // the server computed when it was recorded, and a kernel that sums in another order
+            // moves them (the tiled attention: up to 3.7e-6). Their agreement with transformers
+            // is checked by the model's own golden tests; this test checks the protocol.
+            for key in ["token_logprobs", "top_logprobs"] {
+                assert_close(
+                    &choice["logprobs"][key],
+                    &want[key],
+                    &format!("{name}: {key}"),
+                );
+            }
         }
         for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
             assert_eq!(v["usage"][key], want["usage"][key], "{name}: {key}");
