@@ -436,7 +436,9 @@ fn flash_attention(
     let fits = |(pb, pkvh, _, pd): (usize, usize, usize, usize)| {
         (pb == 1 || pb == b) && pkvh == kvh && pd == d
     };
-    if kb != b || kd != d || v.dims() != k.dims() || !prefix_dims.is_none_or(fits) {
+    let prefix_pairs = prefix.is_none_or(|(pk, pv)| pk.dims() == pv.dims());
+    if kb != b || kd != d || v.dims() != k.dims() || !prefix_dims.is_none_or(fits) || !prefix_pairs
+    {
         candle_core::bail!(
             "causal-attention: q {:?}, k {:?}, v {:?}, prefix {:?}",
             q.shape(),
@@ -445,41 +447,24 @@ fn flash_attention(
             prefix.map(|(pk, pv)| (pk.shape().clone(), pv.shape().clone()))
         );
     }
-    if let Some((pk, pv)) = prefix {
-        if pk.dims() != pv.dims() {
-            candle_core::bail!(
-                "causal-attention: prefix keys {:?}, values {:?}",
-                pk.shape(),
-                pv.shape()
-            );
-        }
-    }
     let all: Vec<Tensor> = all.iter().map(|t| t.contiguous()).collect::<CResult<_>>()?;
     let dims = Dims { b, h, t, d, kvh };
     let segments = (len, prefix_dims.map(|(pb, _, p, _)| (pb, p)));
     let out = match dtype {
-        DType::F32 => Tensor::from_vec(
-            run_flash::<f32>(&all, dims, segments, scale)?,
-            (b * t, h * d),
-            q.device(),
-        )?,
-        _ => Tensor::from_vec(
-            run_flash::<bf16>(&all, dims, segments, scale)?,
-            (b * t, h * d),
-            q.device(),
-        )?,
+        DType::F32 => run_flash::<f32>(&all, dims, segments, scale)?,
+        _ => run_flash::<bf16>(&all, dims, segments, scale)?,
     };
     Ok(Some(out))
 }
 
 /// [`flash::attention`] on contiguous CPU tensors `[q, k, v, (prefix k, prefix v)]` of element
-/// type `T`; `segments` = (new keys, (prefix batch, prefix length)).
+/// type `T`; `segments` = (new keys, (prefix batch, prefix length)) → `[b·t, h·d]`.
 fn run_flash<T: Elem + candle_core::WithDType>(
     tensors: &[Tensor],
     dims: Dims,
     (len, prefix): (usize, Option<(usize, usize)>),
     scale: f64,
-) -> CResult<Vec<T>> {
+) -> CResult<Tensor> {
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
     let data = guards
         .iter()
@@ -503,5 +488,6 @@ fn run_flash<T: Elem + candle_core::WithDType>(
     let mut out = vec![T::from_f32(0.0); data[0].len()];
     flash::attention(data[0], prefix, new, dims, scale as f32, &mut out)
         .map_err(candle_core::Error::Msg)?;
-    Ok(out)
+    let Dims { b, h, t, d, .. } = dims;
+    Tensor::from_vec(out, (b * t, h * d), tensors[0].device())
 }

@@ -44,6 +44,7 @@ mod mlp;
 mod norm;
 mod par;
 mod rope;
+mod switch;
 
 pub use attention::{
     causal_attention, causal_attention_after_prefix, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM,

@@ -12,7 +12,7 @@ use super::{Dims, Elem, Job, KEY_BLOCK};
 /// The CPU must have AVX-512F; `out` must be valid for the rows of `job` (see `attention`).
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn run<T: Elem>(job: &Job<T>, out: *mut T) {
-    let Dims { b: _, h, t, d, .. } = job.n;
+    let Dims { h, t, d, .. } = job.n;
     let dp = d.next_multiple_of(16);
     let rows: Vec<(usize, usize, usize)> = job.rows().collect();
     let nr = rows.len();

@@ -28,6 +28,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::par::SharedOut;
+use crate::switch::switched_off;
 
 /// Keys per block: four 16-lane vectors of scores per row.
 pub(crate) const KEY_BLOCK: usize = 64;
@@ -38,12 +39,7 @@ const QUERY_BLOCK: usize = 32;
 /// `SIGHTLINE_FLASH_ATTENTION=off` (or `0`/`false`). Decided once.
 pub(crate) fn available() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let off = std::env::var("SIGHTLINE_FLASH_ATTENTION")
-            .map(|v| matches!(v.trim(), "off" | "0" | "false"))
-            .unwrap_or(false);
-        !off && cpu_has_avx512f()
-    })
+    *ON.get_or_init(|| !switched_off("SIGHTLINE_FLASH_ATTENTION") && cpu_has_avx512f())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -56,7 +52,8 @@ fn cpu_has_avx512f() -> bool {
     false
 }
 
-/// An element type attention reads and writes.
+/// An element type attention reads and writes. (Not candle's `WithDType::from_f64`: half's
+/// f64 → bf16 drops the low 32 bits before rounding, which can misround; f32 → bf16 does not.)
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// Round to nearest-even (bf16), as candle's and PyTorch's casts do.
@@ -260,8 +257,8 @@ impl<T: Elem> Job<'_, T> {
         self.new.len - self.n.t + i + 1
     }
 
-    /// The query heads of this task's KV head, as `(head, row offset in q)` per row: rows are
-    /// head-major, `positions.len()` rows per head.
+    /// This task's rows as `(head, position, offset of the row in q)`: the query heads of its
+    /// KV head, head-major, `positions.len()` rows per head.
     pub fn rows(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
         let Dims { h, t, d, kvh, .. } = self.n;
         let n_rep = h / kvh;

@@ -25,6 +25,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::par::SharedOut;
+use crate::switch::switched_off;
 
 /// The bf16 GEMM this process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,10 +42,7 @@ impl Bf16Gemm {
     pub fn detect() -> Self {
         static CHOICE: OnceLock<Bf16Gemm> = OnceLock::new();
         *CHOICE.get_or_init(|| {
-            let off = std::env::var("SIGHTLINE_BF16_GEMM")
-                .map(|v| matches!(v.trim(), "off" | "0" | "false"))
-                .unwrap_or(false);
-            if !off && cpu_has_avx512_bf16() {
+            if !switched_off("SIGHTLINE_BF16_GEMM") && cpu_has_avx512_bf16() {
                 Bf16Gemm::Avx512Bf16
             } else {
                 Bf16Gemm::Unavailable
