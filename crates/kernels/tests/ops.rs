@@ -7,23 +7,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use sightline_kernels as fused;
 
 mod common;
-
-fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
-    // A small LCG: fixed values on every machine, no dependency on candle's RNG.
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f64 / (1u64 << 31) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-}
+use common::randn;
 
 /// max |a - b| / max(max |b|, tiny): relative to the reference's scale.
 fn rel(a: &Tensor, b: &Tensor) -> Result<f32> {

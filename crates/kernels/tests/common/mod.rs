@@ -3,6 +3,24 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
 
+/// Values in [-1, 1) from a seed.
+pub fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
+    // A small LCG: fixed values on every machine, no dependency on candle's RNG.
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f64 / (1u64 << 31) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
 /// Dense causal attention, the composed candle ops: K/V repeated per query head, the whole
 /// `[b, h, t, T]` score matrix, the causal mask (query `i` sees keys `0..=offset + i`), a
 /// differentiable softmax and `p·v` → `[b·t, h·d]`.
