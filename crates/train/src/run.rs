@@ -120,10 +120,11 @@ pub fn run_on(
 ) -> Result<Summary> {
     let out = PathBuf::from(&cfg.output_dir);
     let lead = comm.rank() == 0;
-    let resume_from = lead
-        .then(|| lead_resume_point(&out, opts))
-        .transpose()?
-        .flatten();
+    let resume_from = if lead {
+        lead_resume_point(&out, opts)?
+    } else {
+        None
+    };
     let setup = build(cfg, &opts.device)?;
     if lead {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
@@ -153,9 +154,17 @@ pub fn run_on(
         vision_dir: setup.vision.as_ref().map(|v| v.dir.as_path()),
     };
     // Rank 0 alone reads a checkpoint; `sync_start` gives every rank its state and position.
-    let at = match (lead, resume_from.as_deref()) {
-        (true, from) => start_or_resume(&out, cfg, from, &mut trainer, batch, world)?,
-        (false, _) => (0, 0),
+    let at = if lead {
+        start_or_resume(
+            &out,
+            cfg,
+            resume_from.as_deref(),
+            &mut trainer,
+            batch,
+            world,
+        )?
+    } else {
+        (0, 0)
     };
     let (mut epoch, mut group_in_epoch) = sync_start(comm, &mut trainer, at)?;
     on_event(Event::Start {
@@ -191,8 +200,9 @@ pub fn run_on(
         group_in_epoch = 0;
         if orders.len() <= epoch {
             orders.push(epoch_order(n, cfg.seed, epoch));
-            lead.then(|| write_order(&out, cfg.seed, &orders, data))
-                .transpose()?;
+            if lead {
+                write_order(&out, cfg.seed, &orders, data)?;
+            }
         }
     }
     if lead {
