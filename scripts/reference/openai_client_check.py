@@ -10,16 +10,21 @@ scripts/reference/requirements-openai.txt; it needs nothing else):
 It starts `sightline serve --port 0 --served-model-name tiny` on the compiled-in stories260K
 model, then through the client: lists the models, scores a prompt with completions
 (`echo`, `max_tokens=0`, `logprobs=2`), asks a greedy chat question, streams the same question,
-sends a chat message with an image part and one naming an unknown model. It asserts what the
+sends a chat message with an image part (refused: a text model) and one naming an unknown
+model. Then it starts a second server on the tiny LLaVA fixture
+(tests/fixtures/llava/tiny-llava-hf) and asks a greedy chat question about an image
+(tests/fixtures/image/inputs/small_50x37.png as a base64 data: URL), whole and streamed. It
+asserts what the
 client parsed (types, streamed text equal to the whole reply, errors as the client's exception
 classes with their status) and writes tests/fixtures/serve/openai_client.json: each request as
 the client sent it and what the client read back, which
 crates/openai/tests/server.rs::openai_python_client_fixture_replays sends again to a fresh
 server and compares.
 
-`sightline serve` refuses image parts (it serves the text decoder only): the image request is
-recorded as the 400 the client raises, not as an answer.
+On the text model the image request is recorded as the 400 the client raises; the cases
+answered by the LLaVA server are marked `"server": "llava"`.
 """
+import base64
 import json
 import os
 import subprocess
@@ -37,9 +42,13 @@ PNG = (
 )
 
 
-def start(binary):
+LLAVA = os.path.join(ROOT, "tests", "fixtures", "llava", "tiny-llava-hf")
+PHOTO = os.path.join(ROOT, "tests", "fixtures", "image", "inputs", "small_50x37.png")
+
+
+def start(binary, *extra):
     proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--served-model-name", "tiny"],
+        [binary, "serve", "--port", "0", "--served-model-name", "tiny", *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -108,6 +117,31 @@ def main():
             cases.append({"name": "unknown_model", "path": "/completions", "request": sent[-1],
                           "response": {"status": e.status_code, "type": e.body["type"],
                                        "code": e.body["code"]}})
+    finally:
+        proc.kill()
+        proc.wait()
+
+    proc, base = start(binary, "--model", LLAVA)
+    try:
+        client = openai.OpenAI(base_url=base, api_key="sk-local-test", http_client=http, max_retries=0)
+        with open(PHOTO, "rb") as f:
+            url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+        about = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                              {"type": "text", "text": "What is in the image?"}]}]
+        r = client.chat.completions.create(model="tiny", messages=about, max_tokens=12)
+        reply = r.choices[0].message.content
+        assert isinstance(reply, str) and reply, reply
+        cases.append({"name": "chat_image", "server": "llava", "path": "/chat/completions", "request": sent[-1],
+                      "response": {"content": reply, "finish_reason": r.choices[0].finish_reason,
+                                   "usage": r.usage.model_dump()}})
+        deltas = []
+        for chunk in client.chat.completions.create(model="tiny", messages=about, max_tokens=12, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                deltas.append(chunk.choices[0].delta.content)
+        assert "".join(deltas) == reply, (deltas, reply)
+        cases.append({"name": "chat_image_stream", "server": "llava", "path": "/chat/completions",
+                      "request": sent[-1],
+                      "response": {"content": "".join(deltas), "chunks_with_text": len(deltas)}})
     finally:
         proc.kill()
         proc.wait()

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{header, Method, Request};
 use axum::Router;
 use serde_json::Value;
-use sightline_openai::engine::Engine;
+use sightline_openai::engine::{Engine, Served};
 use sightline_openai::server::{router, ServeOptions};
 use tower::ServiceExt;
 
@@ -46,7 +46,7 @@ fn server() -> &'static (tokio::runtime::Runtime, Router) {
             .expect("tokio runtime");
         let loaded = sightline_model::load("builtin:stories260k", &Default::default())
             .expect("built-in model");
-        let engine = Engine::start(loaded, 8, 64).expect("engine");
+        let engine = Engine::start(Served::Text(Box::new(loaded)), 8, 64).expect("engine");
         let opts = ServeOptions {
             name: "tiny".into(),
             conv_mode: "v1".into(),

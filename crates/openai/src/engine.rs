@@ -1,16 +1,23 @@
 //! The model behind the server: one worker thread owns the model and takes jobs from a bounded
 //! queue. Each time it wakes it drains what is queued: every scoring job in the drain (prompts
 //! from any number of clients) runs as length-sorted, right-padded batches of `batch_size`;
-//! generation jobs then run one after another (greedy decoding depends on nothing but its own
-//! prompt, so serializing them changes no answer; it costs throughput, not correctness).
+//! image generations in the drain with the same decoding settings run together through
+//! [`sightline_vision::batch_generate`] (equal-length prompts share a batch, and batching never
+//! changes a token there); text generation jobs then run one after another (greedy decoding
+//! depends on nothing but its own prompt, so serializing them changes no answer; it costs
+//! throughput, not correctness).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
 use sightline_model::generate::{generate_ids_with, GenerateOptions, Generation};
 use sightline_model::llama::logprob_and_greedy;
-use sightline_model::{LoadedModel, Tokenizer};
+use sightline_model::{Llama, LoadedModel, Tokenizer};
+use sightline_vision::batch_generate::{BatchOutput, BatchPrompt, Decoding};
+use sightline_vision::llava::{Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
+use sightline_vision::RgbImage;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -25,6 +32,22 @@ pub struct TokenLogprob {
 
 /// Per prompt, one entry for each token after the first.
 pub type PromptLogprobs = Vec<TokenLogprob>;
+
+/// What the worker runs: a text decoder, or a LLaVA model (whose decoder also answers the
+/// text requests).
+pub enum Served {
+    Text(Box<LoadedModel>),
+    Vision(Box<Llava>),
+}
+
+impl Served {
+    fn decoder(&self) -> (&Llama, &Tokenizer) {
+        match self {
+            Served::Text(m) => (&m.model, &m.tokenizer),
+            Served::Vision(l) => (&l.llm, &l.tokenizer),
+        }
+    }
+}
 
 /// Work for the model.
 pub enum Job {
@@ -41,6 +64,14 @@ pub enum Job {
         steps: Option<mpsc::UnboundedSender<Vec<u32>>>,
         reply: oneshot::Sender<Result<Generation>>,
     },
+    /// A generation about images: `prompt` holds one `<image>` per image, in order.
+    Image {
+        prompt: String,
+        images: Vec<RgbImage>,
+        decoding: Decoding,
+        seed: u64,
+        reply: oneshot::Sender<Result<BatchOutput>>,
+    },
 }
 
 /// Facts about the served model the HTTP layer needs without asking the worker.
@@ -49,6 +80,8 @@ pub struct ModelFacts {
     pub tokenizer: Arc<Tokenizer>,
     pub vocab_size: usize,
     pub max_position: usize,
+    /// Whether image parts are accepted (a LLaVA model is served).
+    pub vision: bool,
 }
 
 /// The handle the HTTP layer holds: a queue into the worker.
@@ -64,17 +97,19 @@ const MAX_DRAIN: usize = 64;
 const LOGIT_ROWS: usize = 256;
 
 impl Engine {
-    /// Starts the worker thread on `loaded`; at most `queue` jobs wait for it.
-    pub fn start(loaded: LoadedModel, batch_size: usize, queue: usize) -> Result<Self> {
+    /// Starts the worker thread on `served`; at most `queue` jobs wait for it.
+    pub fn start(served: Served, batch_size: usize, queue: usize) -> Result<Self> {
+        let (model, tokenizer) = served.decoder();
         let facts = ModelFacts {
-            tokenizer: Arc::new(loaded.tokenizer.clone()),
-            vocab_size: loaded.model.config.vocab_size,
-            max_position: loaded.model.config.max_position_embeddings,
+            tokenizer: Arc::new(tokenizer.clone()),
+            vocab_size: model.config.vocab_size,
+            max_position: model.config.max_position_embeddings,
+            vision: matches!(served, Served::Vision(_)),
         };
         let (tx, rx) = mpsc::channel(queue.max(1));
         std::thread::Builder::new()
             .name("sightline-model".into())
-            .spawn(move || worker(loaded, batch_size.max(1), rx))?;
+            .spawn(move || worker(served, batch_size.max(1), rx))?;
         Ok(Self { queue: tx, facts })
     }
 
@@ -84,7 +119,8 @@ impl Engine {
     }
 }
 
-fn worker(loaded: LoadedModel, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
+fn worker(served: Served, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
+    let (model, tokenizer) = served.decoder();
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_DRAIN {
@@ -95,6 +131,7 @@ fn worker(loaded: LoadedModel, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
         }
         let mut scoring = Vec::new();
         let mut generating = Vec::new();
+        let mut imaging = Vec::new();
         for job in jobs {
             match job {
                 Job::Score {
@@ -103,10 +140,36 @@ fn worker(loaded: LoadedModel, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
                     reply,
                 } => scoring.push((prompts, top, reply)),
                 g @ Job::Generate { .. } => generating.push(g),
+                Job::Image {
+                    prompt,
+                    images,
+                    decoding,
+                    seed,
+                    reply,
+                } => imaging.push(ImageJob {
+                    prompt,
+                    images,
+                    decoding,
+                    seed,
+                    reply,
+                }),
             }
         }
         if !scoring.is_empty() {
-            run_scoring(&loaded, batch_size, scoring);
+            run_scoring(model, batch_size, scoring);
+        }
+        if !imaging.is_empty() {
+            match &served {
+                Served::Vision(llava) => run_images(llava, batch_size, imaging),
+                Served::Text(_) => {
+                    for j in imaging {
+                        let _ = j.reply.send(Err(Error::Request(
+                            "image input needs a LLaVA model; this server runs a text decoder"
+                                .into(),
+                        )));
+                    }
+                }
+            }
         }
         for job in generating {
             if let Job::Generate {
@@ -122,11 +185,7 @@ fn worker(loaded: LoadedModel, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
                         None => true,
                     };
                     Ok(generate_ids_with(
-                        &loaded.model,
-                        &loaded.tokenizer,
-                        &prompt,
-                        &opts,
-                        &mut hook,
+                        model, tokenizer, &prompt, &opts, &mut hook,
                     )?)
                 });
                 // The client may have gone; nothing to do then.
@@ -152,7 +211,7 @@ type ScoreJob = (
 );
 
 /// Scores every prompt of every job together, longest first in batches, and answers each job.
-fn run_scoring(loaded: &LoadedModel, batch_size: usize, jobs: Vec<ScoreJob>) {
+fn run_scoring(model: &Llama, batch_size: usize, jobs: Vec<ScoreJob>) {
     // (job, prompt) of every prompt, longest first.
     let mut order: Vec<(usize, usize)> = jobs
         .iter()
@@ -168,7 +227,7 @@ fn run_scoring(loaded: &LoadedModel, batch_size: usize, jobs: Vec<ScoreJob>) {
             .iter()
             .map(|&(j, p)| (jobs[j].0[p].as_slice(), jobs[j].1))
             .collect();
-        match guarded(|| score_batch(loaded, &prompts)) {
+        match guarded(|| score_batch(model, &prompts)) {
             Ok(scored) => {
                 for (&(j, p), s) in chunk.iter().zip(scored) {
                     results[j][p] = Some(s);
@@ -197,8 +256,7 @@ fn run_scoring(loaded: &LoadedModel, batch_size: usize, jobs: Vec<ScoreJob>) {
 
 /// One right-padded forward over `prompts` (ids, top-k); the rows of prompt `b` at positions
 /// `0..n-1` predict its tokens `1..n`.
-fn score_batch(loaded: &LoadedModel, prompts: &[(&[u32], usize)]) -> Result<Vec<PromptLogprobs>> {
-    let model = &loaded.model;
+fn score_batch(model: &Llama, prompts: &[(&[u32], usize)]) -> Result<Vec<PromptLogprobs>> {
     let dev = model.device();
     let width = prompts
         .iter()
@@ -253,6 +311,99 @@ fn score_batch(loaded: &LoadedModel, prompts: &[(&[u32], usize)]) -> Result<Vec<
         out.push(std::mem::take(&mut current));
     }
     Ok(out)
+}
+
+/// Where an image generation's answer goes.
+type ImageReply = oneshot::Sender<Result<BatchOutput>>;
+
+/// An image generation waiting in the worker.
+struct ImageJob {
+    prompt: String,
+    images: Vec<RgbImage>,
+    decoding: Decoding,
+    seed: u64,
+    reply: oneshot::Sender<Result<BatchOutput>>,
+}
+
+/// Runs the image jobs of one drain: those with equal decoding settings together (the
+/// evaluator's `LlavaLm` runs its windows the same way), each prompt spliced with its images'
+/// features. A job whose prompt or images cannot be prepared is answered alone.
+fn run_images(llava: &Llava, batch_size: usize, jobs: Vec<ImageJob>) {
+    let mut groups: Vec<(Decoding, Vec<(BatchPrompt, ImageReply)>)> = Vec::new();
+    for job in jobs {
+        match guarded(|| image_prompt(llava, &job.prompt, &job.images)) {
+            Ok(embeds) => {
+                let prompt = BatchPrompt {
+                    embeds,
+                    seed: job.seed,
+                };
+                match groups.iter_mut().find(|(d, _)| *d == job.decoding) {
+                    Some((_, g)) => g.push((prompt, job.reply)),
+                    None => groups.push((job.decoding, vec![(prompt, job.reply)])),
+                }
+            }
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+    for (decoding, group) in groups {
+        let (prompts, replies): (Vec<BatchPrompt>, Vec<_>) = group.into_iter().unzip();
+        let mut replies: Vec<Option<ImageReply>> = replies.into_iter().map(Some).collect();
+        let run = guarded(|| {
+            llava
+                .generate_batched(&prompts, &decoding, batch_size, &mut |done| {
+                    for (k, out) in done {
+                        if let Some(reply) = replies[*k].take() {
+                            let _ = reply.send(Ok(out.clone()));
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| Error::Request(e.to_string()))
+        });
+        if let Err(e) = run {
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(Error::Request(e.to_string())));
+            }
+        }
+    }
+}
+
+/// The spliced embeddings `[len, hidden]` of a prompt with one `<image>` per image, `<image>`
+/// written as the checkpoint expects (as the evaluator's `LlavaLm` does).
+fn image_prompt(llava: &Llava, prompt: &str, images: &[RgbImage]) -> Result<Tensor> {
+    let vision = |e: sightline_vision::Error| Error::Request(e.to_string());
+    let token = llava.image_prompt_token();
+    let text = if token == IMAGE_PLACEHOLDER {
+        prompt.to_string()
+    } else {
+        prompt.replace(IMAGE_PLACEHOLDER, &token)
+    };
+    let ids = llava.tokenize(&text).map_err(vision)?;
+    let markers = ids.iter().filter(|&&t| t == IMAGE_TOKEN_INDEX).count();
+    if markers != images.len() {
+        return Err(Error::Request(format!(
+            "the conversation has {markers} `<image>` placeholder(s) for {} image(s)",
+            images.len()
+        )));
+    }
+    let candle = |e: candle_core::Error| Error::Request(e.to_string());
+    let features = images
+        .iter()
+        .enumerate()
+        .map(|(i, rgb)| {
+            let px = llava
+                .pixels_from_rgb(rgb, Path::new(&format!("<image {i}>")))
+                .map_err(vision)?;
+            llava
+                .image_features(&px.unsqueeze(0).map_err(candle)?)
+                .map_err(vision)?
+                .squeeze(0)
+                .map_err(candle)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    llava.splice(&ids, &features).map_err(vision)
 }
 
 /// The target's log-probability (exactly as in-process scoring computes it) and the `k` most

@@ -155,6 +155,13 @@ pub struct ChatRequest {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<usize>,
+    /// vLLM's extension: sample only from the k most likely tokens (0 or absent: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// vLLM's extension: tokens generated before EOS or a stop string may end the reply
+    /// (the image protocols' `min_new_tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_tokens: Option<usize>,
 }
 
 /// The assistant's reply in a chat choice.

@@ -2,11 +2,13 @@
 //! OpenAI shapes, echo + logprobs against in-process scoring, greedy chat against
 //! `generate_ids`, streaming against the whole answer, and every refusal as error JSON.
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 use sightline_model::generate::{generate_ids, GenerateOptions};
 use sightline_model::score::{score_encoded, EncodedRequest, ScoreOptions};
-use sightline_openai::engine::Engine;
+use sightline_openai::engine::{Engine, Served};
 use sightline_openai::server::{serve, ServeOptions};
+use sightline_vision::llava::Llava;
 
 struct Server {
     _rt: tokio::runtime::Runtime,
@@ -15,13 +17,28 @@ struct Server {
 }
 
 fn start(max_concurrency: usize) -> Server {
+    let loaded = sightline_model::load("builtin:stories260k", &Default::default()).unwrap();
+    start_on(Served::Text(Box::new(loaded)), max_concurrency)
+}
+
+/// The tiny LLaVA fixture (llava-hf layout, random weights).
+fn tiny_llava() -> Llava {
+    Llava::load(&fixture("llava/tiny-llava-hf"), &Default::default()).unwrap()
+}
+
+fn fixture(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(rel)
+}
+
+fn start_on(served: Served, max_concurrency: usize) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let loaded = sightline_model::load("builtin:stories260k", &Default::default()).unwrap();
-    let engine = Engine::start(loaded, 8, 64).unwrap();
+    let engine = Engine::start(served, 8, 64).unwrap();
     let base = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -191,6 +208,96 @@ fn greedy_chat_equals_generate_and_stream_equals_whole() {
     assert_eq!(finish, v["choices"][0]["finish_reason"]);
 }
 
+/// A chat with an image part on a LLaVA model equals `Llava::generate` (the unbatched
+/// reference path) on the same prompt and image: greedy, whole and streamed; sampled with
+/// vLLM's `top_k` and a seed, the same request repeats; several images in flight together
+/// (one batch in the worker) each get their own answer.
+#[test]
+fn chat_with_an_image_equals_llava_generation() {
+    let image = fixture("image/inputs/small_50x37.png");
+    let bytes = std::fs::read(&image).unwrap();
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&bytes)
+    );
+    let want = {
+        let llava = tiny_llava();
+        let opts = GenerateOptions {
+            max_new_tokens: 12,
+            stop: vec!["</s>".into()],
+            ..Default::default()
+        };
+        let prompt = format!(
+            "{} USER: <image>\nWhat is in the image? ASSISTANT:",
+            sightline_vision::conversation::SYSTEM_USER
+        );
+        llava.generate(&prompt, Some(&image), &opts).unwrap().text
+    };
+    let s = start_on(Served::Vision(Box::new(tiny_llava())), 64);
+    let body = |extra: Value| {
+        let mut b = json!({"model": "tiny", "max_tokens": 12, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": "What is in the image?"}]}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b.to_string()
+    };
+    let (status, text) = s.post("/v1/chat/completions", &body(json!({})));
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], json!(want));
+    assert!(!want.is_empty());
+    let (status, text) = s.post("/v1/chat/completions", &body(json!({"stream": true})));
+    assert_eq!(status, 200, "{text}");
+    let streamed: String = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let c: Value = serde_json::from_str(e).unwrap();
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed, want);
+    let sampled = body(json!({"temperature": 0.9, "top_k": 5, "seed": 7, "min_tokens": 3}));
+    let first = s.post("/v1/chat/completions", &sampled);
+    assert_eq!(first.0, 200, "{}", first.1);
+    let answer = |t: &str| {
+        serde_json::from_str::<Value>(t).unwrap()["choices"][0]["message"]["content"].clone()
+    };
+    let concurrent: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| sc.spawn(|| s.post("/v1/chat/completions", &sampled)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, text) in concurrent {
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(answer(&text), answer(&first.1));
+    }
+    // Image parts that cannot be read: a 400 naming the part, the server still answering.
+    for bad in [
+        json!("https://example.com/cat.png"),
+        json!("data:image/png;base64,AAAA"),
+    ] {
+        let b = json!({"model": "tiny", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": bad}}]}]});
+        let (status, text) = s.post("/v1/chat/completions", &b.to_string());
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("messages[0].content[0].image_url"), "{text}");
+    }
+    // Two images: each `<image>` takes the next image's features, in order (LLaVA's splice).
+    let two = json!({"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "text", "text": "Compare."}]}]});
+    let (status, text) = s.post("/v1/chat/completions", &two.to_string());
+    assert_eq!(status, 200, "{text}");
+}
+
 #[test]
 fn seeded_sampling_repeats() {
     let s = start(64);
@@ -327,11 +434,16 @@ fn openai_python_client_fixture_replays() {
         "/../../tests/fixtures/serve/openai_client.json"
     );
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let s = start(64);
+    let text_server = start(64);
+    let llava_server = start_on(Served::Vision(Box::new(tiny_llava())), 64);
     let cases = fixture["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 8);
     for case in cases {
         let (name, want) = (case["name"].as_str().unwrap(), &case["response"]);
+        let s = match case["server"].as_str() {
+            Some("llava") => &llava_server,
+            _ => &text_server,
+        };
         let path = format!("/v1{}", case["path"].as_str().unwrap());
         if case["request"].is_null() {
             let r = s.agent.get(&format!("{}{path}", s.base)).call().unwrap();
@@ -378,7 +490,7 @@ fn openai_python_client_fixture_replays() {
         }
         let v: Value = serde_json::from_str(&text).unwrap();
         let choice = &v["choices"][0];
-        if name == "chat_greedy" {
+        if name == "chat_greedy" || name == "chat_image" {
             assert_eq!(choice["message"]["content"], want["content"], "{name}");
             assert_eq!(choice["finish_reason"], want["finish_reason"], "{name}");
         } else {

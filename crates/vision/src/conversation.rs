@@ -186,6 +186,16 @@ impl Conversation {
         self.push(assistant, None);
     }
 
+    /// The string generation stops at (LLaVA's `KeywordsStoppingCriteria` keyword): `sep` for
+    /// single-separator styles, `sep2` otherwise, none for `plain`.
+    pub fn stop(&self) -> Option<&'static str> {
+        match self.style {
+            SepStyle::Two | SepStyle::Llama2 => self.sep2,
+            SepStyle::Single => Some(self.sep),
+            SepStyle::Plain => None,
+        }
+    }
+
     /// `Conversation.get_prompt()`.
     pub fn prompt(&self) -> String {
         let sep2 = self.sep2.unwrap_or("");
@@ -244,6 +254,55 @@ impl Conversation {
         }
         ret
     }
+}
+
+/// Who speaks a turn of an OpenAI-style chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatRole {
+    /// Replaces the template's system prompt (several are joined with `\n`).
+    System,
+    User,
+    Assistant,
+}
+
+/// The prompt a chat renders to under template `mode`, and the template's stop string: what
+/// `sightline serve`'s `/v1/chat/completions` sends to the model, and what a local
+/// `sightline eval --chat-template MODE` run sends for the same message, so that the two
+/// compare on equal terms. System turns replace the system prompt, user and assistant turns
+/// take the template's role names after its canned messages (v0's example exchange stays),
+/// and an open assistant turn ends the prompt. The last non-system turn must be the user's.
+pub fn render_chat(
+    mode: &str,
+    turns: &[(ChatRole, &str)],
+) -> crate::Result<(String, Option<&'static str>)> {
+    let mut conv = template(mode).ok_or_else(|| {
+        crate::Error::Request(format!(
+            "`{mode}` is not a known conversation template (expected one of: {})",
+            TEMPLATE_NAMES.join(", ")
+        ))
+    })?;
+    let mut system: Vec<&str> = Vec::new();
+    let mut last = None;
+    for &(role, text) in turns {
+        match role {
+            ChatRole::System => system.push(text),
+            ChatRole::User => conv.push(conv.roles.0, Some(text)),
+            ChatRole::Assistant => conv.push(conv.roles.1, Some(text)),
+        }
+        if role != ChatRole::System {
+            last = Some(role);
+        }
+    }
+    if last != Some(ChatRole::User) {
+        return Err(crate::Error::Request(
+            "the last non-system message must be the user's".into(),
+        ));
+    }
+    if !system.is_empty() {
+        conv.system = system.join("\n");
+    }
+    conv.push(conv.roles.1, None);
+    Ok((conv.prompt(), conv.stop()))
 }
 
 /// Python's truthiness of an `Optional[str]` message: `None` and `""` both count as absent.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use sightline_model::generate::{generate, GenerateOptions};
-use sightline_vision::conversation::{template, SepStyle, TEMPLATE_NAMES};
+use sightline_vision::conversation::{template, TEMPLATE_NAMES};
 use sightline_vision::llava::IMAGE_PLACEHOLDER;
 
 use super::model_args::ModelArgs;
@@ -65,13 +65,7 @@ fn build_prompt(a: &Args, image_token: &str) -> Result<(String, Option<String>)>
         a.prompt.clone()
     };
     conv.ask(&question);
-    // LLaVA's KeywordsStoppingCriteria: sep for single-separator styles, sep2 otherwise.
-    let stop = match conv.style {
-        SepStyle::Two | SepStyle::Llama2 => conv.sep2,
-        SepStyle::Single => Some(conv.sep),
-        SepStyle::Plain => None,
-    };
-    Ok((conv.prompt(), stop.map(str::to_string)))
+    Ok((conv.prompt(), conv.stop().map(str::to_string)))
 }
 
 pub fn run(a: Args) -> Result<()> {

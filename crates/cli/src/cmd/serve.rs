@@ -1,12 +1,13 @@
 //! `sightline serve`: an OpenAI-compatible HTTP server over a model (`/v1/models`,
 //! `/v1/completions` with echo + logprobs, `/v1/chat/completions` with streaming, vLLM's
-//! `/tokenize`). Text only: image parts are refused with a 400.
+//! `/tokenize`). On a LLaVA checkpoint (or with --mm-projector) chat messages may carry images
+//! as base64 `data:` URLs; on a text model image parts are refused with a 400.
 
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use sightline_openai::engine::Engine;
+use sightline_openai::engine::{Engine, Served};
 use sightline_openai::server::{serve, ServeOptions};
 use sightline_vision::conversation::{template, TEMPLATE_NAMES};
 
@@ -29,7 +30,8 @@ pub struct Args {
     /// Conversation template of /v1/chat/completions (a LLaVA --conv-mode name).
     #[arg(long, default_value = "v1")]
     conv_mode: String,
-    /// Prompts per forward pass when scoring (echo + logprobs), across concurrent requests.
+    /// Prompts per forward pass when scoring (echo + logprobs), and image generations per
+    /// batch, across concurrent requests.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Requests in flight at once; more get 429 with Retry-After.
@@ -48,10 +50,14 @@ pub fn run(a: Args) -> Result<()> {
             TEMPLATE_NAMES.join(", ")
         );
     }
-    if a.model.vision_tower.is_some() || a.model.mm_projector.is_some() {
-        bail!("sightline serve runs the text decoder only: image input is not served yet (drop --vision-tower / --mm-projector)");
-    }
-    let loaded = a.model.load()?;
+    let served = if a.model.is_multimodal()? {
+        Served::Vision(Box::new(a.model.load_llava()?))
+    } else {
+        if a.model.vision_tower.is_some() {
+            bail!("--vision-tower applies to a LLaVA checkpoint or with --mm-projector; {} is a text model", a.model.model);
+        }
+        Served::Text(Box::new(a.model.load()?))
+    };
     let opts = ServeOptions {
         name: a
             .served_model_name
@@ -66,7 +72,7 @@ pub fn run(a: Args) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let engine = Engine::start(loaded, a.batch_size, a.max_concurrency.max(1) * 2)?;
+        let engine = Engine::start(served, a.batch_size, a.max_concurrency.max(1) * 2)?;
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;

@@ -11,7 +11,7 @@ use sightline_model::generate::{GenerateOptions, Generation};
 use sightline_model::Tokenizer;
 use tokio::sync::oneshot;
 
-use super::stream::{self, ChunkFn, Piece};
+use super::stream::{self, ChunkFn, Piece, Work};
 use super::{admit_and_parse, json_ok, now, ApiError, AppState, Sampling};
 use crate::engine::{Job, PromptLogprobs};
 use crate::wire::{
@@ -60,7 +60,13 @@ async fn run(s: &AppState, body: Body) -> Result<Response, ApiError> {
             ));
         }
         let prompt = prompts.into_iter().next().unwrap_or_default();
-        return stream::stream(s, permit, prompt, opts, chunks(req.model.clone())).await;
+        return stream::stream(
+            s,
+            permit,
+            Work::Text { prompt, opts },
+            chunks(req.model.clone()),
+        )
+        .await;
     }
     answer(s, &req, &prompts, &opts).await
 }
@@ -128,7 +134,16 @@ async fn answer(
     let mut gens = Vec::with_capacity(prompts.len());
     for p in prompts {
         gens.push(if max_tokens > 0 {
-            Some(stream::generate(s, p.clone(), opts.clone()).await?)
+            Some(
+                stream::generate(
+                    s,
+                    Work::Text {
+                        prompt: p.clone(),
+                        opts: opts.clone(),
+                    },
+                )
+                .await?,
+            )
         } else {
             None
         });

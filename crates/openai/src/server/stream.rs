@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sightline_model::generate::{first_stop, GenerateOptions, Generation};
 use sightline_model::Tokenizer;
+use sightline_vision::batch_generate::Decoding;
+use sightline_vision::RgbImage;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::{ApiError, AppState};
@@ -30,23 +32,95 @@ pub(crate) enum Piece<'a> {
 /// Builds an endpoint's chunk object; `None` sends nothing for that piece.
 pub(crate) type ChunkFn = Arc<dyn Fn(Piece<'_>) -> Option<Value> + Send + Sync>;
 
+/// One generation for the engine: from token ids, or about images (a LLaVA model).
+pub(crate) enum Work {
+    Text {
+        prompt: Vec<u32>,
+        opts: GenerateOptions,
+    },
+    /// `prompt` holds one `<image>` per image; the text is cut at the first of `decoding.stop`.
+    Image {
+        prompt: String,
+        images: Vec<RgbImage>,
+        decoding: Decoding,
+        seed: u64,
+    },
+}
+
+impl Work {
+    fn stops(&self) -> Vec<String> {
+        match self {
+            Work::Text { opts, .. } => opts.stop.clone(),
+            Work::Image { decoding, .. } => decoding.stop.clone(),
+        }
+    }
+
+    /// Queues the work; `steps` (text only) receives the tokens so far after each step.
+    async fn submit(
+        self,
+        state: &AppState,
+        steps: Option<mpsc::UnboundedSender<Vec<u32>>>,
+    ) -> Result<oneshot::Receiver<crate::error::Result<Generation>>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        match self {
+            Work::Text { prompt, opts } => {
+                state
+                    .engine
+                    .submit(Job::Generate {
+                        prompt,
+                        opts,
+                        steps,
+                        reply,
+                    })
+                    .await
+                    .map_err(ApiError::internal)?;
+            }
+            Work::Image {
+                prompt,
+                images,
+                decoding,
+                seed,
+            } => {
+                let (image_reply, image_rx) = oneshot::channel();
+                let stops = decoding.stop.clone();
+                state
+                    .engine
+                    .submit(Job::Image {
+                        prompt,
+                        images,
+                        decoding,
+                        seed,
+                        reply: image_reply,
+                    })
+                    .await
+                    .map_err(ApiError::internal)?;
+                // The batched LLaVA decoder keeps the stop string in its text (SBT scores it
+                // that way); the API cuts it, as OpenAI's servers do.
+                tokio::spawn(async move {
+                    let out = match image_rx.await {
+                        Ok(r) => r.map(|o| {
+                            let mut text = o.text;
+                            if let Some(cut) = first_stop(&text, &stops) {
+                                text.truncate(cut);
+                            }
+                            Generation {
+                                text,
+                                tokens: o.tokens,
+                            }
+                        }),
+                        Err(_) => Err(crate::error::Error::EngineStopped),
+                    };
+                    let _ = reply.send(out);
+                });
+            }
+        }
+        Ok(rx)
+    }
+}
+
 /// Runs one generation to the end.
-pub(crate) async fn generate(
-    state: &AppState,
-    prompt: Vec<u32>,
-    opts: GenerateOptions,
-) -> Result<Generation, ApiError> {
-    let (reply, rx) = oneshot::channel();
-    state
-        .engine
-        .submit(Job::Generate {
-            prompt,
-            opts,
-            steps: None,
-            reply,
-        })
-        .await
-        .map_err(ApiError::internal)?;
+pub(crate) async fn generate(state: &AppState, work: Work) -> Result<Generation, ApiError> {
+    let rx = work.submit(state, None).await?;
     rx.await
         .map_err(|_| ApiError::internal("the model worker dropped the request"))?
         .map_err(ApiError::internal)
@@ -92,27 +166,17 @@ fn event(v: &Value) -> Bytes {
 }
 
 /// Starts the generation and answers with its event stream; the slot `permit` is held until
-/// the stream ends, and a client that goes away stops the generation.
+/// the stream ends, and a client that goes away stops a text generation. An image generation
+/// runs in a batch and reports no steps, so its text arrives as one delta at the end.
 pub(crate) async fn stream(
     state: &AppState,
     permit: OwnedSemaphorePermit,
-    prompt: Vec<u32>,
-    opts: GenerateOptions,
+    work: Work,
     chunk: ChunkFn,
 ) -> Result<Response, ApiError> {
     let (steps_tx, mut steps) = mpsc::unbounded_channel();
-    let (reply, done) = oneshot::channel();
-    let stops = opts.stop.clone();
-    state
-        .engine
-        .submit(Job::Generate {
-            prompt,
-            opts,
-            steps: Some(steps_tx),
-            reply,
-        })
-        .await
-        .map_err(ApiError::internal)?;
+    let stops = work.stops();
+    let done = work.submit(state, Some(steps_tx)).await?;
     let tok = state.engine.facts.tokenizer.clone();
     let (out, body_rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
