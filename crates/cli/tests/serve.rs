@@ -215,67 +215,174 @@ fn api_generation_equals_the_local_run() {
     assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
 }
 
-/// The letter-answer protocols (issue 18 item 2, TruthfulQA MC1 only) over
-/// `openai-completions` equal the local run; over `openai-chat` they run (through the server's
-/// chat template, so on different prompts) and report their unparseable answers.
+/// The samples' responses of `task`, in order.
+fn resps(dir: &Path, task: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join(format!("samples_{task}.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["resps"].clone())
+        .collect()
+}
+
+/// The generative protocols (issue 18 item 2) on one model three ways: local, over
+/// `openai-completions` (the same raw prompts), and over `openai-chat` against a local run
+/// with `--chat-template v1` (the server's default `--conv-mode`): each pair equal, metrics and
+/// every response.
 #[test]
 fn generative_protocols_over_the_api_equal_the_local_run() {
+    const TASKS: &str = "truthfulqa_mc1_joint,truthfulqa_mc1_circular";
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "eval",
-        "--tasks",
-        "truthfulqa_mc1_joint,truthfulqa_mc1_circular",
-        "--limit",
-        "3",
-        "--log-samples",
-    ];
-    let local = tmp.path().join("local");
-    let o = sightline()
-        .args(args)
-        .arg("--output")
-        .arg(&local)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = ["eval", "--tasks", TASKS, "--limit", "3", "--log-samples"];
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let o = sightline()
+            .args(args)
+            .args(extra)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    };
     let server = serve(&[]);
-    let api = tmp.path().join("api");
-    let o = sightline()
-        .args(args)
-        .args([
+    let local = run("local", &[]);
+    let api = run(
+        "api",
+        &[
             "--model",
             "openai-completions:tiny",
             "--base-url",
             &server.base,
-        ])
-        .arg("--output")
-        .arg(&api)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ],
+    );
     let (l, a) = (results(&local), results(&api));
     assert_eq!(l["results"], a["results"]);
     let u = l["results"]["truthfulqa_mc1_circular"]["unparseable,none"]
         .as_f64()
         .unwrap();
     assert!((0.0..=1.0).contains(&u));
-    let chat = tmp.path().join("chat");
-    let o = sightline()
-        .args(args)
-        .args(["--model", "openai-chat:tiny", "--base-url", &server.base])
-        .arg("--output")
-        .arg(&chat)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(results(&chat)["results"]["truthfulqa_mc1_joint"]["acc,none"].is_number());
+    let templated = run("templated", &["--chat-template", "v1"]);
+    let chat = run(
+        "chat",
+        &[
+            "--model",
+            "openai-chat:tiny",
+            "--base-url",
+            &server.base,
+            "--api-concurrency",
+            "3",
+        ],
+    );
+    let (t, c) = (results(&templated), results(&chat));
+    assert_eq!(t["results"], c["results"]);
+    assert_eq!(t["config"]["chat_template"], "v1");
+    for task in TASKS.split(',') {
+        assert_eq!(resps(&templated, task), resps(&chat, task), "{task}");
+        // The template changes the prompt, so (on this model) the answers.
+        assert_ne!(resps(&templated, task), resps(&local, task), "{task}");
+    }
+}
+
+/// Image tasks over `openai-chat` against `sightline serve` on a LLaVA checkpoint equal the
+/// local run: the greedy protocol, and the paper's sampled one (same per-record seeds, vLLM's
+/// `top_k` and `min_tokens`) under an ImageNet-C corruption (sent as a PNG of the corrupted crop).
+#[test]
+fn image_tasks_over_openai_chat_equal_the_local_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/mm_eval/tiny-llava-hf-2k"
+    );
+    let server = serve(&["--model", model, "--conv-mode", "v0"]);
+    for (name, extra) in [
+        ("greedy", vec!["--protocol", "greedy"]),
+        (
+            "sbt_noise",
+            vec!["--protocol", "sbt", "--corrupt", "gaussian_noise:3"],
+        ),
+    ] {
+        let run = |out: &Path, model_args: &[&str]| {
+            let o = sightline()
+                .args([
+                    "eval",
+                    "--tasks",
+                    "unicorn_sketchy_vqa",
+                    "--skip-missing-images",
+                    "--limit",
+                    "4",
+                    "--log-samples",
+                ])
+                .args(&extra)
+                .args(model_args)
+                .arg("--output")
+                .arg(out)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let (local, api) = (
+            tmp.path().join(format!("{name}-local")),
+            tmp.path().join(format!("{name}-api")),
+        );
+        run(&local, &["--model", model]);
+        run(
+            &api,
+            &[
+                "--model",
+                "openai-chat:tiny",
+                "--base-url",
+                &server.base,
+                "--api-concurrency",
+                "4",
+            ],
+        );
+        let results_file = if name == "greedy" {
+            "results.json".to_string()
+        } else {
+            "results_gaussian_noise_3.json".to_string()
+        };
+        let read = |d: &Path| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join(&results_file)).unwrap()).unwrap()
+        };
+        assert_eq!(read(&local)["results"], read(&api)["results"], "{name}");
+        let samples = |d: &Path| -> Vec<Value> {
+            let f = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("samples_")
+                })
+                .unwrap();
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()["resps"].clone())
+                .collect()
+        };
+        let (x, y) = (samples(&local), samples(&api));
+        assert_eq!(x.len(), 4);
+        assert_eq!(x, y, "{name}");
+    }
 }
 
 #[test]
 fn api_model_errors_are_clear() {
     let server = serve(&[]);
-    let fail = |extra: &[&str], want: &str| {
+    let fail_on = |tasks: &str, extra: &[&str], want: &str| {
         let o = sightline()
-            .args(["eval", "--tasks", "ethics_cm", "--limit", "2"])
+            .args(["eval", "--tasks", tasks, "--limit", "2"])
             .args(extra)
             .output()
             .unwrap();
@@ -283,8 +390,29 @@ fn api_model_errors_are_clear() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(want), "{extra:?}: {err}");
     };
+    let fail = |extra: &[&str], want: &str| fail_on("ethics_cm", extra, want);
     let chat = ["--model", "openai-chat:tiny", "--base-url", &server.base];
     fail(&chat, "chat models return no log-likelihoods");
+    fail(
+        &["--chat-template", "v1"],
+        "--chat-template v1 applies to generation tasks",
+    );
+    fail_on(
+        "truthfulqa_mc1_joint",
+        &["--chat-template", "nope"],
+        "--chat-template `nope` is not a known template",
+    );
+    fail_on(
+        "unicorn_sketchy_vqa",
+        &[
+            "--skip-missing-images",
+            "--model",
+            "openai-completions:tiny",
+            "--base-url",
+            &server.base,
+        ],
+        "use openai-chat:tiny",
+    );
     fail(&["--model", "openai-completions:tiny"], "needs --base-url");
     fail(
         &["--base-url", &server.base],

@@ -13,6 +13,7 @@ use sightline_model::score::{
     Scored,
 };
 use sightline_model::LoadedModel;
+use sightline_vision::conversation::{render_chat, ChatRole};
 
 use crate::error::{Error, Result};
 
@@ -64,6 +65,21 @@ pub trait LanguageModel {
 
     /// Greedy generation until one of `until` (or EOS); the text is cut before the stop.
     fn generate_until(&self, context: &str, until: &[String]) -> Result<String>;
+
+    /// [`Self::generate_until`] for every `(context, until)` request, each finished one handed
+    /// to `on_done` as `(index, text)`. In-process models run them one at a time, in order (a
+    /// greedy answer depends on nothing but its prompt); API models keep several in flight.
+    fn generate_untils(
+        &self,
+        requests: &[(String, Vec<String>)],
+        on_done: &mut TextSink<'_>,
+    ) -> Result<()> {
+        for (i, (context, until)) in requests.iter().enumerate() {
+            let text = self.generate_until(context, until)?;
+            on_done(&[(i, text)])?;
+        }
+        Ok(())
+    }
 
     /// The paper's MMLU generation ([`crate::task::Request::GenerateFit`]): the longest prompt
     /// `header + shots[..k] + question` that fits `fit_tokens` with BOS, BOS prepended, greedy
@@ -120,6 +136,13 @@ pub struct CandleLm {
     pub tag: String,
     /// MMLU's shared 5-shot prefix ([`PrefixCache`]).
     pub prefix_cache: PrefixCache,
+    /// `--chat-template MODE`: each generation prompt is sent as one user message through this
+    /// conversation template (BOS as the tokenizer's config says, the template's stop string
+    /// added), exactly as `sightline serve --conv-mode MODE` renders a chat request, so that a
+    /// local model and an API model answer the same prompt. lm-eval's `--apply_chat_template`
+    /// does the same with a tokenizer's Jinja template. Log-likelihood requests are refused
+    /// under it (their context/continuation boundary has no place in a chat turn here).
+    pub chat_template: Option<String>,
 }
 
 impl CandleLm {
@@ -149,16 +172,30 @@ impl CandleLm {
     }
 }
 
+impl CandleLm {
+    fn refuse_under_chat_template(&self, requests: &[(String, String)]) -> Result<()> {
+        match &self.chat_template {
+            Some(mode) if !requests.is_empty() => Err(Error::Config(format!(
+                "--chat-template {mode} applies to generation tasks; log-likelihood tasks run on the raw prompt (drop the flag, or run their generative protocols, e.g. truthfulqa_mc1_joint)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl LanguageModel for CandleLm {
     fn identity(&self) -> String {
         format!(
-            "{}|{}|max_length={}|add_bos={}|empty={:?}|max_gen_toks={}",
+            "{}|{}|max_length={}|add_bos={}|empty={:?}|max_gen_toks={}{}",
             self.loaded.spec,
             self.tag,
             self.max_length(),
             self.score.add_bos,
             self.score.empty_context,
-            self.max_gen_toks
+            self.max_gen_toks,
+            self.chat_template
+                .as_ref()
+                .map_or(String::new(), |m| format!("|chat_template={m}"))
         )
     }
 
@@ -168,6 +205,7 @@ impl LanguageModel for CandleLm {
         skip: &dyn Fn(usize) -> bool,
         on_done: &mut DoneSink<'_>,
     ) -> Result<()> {
+        self.refuse_under_chat_template(requests)?;
         let encoded = self.encode(requests)?;
         let mut inner_err: Option<Error> = None;
         score_units(
@@ -187,6 +225,7 @@ impl LanguageModel for CandleLm {
     }
 
     fn loglikelihood_units(&self, requests: &[(String, String)]) -> Result<Vec<WorkUnit>> {
+        self.refuse_under_chat_template(requests)?;
         let encoded = self.encode(requests)?;
         Ok(plan_units(&self.loaded.model, &encoded, &self.score)?
             .into_iter()
@@ -206,14 +245,23 @@ impl LanguageModel for CandleLm {
                 self.max_gen_toks
             )));
         }
-        let mut ids = tok.encode(context)?;
+        let mut stop = until.to_vec();
+        let mut ids = match &self.chat_template {
+            None => tok.encode(context)?,
+            Some(mode) => {
+                let (prompt, template_stop) = render_chat(mode, &[(ChatRole::User, context)])
+                    .map_err(|e| Error::Config(format!("--chat-template {mode}: {e}")))?;
+                stop.extend(template_stop.map(str::to_string));
+                tok.encode_prompt(&prompt)?
+            }
+        };
         let keep = max_length - self.max_gen_toks;
         if ids.len() > keep {
             ids.drain(..ids.len() - keep);
         }
         let opts = GenerateOptions {
             max_new_tokens: self.max_gen_toks,
-            stop: until.to_vec(),
+            stop,
             temperature: 0.0,
             stop_at_eos: true,
             ..Default::default()
@@ -335,11 +383,31 @@ pub fn fit_prompt(
     let bos = tok.bos_id.ok_or_else(|| {
         Error::Config("the MMLU script prepends BOS, but this tokenizer has no BOS token".into())
     })?;
+    fit_prompt_with(
+        bos,
+        &|t| Ok(tok.encode(t)?),
+        header,
+        shots,
+        question,
+        fit_tokens,
+    )
+}
+
+/// [`fit_prompt`] with any tokenizer (`encode` without special tokens): an API model fits
+/// its prompts with the server's `/tokenize`.
+pub fn fit_prompt_with(
+    bos: u32,
+    encode: &dyn Fn(&str) -> Result<Vec<u32>>,
+    header: &str,
+    shots: &[String],
+    question: &str,
+    fit_tokens: usize,
+) -> Result<(Vec<u32>, usize)> {
     let mut k = shots.len();
     loop {
         let prompt = format!("{header}{}{question}", shots[..k].concat());
         let mut ids = vec![bos];
-        ids.extend(tok.encode(&prompt)?);
+        ids.extend(encode(&prompt)?);
         if ids.len() <= fit_tokens || k == 0 {
             return Ok((ids, k));
         }

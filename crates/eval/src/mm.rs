@@ -56,7 +56,14 @@ pub fn image_available(image_ref: &str) -> bool {
 /// Decodes the image an `image_ref` names into RGB (Pillow's `convert("RGB")`). Every image of
 /// every image task passes through here: the hook for transforming decoded images.
 pub fn load_image(image_ref: &str) -> Result<RgbImage> {
-    let (bytes, path) = match image_ref.strip_prefix(BUNDLED) {
+    let (bytes, path) = image_bytes(image_ref)?;
+    decode_rgb(&bytes, &path).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The file an `image_ref` names, as stored (what an API model is sent), and the path it is
+/// reported under.
+pub fn image_bytes(image_ref: &str) -> Result<(Vec<u8>, PathBuf)> {
+    Ok(match image_ref.strip_prefix(BUNDLED) {
         Some(rel) => (
             bundled_image(rel)
                 .ok_or_else(|| Error::Config(format!("no bundled image data/{rel}")))?
@@ -67,8 +74,7 @@ pub fn load_image(image_ref: &str) -> Result<RgbImage> {
             let p = PathBuf::from(image_ref);
             (std::fs::read(&p).map_err(|e| Error::io(&p, e))?, p)
         }
-    };
-    decode_rgb(&bytes, &path).map_err(|e| Error::Config(e.to_string()))
+    })
 }
 
 /// The protocol an image document was built under (its `protocol` field).

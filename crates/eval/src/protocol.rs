@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sightline_vision::conversation::template;
+use sightline_vision::conversation::{render_chat, template, ChatRole};
 
 use crate::error::{Error, Result};
 
@@ -139,6 +139,44 @@ impl Protocol {
     }
 }
 
+/// The chat turns a `v0` prompt built by [`Protocol::prompt`] was rendered from (demo pairs as
+/// user/assistant turns, then the question with its `<image>`), for sending an image request
+/// to a chat API: a server that renders them with the `v0` template (`sightline serve
+/// --conv-mode v0`, or any LLaVA server with that mode) builds this very prompt. Checked by
+/// rendering the turns again; a prompt they do not reproduce is an error, never a guess.
+pub fn chat_turns(context: &str) -> Result<Vec<(ChatRole, String)>> {
+    let bad = |why: &str| {
+        Error::Config(format!(
+            "cannot send this prompt as chat turns ({why}): {context:?}"
+        ))
+    };
+    let base = template(TEMPLATE).ok_or_else(|| bad("no v0 template"))?;
+    let (user, assistant) = base.roles;
+    let sep = base.sep;
+    let rest = context
+        .strip_prefix(base.prompt().as_str())
+        .ok_or_else(|| bad("it does not start with the v0 system prompt and example"))?;
+    let body = rest
+        .strip_suffix(&format!("{assistant}:"))
+        .ok_or_else(|| bad("it does not end with an open assistant turn"))?;
+    let mut turns = Vec::new();
+    for piece in body.split_terminator(sep) {
+        if let Some(m) = piece.strip_prefix(&format!("{user}: ")) {
+            turns.push((ChatRole::User, m.to_string()));
+        } else if let Some(m) = piece.strip_prefix(&format!("{assistant}: ")) {
+            turns.push((ChatRole::Assistant, m.to_string()));
+        } else {
+            return Err(bad("a turn without a role"));
+        }
+    }
+    let refs: Vec<(ChatRole, &str)> = turns.iter().map(|(r, t)| (*r, t.as_str())).collect();
+    let (again, _) = render_chat(TEMPLATE, &refs).map_err(|e| bad(&e.to_string()))?;
+    if again != context {
+        return Err(bad("the turns render to a different prompt"));
+    }
+    Ok(turns)
+}
+
 /// Decoding settings carried by each image request (and so part of its cache key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MmDecoding {
@@ -172,6 +210,32 @@ mod tests {
             .prompt("Q?", &[("dq".into(), "da".into())])
             .unwrap();
         assert!(d.contains("instability.\n###Human: dq###Assistant: da###Human: <image>\nQ?###"));
+    }
+
+    #[test]
+    fn image_prompts_go_back_to_the_turns_they_were_built_from() {
+        for p in [Protocol::Sbt, Protocol::Greedy] {
+            let demos = [("dq".to_string(), "da".to_string())];
+            let prompt = p.prompt("Is there a cat?", &demos).unwrap();
+            let turns = chat_turns(&prompt).unwrap();
+            let q = if p == Protocol::Sbt {
+                "<image>\nIs there a cat?".to_string()
+            } else {
+                format!("<image>\nIs there a cat?{GREEDY_SUFFIX}")
+            };
+            assert_eq!(
+                turns,
+                vec![
+                    (ChatRole::User, "dq".to_string()),
+                    (ChatRole::Assistant, "da".to_string()),
+                    (ChatRole::User, q)
+                ]
+            );
+        }
+        // Not a v0 prompt, a turn that holds the separator: refused.
+        assert!(chat_turns("Hello ASSISTANT:").is_err());
+        let odd = Protocol::Greedy.prompt("a###Assistant: b", &[]).unwrap();
+        assert!(chat_turns(&odd).is_err());
     }
 
     /// Byte-identical to the prompts scripts/reference/make_mm_eval_fixtures.py builds the way

@@ -36,6 +36,10 @@ pub struct RunInfo {
     /// An API model's endpoint and token usage ([`crate::lm::LanguageModel::run_notes`]),
     /// recorded as `config.api`; `None` leaves it out.
     pub api: Option<Value>,
+    /// `--chat-template MODE` of a local run (generation prompts sent as one chat turn),
+    /// recorded as `config.chat_template`; `None` leaves it out.
+    #[serde(default)]
+    pub chat_template: Option<String>,
     pub model_revision: Option<String>,
     pub model_sha: Option<String>,
     pub peft_sha: Option<String>,
@@ -123,6 +127,9 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
     }
     if let Some(api) = &info.api {
         out["config"]["api"] = api.clone();
+    }
+    if let Some(mode) = &info.chat_template {
+        out["config"]["chat_template"] = json!(mode);
     }
     if let Some(mm) = &info.multimodal {
         out["config"]["multimodal"] = mm.clone();

@@ -32,6 +32,7 @@ fn all_tasks_match_the_harness_on_stories260k() {
         max_gen_toks: 256,
         tag: String::new(),
         prefix_cache: Default::default(),
+        chat_template: None,
     };
     let tasks = tasks::resolve("truthfulqa,ethics").unwrap();
     let opts = EvalOptions {

@@ -41,6 +41,7 @@ fn model() -> CandleLm {
         max_gen_toks: 256,
         tag: String::new(),
         prefix_cache: Default::default(),
+        chat_template: None,
     }
 }
 
@@ -308,6 +309,7 @@ fn model_with_2048_positions() -> (tempfile::TempDir, CandleLm) {
         max_gen_toks: 256,
         tag: String::new(),
         prefix_cache: Default::default(),
+        chat_template: None,
     };
     (tmp, lm)
 }

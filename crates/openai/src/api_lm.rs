@@ -14,16 +14,22 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 
+use base64::Engine as _;
 use serde_json::{json, Value};
-use sightline_eval::lm::{DoneSink, LanguageModel, WorkUnit};
+use sightline_eval::lm::{fit_prompt_with, DoneSink, ImageGen, LanguageModel, TextSink, WorkUnit};
+use sightline_eval::mm::{image_bytes, load_image};
+use sightline_eval::mm_lm::ImageCorruption;
+use sightline_eval::protocol::chat_turns;
 use sightline_eval::Error as EvalError;
 use sightline_model::score::{split_pair, Scored};
+use sightline_vision::conversation::ChatRole;
+use sightline_vision::llava::IMAGE_PLACEHOLDER;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::wire::{
-    ChatMessage, ChatRequest, ChatResponse, CompletionRequest, CompletionResponse, Content, Prompt,
-    Stop,
+    ChatMessage, ChatRequest, ChatResponse, CompletionRequest, CompletionResponse, Content,
+    ContentPart, ImageUrl, Prompt, Stop,
 };
 
 /// Which endpoint the model is reached through.
@@ -65,6 +71,9 @@ pub struct ApiLm {
     pub max_length: Option<usize>,
     /// lm-eval's `max_gen_toks`.
     pub max_gen_toks: usize,
+    /// Image tasks: applied to every image before it is sent (`--corrupt`), which then goes
+    /// as a PNG of the corrupted 224×224 crop.
+    pub corruption: Option<ImageCorruption>,
     /// Tokenizations already asked for (contexts repeat across a document's choices).
     tokens: Mutex<HashMap<String, Vec<u32>>>,
 }
@@ -101,6 +110,7 @@ impl ApiLm {
             batch: batch.max(1),
             max_length,
             max_gen_toks: 256,
+            corruption: None,
             tokens: Mutex::new(HashMap::new()),
         })
     }
@@ -305,6 +315,132 @@ impl ApiLm {
     }
 }
 
+impl ApiLm {
+    /// One image request as a chat: the `v0` prompt's turns ([`chat_turns`]), the image as a
+    /// `data:` URL part where `<image>` stands, the request's decoding (`top_k` and
+    /// `min_tokens` as vLLM's extensions, the per-record seed), and the answer cut at the
+    /// first stop string.
+    fn chat_image(&self, r: &ImageGen) -> Result<String> {
+        let turns = chat_turns(&r.context).map_err(|e| Error::Request(e.to_string()))?;
+        let url = self.image_url(&r.image)?;
+        let mut messages = Vec::with_capacity(turns.len());
+        for (role, text) in turns {
+            let content = match text.split_once(IMAGE_PLACEHOLDER) {
+                None => Content::Text(text),
+                Some((before, after)) => Content::Parts(image_parts(before, after, &url).ok_or_else(|| {
+                    Error::Request(format!(
+                        "`{IMAGE_PLACEHOLDER}` must start or end its turn (with a newline between it and the text) to go as an image part: {text:?}"
+                    ))
+                })?),
+            };
+            let role = match role {
+                ChatRole::System => "system",
+                ChatRole::User => "user",
+                ChatRole::Assistant => "assistant",
+            };
+            messages.push(ChatMessage {
+                role: role.into(),
+                content,
+            });
+        }
+        let d = &r.decoding;
+        let req = ChatRequest {
+            model: self.model.clone(),
+            messages,
+            max_tokens: Some(d.max_new_tokens),
+            temperature: Some(d.temperature),
+            top_k: (d.temperature > 0.0 && d.top_k > 0).then_some(d.top_k),
+            min_tokens: (d.min_new_tokens > 0).then_some(d.min_new_tokens),
+            seed: (d.temperature > 0.0).then_some(d.seed),
+            stop: (!d.stop.is_empty()).then(|| Stop::Many(d.stop.clone())),
+            ..Default::default()
+        };
+        let resp: ChatResponse = self.client.post("/chat/completions", &req)?;
+        self.client.count(resp.usage.as_ref());
+        let text = resp
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default();
+        Ok(cut_at_stop(text, &d.stop))
+    }
+
+    /// The image as a `data:` URL: the file as stored, or with `--corrupt` a PNG of the
+    /// corrupted crop (lossless, so the server sees the pixels a local run computes with).
+    fn image_url(&self, image_ref: &str) -> Result<String> {
+        let eval = |e: EvalError| Error::Request(e.to_string());
+        let (bytes, mime) = match &self.corruption {
+            None => {
+                let (bytes, path) = image_bytes(image_ref).map_err(eval)?;
+                let mime = image_mime(&bytes).ok_or_else(|| {
+                    Error::Request(format!(
+                        "{}: not a JPEG, PNG or WebP file (by its signature)",
+                        path.display()
+                    ))
+                })?;
+                (bytes, mime)
+            }
+            Some(c) => {
+                let rgb = c
+                    .apply(&load_image(image_ref).map_err(eval)?, image_ref)
+                    .map_err(eval)?;
+                let mut png = std::io::Cursor::new(Vec::new());
+                rgb.write_to(&mut png, image::ImageFormat::Png)
+                    .map_err(|e| {
+                        Error::Request(format!("{image_ref}: cannot encode as PNG: {e}"))
+                    })?;
+                (png.into_inner(), "image/png")
+            }
+        };
+        Ok(format!(
+            "data:{mime};base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
+    }
+}
+
+/// The parts of a turn `before<image>after`: the image and the text with the newline that
+/// the server's `\n` join puts back; `None` when the image sits inside the text.
+fn image_parts(before: &str, after: &str, url: &str) -> Option<Vec<ContentPart>> {
+    let image = ContentPart::ImageUrl {
+        image_url: ImageUrl { url: url.into() },
+    };
+    let text = |t: &str| ContentPart::Text { text: t.into() };
+    match (before, after) {
+        ("", "") => Some(vec![image]),
+        ("", a) => a.strip_prefix('\n').map(|a| vec![image, text(a)]),
+        (b, "") => b.strip_suffix('\n').map(|b| vec![text(b), image]),
+        _ => None,
+    }
+}
+
+/// The MIME type of an image file by its signature.
+fn image_mime(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("image/jpeg")
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+impl ApiLm {
+    fn images_over_chat(&self) -> std::result::Result<(), EvalError> {
+        match self.kind {
+            ApiKind::Chat => Ok(()),
+            ApiKind::Completions => Err(EvalError::Config(format!(
+                "{}: image tasks go through chat messages with image parts; use openai-chat:{}",
+                self.identity(),
+                self.model
+            ))),
+        }
+    }
+}
+
 /// Servers cut at stop strings already; cutting again makes the text independent of how a
 /// server treats them.
 fn cut_at_stop(mut text: String, until: &[String]) -> String {
@@ -317,12 +453,17 @@ fn cut_at_stop(mut text: String, until: &[String]) -> String {
 impl LanguageModel for ApiLm {
     fn identity(&self) -> String {
         format!(
-            "{}:{}|base_url={}|max_length={:?}|max_gen_toks={}",
+            "{}:{}|base_url={}|max_length={:?}|max_gen_toks={}{}",
             self.kind.name(),
             self.model,
             self.client.base_url(),
             self.max_length,
-            self.max_gen_toks
+            self.max_gen_toks,
+            self.corruption.map_or(String::new(), |c| format!(
+                "|corrupt={}|seed={}",
+                c.label(),
+                c.seed
+            ))
         )
     }
 
@@ -380,6 +521,104 @@ impl LanguageModel for ApiLm {
             ApiKind::Chat => self.chat(context, until),
         }
         .map_err(eval_err)
+    }
+
+    /// The paper's MMLU script over `openai-completions`: the prompt fitted with the server's
+    /// `/tokenize` (BOS: what it adds to an empty text with special tokens), sent as token ids,
+    /// `max_new_tokens` greedy tokens, the text not cut — what in-process generation does.
+    fn generate_fit(
+        &self,
+        header: &str,
+        shots: &[String],
+        question: &str,
+        fit_tokens: usize,
+        max_new_tokens: usize,
+    ) -> std::result::Result<String, EvalError> {
+        if self.kind == ApiKind::Chat {
+            return Err(EvalError::Config(format!(
+                "{}: the MMLU script fits its prompt token by token, which needs the server's tokenizer; use openai-completions (with /tokenize), or a chat protocol task",
+                self.identity()
+            )));
+        }
+        let bos = match self.client.tokenize_with(&self.model, "", true).map_err(eval_err)?[..] {
+            [bos] => bos,
+            _ => {
+                return Err(EvalError::Config(format!(
+                    "{}: the MMLU script prepends BOS, but the server's tokenizer adds no single BOS token",
+                    self.identity()
+                )))
+            }
+        };
+        let encode = |t: &str| self.tokenize(t).map_err(eval_err);
+        let (ids, _) = fit_prompt_with(bos, &encode, header, shots, question, fit_tokens)?;
+        // In-process generation writes nothing for a prompt past the model's positions and
+        // stops where they run out; the server refuses such prompts, so the limits are applied
+        // here. (A prompt of exactly the model's length gets one token in-process, none here.)
+        let room = self
+            .max_length
+            .map_or(max_new_tokens, |m| m.saturating_sub(ids.len()));
+        let max_tokens = max_new_tokens.min(room);
+        if max_tokens == 0 {
+            return Ok(String::new());
+        }
+        let req = CompletionRequest {
+            model: self.model.clone(),
+            prompt: Some(Prompt::Tokens(ids)),
+            max_tokens: Some(max_tokens),
+            temperature: Some(0.0),
+            ..Default::default()
+        };
+        let resp: CompletionResponse = self.client.post("/completions", &req).map_err(eval_err)?;
+        self.client.count(resp.usage.as_ref());
+        Ok(resp
+            .choices
+            .into_iter()
+            .next()
+            .map(|c| c.text)
+            .unwrap_or_default())
+    }
+
+    /// Several generations in flight at once (`--api-concurrency`); each answer depends on
+    /// its own prompt only, so the order they finish in changes nothing.
+    fn generate_untils(
+        &self,
+        requests: &[(String, Vec<String>)],
+        on_done: &mut TextSink<'_>,
+    ) -> std::result::Result<(), EvalError> {
+        let indexed: Vec<usize> = (0..requests.len()).collect();
+        let f = |&i: &usize| -> Result<(usize, String)> {
+            let (context, until) = &requests[i];
+            let text = match self.kind {
+                ApiKind::Completions => self.complete(context, until),
+                ApiKind::Chat => self.chat(context, until),
+            }?;
+            Ok((i, text))
+        };
+        self.run_parallel(&indexed, &f, &mut |done| on_done(&[done]))
+    }
+
+    /// Every image request is its own unit (the server batches what arrives together).
+    fn image_units(&self, requests: &[ImageGen]) -> std::result::Result<Vec<WorkUnit>, EvalError> {
+        self.images_over_chat()?;
+        Ok(requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| WorkUnit {
+                requests: vec![i],
+                cost: (r.context.len() / 4 + r.decoding.max_new_tokens).max(1) as u64,
+            })
+            .collect())
+    }
+
+    fn generate_images(
+        &self,
+        requests: &[ImageGen],
+        on_done: &mut TextSink<'_>,
+    ) -> std::result::Result<(), EvalError> {
+        self.images_over_chat()?;
+        let indexed: Vec<usize> = (0..requests.len()).collect();
+        let f = |&i: &usize| -> Result<(usize, String)> { Ok((i, self.chat_image(&requests[i])?)) };
+        self.run_parallel(&indexed, &f, &mut |done| on_done(&[done]))
     }
 
     fn run_notes(&self) -> Option<Value> {

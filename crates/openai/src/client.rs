@@ -128,6 +128,17 @@ impl Client {
 
     /// vLLM's `/tokenize` (at the server's root, beside `/v1`), without special tokens.
     pub fn tokenize(&self, model: &str, text: &str) -> Result<Vec<u32>> {
+        self.tokenize_with(model, text, false)
+    }
+
+    /// `/tokenize` with `add_special_tokens` as given (true: BOS where the tokenizer's
+    /// config adds one, as a text prompt gets it).
+    pub fn tokenize_with(
+        &self,
+        model: &str,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>> {
         let root = self
             .opts
             .base_url
@@ -137,7 +148,7 @@ impl Client {
         let req = TokenizeRequest {
             model: Some(model.to_string()),
             prompt: text.to_string(),
-            add_special_tokens: false,
+            add_special_tokens,
         };
         let r: TokenizeResponse = self.call(&url, Some(&req)).map_err(|e| match e {
             Error::Status { status: 404, .. } => Error::Protocol {

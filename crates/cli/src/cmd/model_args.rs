@@ -88,6 +88,11 @@ impl ModelArgs {
         if self.model.starts_with("builtin:") {
             return Ok(false);
         }
+        // An API model: chat messages can carry images (whether this endpoint's model reads
+        // them is the server's to say); the completions endpoint takes text only.
+        if let Some((kind, _)) = sightline_openai::api_lm::ApiKind::parse(&self.model) {
+            return Ok(kind == sightline_openai::api_lm::ApiKind::Chat);
+        }
         Ok(sightline_vision::llava::is_llava_dir(Path::new(
             &self.model,
         ))?)

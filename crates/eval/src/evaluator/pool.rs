@@ -111,62 +111,84 @@ impl<'a> Pool<'a> {
         })
     }
 
-    /// Text generations, one at a time (greedy decoding is batch-invariant only up to
-    /// near-ties).
+    /// Text generations: the `generate_until` requests in one call (an API model keeps
+    /// several in flight; an in-process one answers them in order), then the MMLU script's
+    /// prompts one at a time, grouped by subject.
     pub(super) fn run_generations(
         &mut self,
         lm: &dyn LanguageModel,
         mut cache: Option<&mut RequestCache>,
         progress: &mut dyn FnMut(Phase, usize, usize),
     ) -> Result<()> {
-        let mut gen_slots: Vec<usize> = (0..self.requests.len())
-            .filter(|&i| {
-                self.is_mine(i)
-                    && matches!(
-                        self.requests[i],
-                        Request::GenerateUntil { .. } | Request::GenerateFit { .. }
-                    )
-            })
+        let is_gen = |r: &Request| {
+            matches!(
+                r,
+                Request::GenerateUntil { .. } | Request::GenerateFit { .. }
+            )
+        };
+        let total = (0..self.requests.len())
+            .filter(|&i| self.is_mine(i) && is_gen(self.requests[i]))
+            .count();
+        let open = |pool: &Self, i: usize| pool.is_mine(i) && pool.responses[i].is_none();
+        let until_slots: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| open(self, i) && matches!(self.requests[i], Request::GenerateUntil { .. }))
             .collect();
         // MMLU prompts grouped by subject (a stable sort; responses do not depend on the order),
         // so that the model's prefix cache holds each subject's 5-shot block while it is used.
-        gen_slots.sort_by_key(|&i| match self.requests[i] {
+        let mut fit_slots: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| open(self, i) && matches!(self.requests[i], Request::GenerateFit { .. }))
+            .collect();
+        fit_slots.sort_by_key(|&i| match self.requests[i] {
             Request::GenerateFit { header, .. } => Some(header.as_str()),
             _ => None,
         });
-        let mut done = gen_slots
+        let mut done = total - until_slots.len() - fit_slots.len();
+        progress(Phase::Generate, done, total);
+        let untils: Vec<(String, Vec<String>)> = until_slots
             .iter()
-            .filter(|&&i| self.responses[i].is_some())
-            .count();
-        progress(Phase::Generate, done, gen_slots.len());
-        for &slot in &gen_slots {
-            if self.responses[slot].is_some() {
-                continue;
-            }
-            let text = match self.requests[slot] {
-                Request::GenerateUntil { context, until } => {
-                    Some(lm.generate_until(context, until)?)
-                }
-                Request::GenerateFit {
-                    header,
-                    shots,
-                    question,
-                    fit_tokens,
-                    max_new_tokens,
-                } => {
-                    Some(lm.generate_fit(header, shots, question, *fit_tokens, *max_new_tokens)?)
-                }
+            .filter_map(|&i| match self.requests[i] {
+                Request::GenerateUntil { context, until } => Some((context.clone(), until.clone())),
                 _ => None,
-            };
-            if let Some(text) = text {
-                let r = Response::Generated(text);
-                if let Some(c) = cache.as_mut() {
-                    c.put_all(vec![(self.keys[slot].clone(), r.clone())])?;
+            })
+            .collect();
+        {
+            let (responses, keys) = (&mut self.responses, &self.keys);
+            let cache = &mut cache;
+            lm.generate_untils(&untils, &mut |finished| {
+                let mut fresh = Vec::with_capacity(finished.len());
+                for (j, text) in finished {
+                    let slot = until_slots[*j];
+                    let r = Response::Generated(text.clone());
+                    fresh.push((keys[slot].clone(), r.clone()));
+                    responses[slot] = Some(r);
+                    done += 1;
                 }
-                self.responses[slot] = Some(r);
-                done += 1;
-                progress(Phase::Generate, done, gen_slots.len());
+                if let Some(c) = cache.as_mut() {
+                    c.put_all(fresh)?;
+                }
+                progress(Phase::Generate, done, total);
+                Ok(())
+            })?;
+        }
+        for &slot in &fit_slots {
+            let Request::GenerateFit {
+                header,
+                shots,
+                question,
+                fit_tokens,
+                max_new_tokens,
+            } = self.requests[slot]
+            else {
+                continue;
+            };
+            let text = lm.generate_fit(header, shots, question, *fit_tokens, *max_new_tokens)?;
+            let r = Response::Generated(text);
+            if let Some(c) = cache.as_mut() {
+                c.put_all(vec![(self.keys[slot].clone(), r.clone())])?;
             }
+            self.responses[slot] = Some(r);
+            done += 1;
+            progress(Phase::Generate, done, total);
         }
         Ok(())
     }

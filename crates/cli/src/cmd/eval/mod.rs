@@ -25,6 +25,7 @@ use sightline_eval::protocol::Protocol;
 use sightline_eval::report::{markdown_table, results_json, RunInfo};
 use sightline_eval::tasks::mathqa::TrainFile;
 use sightline_model::{dtype_name, hub};
+use sightline_vision::conversation::{template, TEMPLATE_NAMES};
 
 use super::api_args::ApiArgs;
 use super::model_args::ModelArgs;
@@ -163,6 +164,14 @@ pub struct Args {
     /// file name, the corruption and the severity).
     #[arg(long, default_value_t = 0)]
     corrupt_seed: u64,
+    /// Generation tasks on a local model: send each prompt as one user message through this
+    /// conversation template (a LLaVA --conv-mode name: v1, v0, llama_2, ...), as `sightline
+    /// serve --conv-mode MODE` does for /v1/chat/completions, so the local run and an
+    /// openai-chat run on the same model answer the same prompt (lm-eval's
+    /// --apply_chat_template). Log-likelihood tasks are refused under it.
+    #[arg(long, value_name = "MODE")]
+    #[serde(default)]
+    chat_template: Option<String>,
 }
 
 /// `--mathqa-train FILE`: every record validated (errors name the file, record and field), and
@@ -366,7 +375,22 @@ fn data_source(a: &Args, protocol: Protocol) -> DataSource {
 /// Loads the model (LLaVA for image tasks) with the cache identity its answers are stored
 /// under; returns it with its context length.
 fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
-    if let Some(lm) = a.api.load(&a.model, &a.scoring)? {
+    if let Some(mode) = &a.chat_template {
+        if template(mode).is_none() {
+            bail!(
+                "--chat-template `{mode}` is not a known template (expected one of: {})",
+                TEMPLATE_NAMES.join(", ")
+            );
+        }
+        if run.multimodal {
+            bail!("--chat-template applies to text generation tasks; image tasks build their own `v0` prompts (--protocol)");
+        }
+    }
+    if let Some(mut lm) = a.api.load(&a.model, &a.scoring)? {
+        if a.chat_template.is_some() {
+            bail!("--chat-template applies to local models: an openai-chat server applies its own template (sightline serve: --conv-mode)");
+        }
+        lm.corruption = run.corruption;
         let max_length = lm.max_length.unwrap_or(0);
         return Ok((Box::new(lm), max_length));
     }
@@ -414,6 +438,7 @@ fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
             max_gen_toks: 256,
             tag,
             prefix_cache: Default::default(),
+            chat_template: a.chat_template.clone(),
         };
         Ok((Box::new(lm), max_length))
     }
@@ -453,6 +478,7 @@ fn run_info(
     let adapter_hub = adapter.as_deref().and_then(hub::cached_source);
     RunInfo {
         api: None,
+        chat_template: a.chat_template.clone(),
         model_revision: model_hub.as_ref().map(|h| h.revision.clone()),
         model_sha: model_hub.map(|h| h.commit),
         peft_sha: adapter_hub.map(|h| h.commit),

@@ -37,6 +37,13 @@ impl RunKind {
             );
         }
         if check_model && multimodal && !a.model.is_multimodal()? {
+            if let Some((_, name)) = sightline_openai::api_lm::ApiKind::parse(&a.model.model) {
+                bail!(
+                    "{}: image tasks ({}) go through chat messages with image parts; use openai-chat:{name}",
+                    a.model.model,
+                    image_tasks.join(", ")
+                );
+            }
             bail!(
                 "{} is a text-only model: image tasks ({}) need a LLaVA checkpoint, or --mm-projector (and --vision-tower) on a LLaMA one",
                 a.model.model,
