@@ -3,6 +3,7 @@
 pub mod boolq;
 pub mod caption;
 pub mod ethics;
+pub mod generative;
 pub mod gsm8k;
 pub mod mathqa;
 pub mod mc_joint;
@@ -28,6 +29,8 @@ pub fn all() -> Vec<Box<dyn Task>> {
         Box::new(truthfulqa::TruthfulQaGen),
         Box::new(mc_joint::TRUTHFULQA_MC1_JOINT),
         Box::new(mc_joint::TRUTHFULQA_MC1_CIRCULAR),
+        Box::new(mc_joint::TRUTHFULQA_MC2_JOINT),
+        Box::new(mc_joint::TRUTHFULQA_MC2_CIRCULAR),
         Box::new(ethics::EthicsCm),
         Box::new(ethics::EthicsDeontology),
         Box::new(ethics::EthicsJustice),
@@ -73,6 +76,17 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ("pope", &["pope_random", "pope_popular", "pope_adversarial"]),
     // The paper's checks that the other skills survive (issue 16).
     ("retention", &["mmlu", "gsm8k", "mathqa", "boolq", "squad2"]),
+    // The generative protocols (issue 18 item 2): every option in the prompt, a letter or a
+    // word as the answer, read by fixed rules; what a chat API can run.
+    (
+        "generative",
+        &[
+            "truthfulqa_mc1_joint",
+            "truthfulqa_mc1_circular",
+            "truthfulqa_mc2_joint",
+            "truthfulqa_mc2_circular",
+        ],
+    ),
 ];
 
 /// Where harness versions differ in a task's protocol, which one to run (the defaults are the
