@@ -3,6 +3,7 @@
 pub mod boolq;
 pub mod caption;
 pub mod ethics;
+pub mod ethics_gen;
 pub mod generative;
 pub mod gsm8k;
 pub mod mathqa;
@@ -36,6 +37,11 @@ pub fn all() -> Vec<Box<dyn Task>> {
         Box::new(ethics::EthicsJustice),
         Box::new(ethics::EthicsUtilitarianism),
         Box::new(ethics::EthicsVirtue),
+        Box::new(ethics_gen::CM),
+        Box::new(ethics_gen::DEONTOLOGY),
+        Box::new(ethics_gen::JUSTICE),
+        Box::new(ethics_gen::UTILITARIANISM),
+        Box::new(ethics_gen::VIRTUE),
         Box::new(mmlu::MMLU),
         Box::new(mmlu::MmluLoglik),
         Box::new(gsm8k::Gsm8k),
@@ -85,6 +91,11 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "truthfulqa_mc1_circular",
             "truthfulqa_mc2_joint",
             "truthfulqa_mc2_circular",
+            "ethics_cm_gen",
+            "ethics_deontology_gen",
+            "ethics_justice_gen",
+            "ethics_utilitarianism_gen",
+            "ethics_virtue_gen",
         ],
     ),
 ];
