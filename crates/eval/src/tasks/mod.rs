@@ -12,6 +12,7 @@ pub mod mme;
 pub mod mmlu;
 pub mod mmlu_tables;
 pub mod pope;
+pub mod retention_gen;
 pub mod squad2;
 pub mod squad2_data;
 pub mod truthfulqa;
@@ -44,10 +45,13 @@ pub fn all() -> Vec<Box<dyn Task>> {
         Box::new(ethics_gen::VIRTUE),
         Box::new(mmlu::MMLU),
         Box::new(mmlu::MmluLoglik),
+        Box::new(retention_gen::MmluJoint),
         Box::new(gsm8k::Gsm8k),
         Box::new(mathqa::MATHQA),
         Box::new(mathqa::MATHQA_0SHOT),
+        Box::new(retention_gen::MathQaJoint),
         Box::new(boolq::BoolQ),
+        Box::new(retention_gen::BoolQGen),
         Box::new(squad2::Squad2),
         Box::new(pope::RANDOM),
         Box::new(pope::POPULAR),
@@ -96,6 +100,9 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "ethics_justice_gen",
             "ethics_utilitarianism_gen",
             "ethics_virtue_gen",
+            "mmlu_joint",
+            "mathqa_joint",
+            "boolq_gen",
         ],
     ),
 ];
