@@ -43,7 +43,7 @@ pub fn letter_template(letters: Letters) -> String {
 pub const LETTER_RULE: &str = "skip leading whitespace and one '('; the next character must be the letter of an option exactly as the prompt writes it (case included) and must not be followed by a letter or digit; anything else is unparseable";
 
 /// The word rule, for the recorded protocol.
-pub const WORD_RULE: &str = "skip leading whitespace; take the first word (the longest run of letters), lowercase it; it must equal one of the two answer words; anything else (an empty word included) is unparseable";
+pub const WORD_RULE: &str = "skip leading whitespace; take the first word (the letters before the first non-letter), lowercase it; it must equal one of the two answer words; anything else (an empty word included) is unparseable";
 
 /// The request every generative protocol makes: greedy text until the first newline.
 pub fn ask(context: String) -> Request {
