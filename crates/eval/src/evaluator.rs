@@ -79,6 +79,9 @@ pub struct TaskResult {
     pub skipped_missing_images: Option<usize>,
     /// Few-shot examples per prompt (`n-shot`).
     pub num_fewshot: usize,
+    /// Generative protocols: how the task asks and reads answers ([`Task::protocol`]),
+    /// recorded as `configs.<task>.protocol`.
+    pub protocol: Option<Value>,
 }
 
 /// The documents a task evaluates, as `(dataset index, doc)` in evaluation order.
@@ -344,6 +347,7 @@ fn finish_task(
         samples,
         skipped_missing_images: p.task.needs_images().then_some(p.skipped),
         num_fewshot: p.task.num_fewshot(),
+        protocol: p.task.protocol(),
     })
 }
 

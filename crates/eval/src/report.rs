@@ -134,6 +134,18 @@ pub fn results_json(results: &[TaskResult], info: &RunInfo) -> Value {
     if let Some(mm) = &info.multimodal {
         out["config"]["multimodal"] = mm.clone();
     }
+    // lm-eval 0.4's per-task `configs`, holding only what sightline adds: the protocol of a
+    // generative-protocol task. Absent when no task has one, so other runs' files are as before.
+    let configs: Map<String, Value> = results
+        .iter()
+        .filter_map(|r| {
+            let p = r.protocol.as_ref()?;
+            Some((r.name.to_string(), json!({"protocol": p})))
+        })
+        .collect();
+    if !configs.is_empty() {
+        out["configs"] = Value::Object(configs);
+    }
     out
 }
 

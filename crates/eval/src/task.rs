@@ -161,6 +161,13 @@ pub trait Task: Send + Sync {
     fn extracted(&self, _doc: &Value, _responses: &[Response]) -> Option<Value> {
         None
     }
+    /// Generative protocols ([`crate::tasks::generative`]): how the task asks and reads its
+    /// answers (protocol name, prompt template, shuffle seed rule, extraction rule, what each
+    /// metric means), recorded in `results.json` as `configs.<task>.protocol`. `None` for the
+    /// harness's own tasks, whose results carry no such entry.
+    fn protocol(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// A string field of a document (documents are built by the task itself, so a missing field

@@ -58,6 +58,16 @@ pub fn read_jsonl(text: &str, file: &str) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// The harness prompt without its final `"\nAnswer:"`: `{passage}\nQuestion: {question}?`
+/// (shared with the generative `boolq_gen`, [`super::retention_gen`]).
+pub(crate) fn question(doc: &Value) -> Result<String> {
+    Ok(format!(
+        "{}\nQuestion: {}?",
+        field(doc, "passage")?,
+        field(doc, "question")?
+    ))
+}
+
 /// `boolq`: zero-shot yes/no by log-likelihood.
 pub struct BoolQ;
 
@@ -73,11 +83,7 @@ impl Task for BoolQ {
         read_jsonl(&data.read_text(rel)?, &data.describe(rel))
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let context = format!(
-            "{}\nQuestion: {}?\nAnswer:",
-            field(doc, "passage")?,
-            field(doc, "question")?
-        );
+        let context = format!("{}\nAnswer:", question(doc)?);
         Ok([" yes", " no"]
             .iter()
             .map(|c| Request::Loglikelihood {

@@ -99,6 +99,20 @@ fn process(raw: &Value, file: &str, record: usize) -> Result<Value> {
     }))
 }
 
+/// The problem text of a processed document: its `query` without the `Question: ` and
+/// `\nAnswer:` that [`process`] wrapped it in.
+pub(crate) fn problem(doc: &Value) -> Result<&str> {
+    let query = field(doc, "query")?;
+    query
+        .strip_prefix("Question: ")
+        .and_then(|q| q.strip_suffix("\nAnswer:"))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "mathqa: query not of the form \"Question: ...\\nAnswer:\": {query:?}"
+            ))
+        })
+}
+
 /// Reads a MathQA JSON array (the archive's `test.json` / `train.json` layout).
 fn read_docs(text: &str, file: &str) -> Result<Vec<Value>> {
     let raw: Vec<Value> = serde_json::from_str(text)
@@ -169,7 +183,8 @@ fn train_docs(path: Option<&Path>) -> Result<Vec<Value>> {
     read_docs(&text, &path.display().to_string())
 }
 
-fn choices(doc: &Value) -> Result<Vec<&str>> {
+/// The choices the harness's regex cut out of `options`, in the data's order (a, b, ...).
+pub(crate) fn choices(doc: &Value) -> Result<Vec<&str>> {
     doc["choices"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())

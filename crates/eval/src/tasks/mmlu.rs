@@ -152,14 +152,14 @@ fn shots(doc: &Value) -> Vec<String> {
 /// a group with none, e.g. under `--limit`), in [`METRICS`] order after `acc`.
 /// A document's metric row for both protocols: `acc` from its own answer, the per-subject and
 /// per-category columns left NaN (they are corpus metrics, see [`breakdown`]).
-fn per_document(correct: bool) -> Vec<f64> {
+pub(crate) fn per_document(correct: bool) -> Vec<f64> {
     let mut v = vec![f64::NAN; METRICS.len()];
     v[0] = if correct { 1.0 } else { 0.0 };
     v
 }
 
 /// The corpus metrics of both protocols, given how one document is judged.
-fn corpus(
+pub(crate) fn corpus(
     docs: &[&Value],
     responses: &[&[Response]],
     correct: fn(&Value, &[Response]) -> bool,
@@ -264,10 +264,25 @@ impl Task for Mmlu {
 /// `mmlu_loglik`: the argmax of the letters' log-likelihoods after the 5-shot prompt.
 pub struct MmluLoglik;
 
+/// The position (0 for A) of a document's answer letter.
+pub(crate) fn answer_index(doc: &Value) -> Option<usize> {
+    LETTERS.iter().position(|l| doc["answer"] == *l)
+}
+
+/// `mmlu_loglik`'s context: header, the five shots, the question ending in `Answer:` (the
+/// options lettered A-D); also the prompt of the generative `mmlu_joint`.
+pub(crate) fn loglik_context(doc: &Value) -> Result<String> {
+    Ok(format!(
+        "{}{}{}",
+        field(doc, "header")?,
+        shots(doc).concat(),
+        field(doc, "question")?
+    ))
+}
+
 fn loglik_correct(doc: &Value, r: &[Response]) -> bool {
     let lls: Vec<f64> = r.iter().map(Response::logprob).collect();
-    let gold = LETTERS.iter().position(|l| doc["answer"] == *l);
-    Some(argmax(&lls)) == gold
+    Some(argmax(&lls)) == answer_index(doc)
 }
 
 impl Task for MmluLoglik {
@@ -285,12 +300,7 @@ impl Task for MmluLoglik {
         mmlu_docs(data)
     }
     fn requests(&self, doc: &Value) -> Result<Vec<Request>> {
-        let context = format!(
-            "{}{}{}",
-            field(doc, "header")?,
-            shots(doc).concat(),
-            field(doc, "question")?
-        );
+        let context = loglik_context(doc)?;
         Ok(LETTERS
             .iter()
             .map(|l| Request::Loglikelihood {

@@ -3,6 +3,8 @@
 pub mod boolq;
 pub mod caption;
 pub mod ethics;
+pub mod ethics_gen;
+pub mod generative;
 pub mod gsm8k;
 pub mod mathqa;
 pub mod mc_joint;
@@ -10,6 +12,7 @@ pub mod mme;
 pub mod mmlu;
 pub mod mmlu_tables;
 pub mod pope;
+pub mod retention_gen;
 pub mod squad2;
 pub mod squad2_data;
 pub mod truthfulqa;
@@ -28,17 +31,27 @@ pub fn all() -> Vec<Box<dyn Task>> {
         Box::new(truthfulqa::TruthfulQaGen),
         Box::new(mc_joint::TRUTHFULQA_MC1_JOINT),
         Box::new(mc_joint::TRUTHFULQA_MC1_CIRCULAR),
+        Box::new(mc_joint::TRUTHFULQA_MC2_JOINT),
+        Box::new(mc_joint::TRUTHFULQA_MC2_CIRCULAR),
         Box::new(ethics::EthicsCm),
         Box::new(ethics::EthicsDeontology),
         Box::new(ethics::EthicsJustice),
         Box::new(ethics::EthicsUtilitarianism),
         Box::new(ethics::EthicsVirtue),
+        Box::new(ethics_gen::CM),
+        Box::new(ethics_gen::DEONTOLOGY),
+        Box::new(ethics_gen::JUSTICE),
+        Box::new(ethics_gen::UTILITARIANISM),
+        Box::new(ethics_gen::VIRTUE),
         Box::new(mmlu::MMLU),
         Box::new(mmlu::MmluLoglik),
+        Box::new(retention_gen::MmluJoint),
         Box::new(gsm8k::Gsm8k),
         Box::new(mathqa::MATHQA),
         Box::new(mathqa::MATHQA_0SHOT),
+        Box::new(retention_gen::MathQaJoint),
         Box::new(boolq::BoolQ),
+        Box::new(retention_gen::BoolQGen),
         Box::new(squad2::Squad2),
         Box::new(pope::RANDOM),
         Box::new(pope::POPULAR),
@@ -73,6 +86,25 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ("pope", &["pope_random", "pope_popular", "pope_adversarial"]),
     // The paper's checks that the other skills survive (issue 16).
     ("retention", &["mmlu", "gsm8k", "mathqa", "boolq", "squad2"]),
+    // The generative protocols (issue 18 item 2): every option in the prompt, a letter or a
+    // word as the answer, read by fixed rules; what a chat API can run.
+    (
+        "generative",
+        &[
+            "truthfulqa_mc1_joint",
+            "truthfulqa_mc1_circular",
+            "truthfulqa_mc2_joint",
+            "truthfulqa_mc2_circular",
+            "ethics_cm_gen",
+            "ethics_deontology_gen",
+            "ethics_justice_gen",
+            "ethics_utilitarianism_gen",
+            "ethics_virtue_gen",
+            "mmlu_joint",
+            "mathqa_joint",
+            "boolq_gen",
+        ],
+    ),
 ];
 
 /// Where harness versions differ in a task's protocol, which one to run (the defaults are the
