@@ -226,13 +226,16 @@ fn resps(dir: &Path, task: &str) -> Vec<Value> {
 
 /// The generative protocols (issue 18 item 2) on one model three ways: local, over
 /// `openai-completions` (the same raw prompts), and over `openai-chat` against a local run
-/// with `--chat-template v1` (the server's default `--conv-mode`): each pair equal, metrics and
-/// every response.
+/// with `--chat-template v1` (the server's default `--conv-mode`): each pair equal, metrics,
+/// recorded protocols and every response. One task of each kind (letters shuffled, letters
+/// rotated, the MC2 analogue, yes/no, reasonable/unreasonable, the data's own letters) whose
+/// prompts fit the fixture's 512 positions under the template (`ethics_cm`'s long posts do not:
+/// the server refuses what in-process generation would left-truncate).
 #[test]
 fn generative_protocols_over_the_api_equal_the_local_run() {
-    const TASKS: &str = "truthfulqa_mc1_joint,truthfulqa_mc1_circular";
+    const TASKS: &str = "truthfulqa_mc1_joint,truthfulqa_mc1_circular,truthfulqa_mc2_circular,ethics_deontology_gen,ethics_utilitarianism_gen,mathqa_joint";
     let tmp = tempfile::tempdir().unwrap();
-    let args = ["eval", "--tasks", TASKS, "--limit", "3", "--log-samples"];
+    let args = ["eval", "--tasks", TASKS, "--limit", "2", "--log-samples"];
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
         let o = sightline()
@@ -262,6 +265,14 @@ fn generative_protocols_over_the_api_equal_the_local_run() {
     );
     let (l, a) = (results(&local), results(&api));
     assert_eq!(l["results"], a["results"]);
+    assert_eq!(l["configs"], a["configs"]);
+    assert_eq!(
+        l["configs"]["truthfulqa_mc2_circular"]["protocol"]["name"],
+        "circular"
+    );
+    for task in TASKS.split(',') {
+        assert_eq!(resps(&local, task), resps(&api, task), "{task}");
+    }
     let u = l["results"]["truthfulqa_mc1_circular"]["unparseable,none"]
         .as_f64()
         .unwrap();
@@ -375,6 +386,53 @@ fn image_tasks_over_openai_chat_equal_the_local_run() {
         assert_eq!(x.len(), 4);
         assert_eq!(x, y, "{name}");
     }
+}
+
+/// The paper's MMLU script (prompt fitted token by token to 2,048 with BOS, greedy, not cut)
+/// over `openai-completions` equals the local run: the fitting uses the server's `/tokenize`.
+/// On the 2,048-position LLaVA fixture's decoder (a LLaVA server answers text requests with
+/// its language model), since the script's prompts do not fit stories260K's 512.
+#[test]
+fn mmlu_script_over_openai_completions_equals_the_local_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/mm_eval/tiny-llava-hf-2k"
+    );
+    let server = serve(&["--model", model]);
+    let args = ["eval", "--tasks", "mmlu", "--limit", "4", "--log-samples"];
+    let (local, api) = (tmp.path().join("local"), tmp.path().join("api"));
+    for (out, extra) in [
+        (&local, vec!["--model", model]),
+        (
+            &api,
+            vec![
+                "--model",
+                "openai-completions:tiny",
+                "--base-url",
+                &server.base,
+            ],
+        ),
+    ] {
+        let o = sightline()
+            .args(args)
+            .args(extra)
+            .arg("--output")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(results(&local)["results"], results(&api)["results"]);
+    let (x, y) = (resps(&local, "mmlu"), resps(&api, "mmlu"));
+    assert_eq!(x.len(), 4);
+    assert!(x.iter().any(|r| r[0] != ""), "every answer empty: {x:?}");
+    assert_eq!(x, y);
+    let usage = &results(&api)["config"]["api"]["usage"];
+    assert!(
+        usage["prompt_tokens"].as_u64().unwrap() > 4 * 1000,
+        "{usage}"
+    );
 }
 
 #[test]

@@ -140,8 +140,10 @@ pub struct CandleLm {
     /// conversation template (BOS as the tokenizer's config says, the template's stop string
     /// added), exactly as `sightline serve --conv-mode MODE` renders a chat request, so that a
     /// local model and an API model answer the same prompt. lm-eval's `--apply_chat_template`
-    /// does the same with a tokenizer's Jinja template. Log-likelihood requests are refused
-    /// under it (their context/continuation boundary has no place in a chat turn here).
+    /// does the same with a tokenizer's Jinja template. As on a chat server, a conversation is
+    /// not truncated (one longer than the model is an error) and generation ends where the
+    /// model's positions do. Log-likelihood requests are refused under it (their
+    /// context/continuation boundary has no place in a chat turn here).
     pub chat_template: Option<String>,
 }
 
@@ -246,19 +248,32 @@ impl LanguageModel for CandleLm {
             )));
         }
         let mut stop = until.to_vec();
-        let mut ids = match &self.chat_template {
-            None => tok.encode(context)?,
+        let ids = match &self.chat_template {
+            None => {
+                let mut ids = tok.encode(context)?;
+                let keep = max_length - self.max_gen_toks;
+                if ids.len() > keep {
+                    ids.drain(..ids.len() - keep);
+                }
+                ids
+            }
+            // As a chat server takes it: the whole conversation or nothing (no truncation),
+            // and generation ends where the model's positions do.
             Some(mode) => {
                 let (prompt, template_stop) = render_chat(mode, &[(ChatRole::User, context)])
                     .map_err(|e| Error::Config(format!("--chat-template {mode}: {e}")))?;
                 stop.extend(template_stop.map(str::to_string));
-                tok.encode_prompt(&prompt)?
+                let ids = tok.encode_prompt(&prompt)?;
+                let positions = self.loaded.model.config.max_position_embeddings;
+                if ids.len() >= positions {
+                    return Err(Error::Config(format!(
+                        "--chat-template {mode}: the conversation is {} tokens; the model has {positions} positions (a chat server refuses it too; prompts without a template are left-truncated)",
+                        ids.len()
+                    )));
+                }
+                ids
             }
         };
-        let keep = max_length - self.max_gen_toks;
-        if ids.len() > keep {
-            ids.drain(..ids.len() - keep);
-        }
         let opts = GenerateOptions {
             max_new_tokens: self.max_gen_toks,
             stop,

@@ -22,7 +22,7 @@ pub struct ApiArgs {
     /// openai-completions:NAME or openai-chat:NAME. The key is read from OPENAI_API_KEY.
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
-    /// API requests in flight at once (log-likelihoods; generations go one at a time).
+    /// API requests in flight at once (log-likelihood batches, generations, image requests).
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
     pub api_concurrency: usize,
     /// Seconds before an API request is abandoned (and retried).
