@@ -1,18 +1,18 @@
 //! The model behind the server: one worker thread owns the model and takes jobs from a bounded
 //! queue. Each time it wakes it drains what is queued: every scoring job in the drain (prompts
 //! from any number of clients) runs as length-sorted, right-padded batches of `batch_size`;
-//! image generations in the drain with the same decoding settings run together through
-//! [`sightline_vision::batch_generate`] (equal-length prompts share a batch, and batching never
-//! changes a token there); text generation jobs then run one after another (greedy decoding
-//! depends on nothing but its own prompt, so serializing them changes no answer; it costs
-//! throughput, not correctness).
+//! image generations, and greedy text generations that are not streamed, with the same
+//! decoding settings run together through [`sightline_vision::batch_generate`] (equal-length
+//! prompts share a batch, and batching never changes a token there); sampled or streamed text
+//! generations then run one after another (each depends on nothing but its own prompt and
+//! seed, so serializing them changes no answer; it costs throughput, not correctness).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use sightline_model::generate::{generate_ids_with, GenerateOptions, Generation};
+use sightline_model::generate::{first_stop, generate_ids_with, GenerateOptions, Generation};
 use sightline_model::llama::logprob_and_greedy;
 use sightline_model::{Llama, LoadedModel, Tokenizer};
 use sightline_vision::batch_generate::{BatchOutput, BatchPrompt, Decoding};
@@ -171,7 +171,13 @@ fn worker(served: Served, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
                 }
             }
         }
-        for job in generating {
+        // Greedy, unstreamed text generations run together (see `run_text_batch`); the rest
+        // one at a time.
+        let (batched, serial): (Vec<Job>, Vec<Job>) = generating.into_iter().partition(|j| {
+            matches!(j, Job::Generate { opts, steps: None, .. } if opts.temperature <= 0.0 && opts.stop_at_eos)
+        });
+        run_text_batch(model, tokenizer, batch_size, batched);
+        for job in serial {
             if let Job::Generate {
                 prompt,
                 opts,
@@ -190,6 +196,88 @@ fn worker(served: Served, batch_size: usize, mut rx: mpsc::Receiver<Job>) {
                 });
                 // The client may have gone; nothing to do then.
                 let _ = reply.send(out);
+            }
+        }
+    }
+}
+
+/// Greedy text generations of one drain, from any number of clients: those with the same
+/// length limit and stop strings run through [`sightline_vision::batch_generate`] (equal-length
+/// prompts share a batch of `batch_size`; a row computes exactly what it computes alone, and
+/// greedy decoding is [`generate_ids`](sightline_model::generate::generate_ids)'s, so an answer
+/// does not depend on who else asked). The text is cut at the first stop string, as a single
+/// generation's is.
+fn run_text_batch(model: &Llama, tok: &Tokenizer, batch_size: usize, jobs: Vec<Job>) {
+    type Reply = oneshot::Sender<Result<Generation>>;
+    let mut groups: Vec<(Decoding, Vec<(BatchPrompt, Reply)>)> = Vec::new();
+    for job in jobs {
+        let Job::Generate {
+            prompt,
+            opts,
+            reply,
+            ..
+        } = job
+        else {
+            continue;
+        };
+        let embeds = guarded(|| {
+            let ids = Tensor::from_slice(&prompt, (1, prompt.len()), model.device())
+                .map_err(|e| Error::Request(e.to_string()))?;
+            Ok(model
+                .embed(&ids)?
+                .squeeze(0)
+                .map_err(|e| Error::Request(e.to_string()))?)
+        });
+        let embeds = match embeds {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                continue;
+            }
+        };
+        let decoding = Decoding {
+            max_new_tokens: opts.max_new_tokens,
+            min_new_tokens: 0,
+            sampling: None,
+            stop: opts.stop,
+        };
+        let row = (BatchPrompt { embeds, seed: 0 }, reply);
+        match groups.iter_mut().find(|(d, _)| *d == decoding) {
+            Some((_, g)) => g.push(row),
+            None => groups.push((decoding, vec![row])),
+        }
+    }
+    for (decoding, group) in groups {
+        let (prompts, replies): (Vec<BatchPrompt>, Vec<Reply>) = group.into_iter().unzip();
+        let mut replies: Vec<Option<Reply>> = replies.into_iter().map(Some).collect();
+        let run = guarded(|| {
+            sightline_vision::batch_generate::generate_batched(
+                model,
+                tok,
+                &prompts,
+                &decoding,
+                batch_size,
+                &mut |done| {
+                    for (k, out) in done {
+                        let mut text = out.text.clone();
+                        if let Some(cut) = first_stop(&text, &decoding.stop) {
+                            text.truncate(cut);
+                        }
+                        if let Some(reply) = replies[*k].take() {
+                            let _ = reply.send(Ok(Generation {
+                                text,
+                                tokens: out.tokens.clone(),
+                            }));
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| Error::Request(e.to_string()))
+        });
+        if let Err(e) = run {
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(Error::Request(e.to_string())));
             }
         }
     }

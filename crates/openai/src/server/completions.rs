@@ -131,23 +131,24 @@ async fn answer(
     opts: &GenerateOptions,
 ) -> Result<Response, ApiError> {
     let max_tokens = opts.max_new_tokens;
-    let mut gens = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        gens.push(if max_tokens > 0 {
-            Some(
-                stream::generate(
-                    s,
-                    Work::Text {
-                        prompt: p.clone(),
-                        opts: opts.clone(),
-                    },
-                )
-                .await?,
+    // All of a request's prompts are queued at once, so the worker can batch them.
+    let gens: Vec<Option<Generation>> = if max_tokens > 0 {
+        futures_util::future::try_join_all(prompts.iter().map(|p| {
+            stream::generate(
+                s,
+                Work::Text {
+                    prompt: p.clone(),
+                    opts: opts.clone(),
+                },
             )
-        } else {
-            None
-        });
-    }
+        }))
+        .await?
+        .into_iter()
+        .map(Some)
+        .collect()
+    } else {
+        vec![None; prompts.len()]
+    };
     let scored = match req.logprobs {
         Some(k) => Some(score(s, prompts, &gens, k).await?),
         None => None,
