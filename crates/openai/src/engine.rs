@@ -223,10 +223,10 @@ fn run_text_batch(model: &Llama, tok: &Tokenizer, batch_size: usize, jobs: Vec<J
         let embeds = guarded(|| {
             let ids = Tensor::from_slice(&prompt, (1, prompt.len()), model.device())
                 .map_err(|e| Error::Request(e.to_string()))?;
-            Ok(model
+            model
                 .embed(&ids)?
                 .squeeze(0)
-                .map_err(|e| Error::Request(e.to_string()))?)
+                .map_err(|e| Error::Request(e.to_string()))
         });
         let embeds = match embeds {
             Ok(e) => e,
