@@ -215,6 +215,21 @@ fn api_generation_equals_the_local_run() {
     assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
 }
 
+/// Runs `sightline ARGS... --output OUT`, failing the test with its stderr unless it succeeds.
+fn eval_into(args: &[&str], out: &Path) {
+    let o = sightline()
+        .args(args)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// The samples' responses of `task`, in order.
 fn resps(dir: &Path, task: &str) -> Vec<Value> {
     std::fs::read_to_string(dir.join(format!("samples_{task}.jsonl")))
@@ -238,18 +253,7 @@ fn generative_protocols_over_the_api_equal_the_local_run() {
     let args = ["eval", "--tasks", TASKS, "--limit", "2", "--log-samples"];
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
-        let o = sightline()
-            .args(args)
-            .args(extra)
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        eval_into(&[&args[..], extra].concat(), &out);
         out
     };
     let server = serve(&[]);
@@ -318,27 +322,16 @@ fn image_tasks_over_openai_chat_equal_the_local_run() {
         ),
     ] {
         let run = |out: &Path, model_args: &[&str]| {
-            let o = sightline()
-                .args([
-                    "eval",
-                    "--tasks",
-                    "unicorn_sketchy_vqa",
-                    "--skip-missing-images",
-                    "--limit",
-                    "4",
-                    "--log-samples",
-                ])
-                .args(&extra)
-                .args(model_args)
-                .arg("--output")
-                .arg(out)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let args = [
+                "eval",
+                "--tasks",
+                "unicorn_sketchy_vqa",
+                "--skip-missing-images",
+                "--limit",
+                "4",
+                "--log-samples",
+            ];
+            eval_into(&[&args[..], &extra, model_args].concat(), out);
         };
         let (local, api) = (
             tmp.path().join(format!("{name}-local")),
@@ -414,14 +407,7 @@ fn mmlu_script_over_openai_completions_equals_the_local_run() {
             ],
         ),
     ] {
-        let o = sightline()
-            .args(args)
-            .args(extra)
-            .arg("--output")
-            .arg(out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        eval_into(&[&args[..], &extra].concat(), out);
     }
     assert_eq!(results(&local)["results"], results(&api)["results"]);
     let (x, y) = (resps(&local, "mmlu"), resps(&api, "mmlu"));

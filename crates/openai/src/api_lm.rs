@@ -268,7 +268,12 @@ impl ApiLm {
             stop: (!until.is_empty()).then(|| Stop::Many(until.to_vec())),
             ..Default::default()
         };
-        let resp: ChatResponse = self.client.post("/chat/completions", &req)?;
+        self.post_chat(&req, until)
+    }
+
+    /// Sends a chat request; the reply's text cut at the first of `stop`.
+    fn post_chat(&self, req: &ChatRequest, stop: &[String]) -> Result<String> {
+        let resp: ChatResponse = self.client.post("/chat/completions", req)?;
         self.client.count(resp.usage.as_ref());
         let text = resp
             .choices
@@ -276,7 +281,7 @@ impl ApiLm {
             .next()
             .and_then(|c| c.message.content)
             .unwrap_or_default();
-        Ok(cut_at_stop(text, until))
+        Ok(cut_at_stop(text, stop))
     }
 
     /// Greedy completion from the context's ids, left-truncated as in-process generation
@@ -355,15 +360,7 @@ impl ApiLm {
             stop: (!d.stop.is_empty()).then(|| Stop::Many(d.stop.clone())),
             ..Default::default()
         };
-        let resp: ChatResponse = self.client.post("/chat/completions", &req)?;
-        self.client.count(resp.usage.as_ref());
-        let text = resp
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .unwrap_or_default();
-        Ok(cut_at_stop(text, &d.stop))
+        self.post_chat(&req, &d.stop)
     }
 
     /// The image as a `data:` URL: the file as stored, or with `--corrupt` a PNG of the
