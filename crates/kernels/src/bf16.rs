@@ -50,7 +50,7 @@ impl CustomOp2 for Bf16Linear {
 }
 
 /// `x · wᵀ` into a new `[n, m]` buffer of `O`.
-fn product<O: GemmOut>(
+pub(crate) fn product<O: GemmOut>(
     x: &[bf16],
     w: &[bf16],
     (n, k, m): (usize, usize, usize),

@@ -34,6 +34,7 @@
 
 mod attention;
 mod bf16;
+mod bf16_train;
 mod cpu;
 mod flash;
 pub mod gemm_bf16;
@@ -49,6 +50,7 @@ mod switch;
 pub use attention::{
     causal_attention, causal_attention_after_prefix, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM,
 };
+pub use bf16_train::bf16_linear_trainable;
 pub use cpu::Path;
 pub use linear::{frozen_linear, frozen_linear_to_f32};
 pub use loss::cross_entropy_rows;

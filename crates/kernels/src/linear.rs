@@ -45,6 +45,11 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
     if bf16_forward(&[x, w]) && x.rank() == 2 {
         return crate::bf16::linear(x, w, DType::BF16);
     }
+    if crate::cpu::tracks(&[x, w]) {
+        if let Some(y) = crate::bf16_train::bf16_linear_trainable(x, w, false)? {
+            return Ok(y);
+        }
+    }
     if Path::of(&[x, w]) != Path::WithBackward || x.rank() != 2 {
         return x.matmul(&w.t()?);
     }

@@ -145,3 +145,89 @@ fn rope_to_heads_in_bf16_equals_candle_rope_bit_for_bit() -> Result<()> {
     );
     Ok(())
 }
+
+/// Seeded bf16 values in [-2, 2).
+fn bf16_values(n: usize, seed: u64) -> Vec<bf16> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            bf16::from_f32((s >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
+        })
+        .collect()
+}
+
+/// `a: [r, c]` transposed.
+fn transposed(a: &[bf16], r: usize, c: usize) -> Vec<bf16> {
+    (0..c)
+        .flat_map(|j| (0..r).map(move |i| a[i * c + j]))
+        .collect()
+}
+
+/// The trainable bf16 linear layer (mixed-precision training) on the bf16 GEMM: its forward
+/// and both gradients equal the exact bf16-product / f32-sum reference, rounded to bf16 once,
+/// bit for bit (`dX = dY·W`, `dW = dYᵀ·X`, as autocast's bf16 matmuls compute them); with a
+/// frozen weight only x gets a gradient. Odd shapes, so every tile edge is crossed.
+#[test]
+fn trainable_bf16_linear_gradients_are_the_bf16_gemm_reference() -> Result<()> {
+    use sightline_kernels::gemm_bf16::reference::matmul_nt_bf16_reference as reference;
+    if Bf16Gemm::detect() != Bf16Gemm::Avx512Bf16 {
+        eprintln!("no AVX512-BF16 on this CPU: the op is not used (candle's matmul is)");
+        let x = Tensor::ones((2, 3), DType::BF16, &Device::Cpu)?;
+        assert!(sightline_kernels::bf16_linear_trainable(&x, &x, true)?.is_none());
+        return Ok(());
+    }
+    let round = |v: Vec<f32>| -> Vec<bf16> { v.into_iter().map(bf16::from_f32).collect() };
+    for &(n, k, m) in &[(1, 1, 1), (17, 33, 65), (70, 130, 49)] {
+        let (xv, wv) = (bf16_values(n * k, 1), bf16_values(m * k, 2));
+        let gv = bf16_values(n * m, 3);
+        let dev = Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::from_vec(xv.clone(), (n, k), &dev)?)?;
+        let w = candle_core::Var::from_tensor(&Tensor::from_vec(wv.clone(), (m, k), &dev)?)?;
+        let y = sightline_kernels::bf16_linear_trainable(x.as_tensor(), w.as_tensor(), true)?
+            .context("the op runs on this CPU")?;
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<bf16>()?,
+            round(reference(&xv, &wv, n, k, m)),
+            "forward {n}x{k}x{m}"
+        );
+        // Σ y ⊙ g has gradient g with respect to y.
+        let g = Tensor::from_vec(gv.clone(), (n, m), &dev)?;
+        let grads = (y * &g)?.sum_all()?.backward()?;
+        let dx = grads.get(x.as_tensor()).context("dx")?;
+        let dw = grads.get(w.as_tensor()).context("dw")?;
+        assert_eq!(
+            dx.flatten_all()?.to_vec1::<bf16>()?,
+            round(reference(&gv, &transposed(&wv, m, k), n, m, k)),
+            "dX {n}x{k}x{m}"
+        );
+        assert_eq!(
+            dw.flatten_all()?.to_vec1::<bf16>()?,
+            round(reference(
+                &transposed(&gv, n, m),
+                &transposed(&xv, n, k),
+                m,
+                n,
+                k
+            )),
+            "dW {n}x{k}x{m}"
+        );
+        // A frozen weight: x's gradient alone.
+        let frozen = Tensor::from_vec(wv.clone(), (m, k), &dev)?;
+        let y = sightline_kernels::bf16_linear_trainable(x.as_tensor(), &frozen, false)?
+            .context("the op runs")?;
+        let grads = (y * &g)?.sum_all()?.backward()?;
+        assert!(grads.get(&frozen).is_none());
+        assert_eq!(
+            grads
+                .get(x.as_tensor())
+                .context("dx")?
+                .flatten_all()?
+                .to_vec1::<bf16>()?,
+            round(reference(&gv, &transposed(&wv, m, k), n, m, k)),
+        );
+    }
+    Ok(())
+}

@@ -117,13 +117,19 @@ pub struct NamedParam {
 }
 
 /// `x·Wᵀ` for rows `x: [n, in]` and an HF-layout weight `[out, in]`: a frozen weight goes
-/// through [`sightline_kernels::frozen_linear`] (no weight gradient), a trainable one through
-/// candle's matmul (a mixed one in its compute dtype).
+/// through [`sightline_kernels::frozen_linear`] (no weight gradient), a trainable one (a mixed
+/// one in its compute dtype) through the bf16 GEMM with its backward in bf16 on CPUs that have
+/// one, else through candle's matmul.
 pub fn linear(xs: &Tensor, w: &Param) -> Result<Tensor> {
     Ok(match w {
         Param::Frozen(w) => sightline_kernels::frozen_linear(xs, w)?,
-        Param::Trainable(w) => xs.matmul(&w.as_tensor().t()?)?,
-        Param::Mixed { .. } => xs.matmul(&w.value()?.t()?)?,
+        Param::Trainable(_) | Param::Mixed { .. } => {
+            let w = w.value()?;
+            match sightline_kernels::bf16_linear_trainable(xs, &w, true)? {
+                Some(y) => y,
+                None => xs.matmul(&w.t()?)?,
+            }
+        }
     })
 }
 

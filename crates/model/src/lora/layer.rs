@@ -195,7 +195,15 @@ impl LoraLayer {
             x
         };
         let (a, b) = (self.a.value()?, self.b.value()?);
-        let delta = (x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?;
+        let delta = if b.dtype() == DType::BF16 {
+            // candle's bf16 `affine` is a scalar loop, and `[n, out]` is the largest tensor
+            // here: scaling the `[out, r]` matrix first costs r/n as much, forward and backward.
+            // The same bits when `scaling` is a power of two (PEFT's alpha/r usually is);
+            // otherwise one rounding moves.
+            times_t(&times_t(&x, &a)?, &(b * self.scaling)?)?
+        } else {
+            (times_t(&times_t(&x, &a)?, &b)? * self.scaling)?
+        };
         if dtype == DType::F32 {
             // An f32 base output (bf16 inference's f32 residual path): the update joins it in
             // f32, as torch promotes `result + lora_B(lora_A(x)) * scaling`.
@@ -291,6 +299,16 @@ pub fn adapter_config_json(spec: &LoraSpec, base_model: &str) -> serde_json::Val
         "rank_pattern": {},
         "alpha_pattern": {},
     })
+}
+
+/// `x · Wᵀ`: on the bf16 GEMM (with its backward) for CPU bf16 rows, else candle's matmul.
+fn times_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(
+        match sightline_kernels::bf16_linear_trainable(x, w, true)? {
+            Some(y) => y,
+            None => x.matmul(&w.t()?)?,
+        },
+    )
 }
 
 #[cfg(test)]
