@@ -182,7 +182,10 @@ fn read_key(path: &Path) -> Option<String> {
 
 /// Writes JSON to a temporary sibling and renames it over `path`.
 fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
+    // `.<name>.tmp-<pid>`: two runs writing the same manifest never share a temporary, and a
+    // killed run's leftover is swept by the next write.
+    let _ = sightline_guard::temp::remove_stale(path);
+    let tmp = sightline_guard::temp::temp_path(path);
     let text = serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
     std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -399,4 +402,31 @@ pub fn clock(seconds: f64) -> String {
 /// Where a step keeps its manifest.
 pub fn manifest_path(plan: &Plan, step: &str) -> PathBuf {
     plan.dir.join(step).join("manifest.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest is written under this process's own hidden temporary and renamed; a stale
+    /// temporary a killed run left (a process id that cannot be running) is swept, another
+    /// file of the folder is not touched.
+    #[test]
+    fn manifests_are_written_through_a_per_process_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("manifest.json");
+        let stale = d
+            .path()
+            .join(format!(".manifest.json.tmp-{}", u32::MAX - 1));
+        std::fs::write(&stale, "half").unwrap();
+        std::fs::write(d.path().join("other.json"), "{}").unwrap();
+        write_json(&path, &serde_json::json!({"key": "k"})).unwrap();
+        assert_eq!(read_key(&path).as_deref(), Some("k"));
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["manifest.json", "other.json"]);
+    }
 }

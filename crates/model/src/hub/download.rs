@@ -92,7 +92,8 @@ fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), String
         return Ok(());
     }
     let path = repo_dir.join("refs").join(revision);
-    let tmp = path.with_extension("sightline-tmp");
+    // `.<name>.tmp-<pid>`: concurrent downloads of one repository never share a temporary.
+    let tmp = sightline_guard::temp::temp_path(&path);
     std::fs::create_dir_all(path.parent().unwrap_or(repo_dir))
         .and_then(|_| std::fs::write(&tmp, commit))
         .and_then(|_| std::fs::rename(&tmp, &path))
