@@ -16,8 +16,9 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::bf16::{product, Bf16Linear};
+use crate::bf16::{product, Bf16Linear, Bf16SwiGlu};
 use crate::cpu::{slice_of, CResult};
+use crate::math::exp_nonpositive;
 
 /// `x · Wᵀ` (bf16) whose backward runs on the bf16 GEMM; `weight_grad: false` for a frozen
 /// weight (only x's gradient is computed).
@@ -64,6 +65,97 @@ impl CustomOp2 for Bf16LinearWithBackward {
             Ok((Some(dx), Some(Tensor::from_vec(dw, (m, k), &dev)?)))
         })
     }
+}
+
+/// `silu(gate) · up` on bf16 rows with a backward, as autocast runs `act_fn(gate) * up` in bf16:
+/// forward [`Bf16SwiGlu`] (the activation rounded to bf16, then the product), backward the two
+/// bf16 products' gradients (`d_up = bf16(dy · act)`, `d_act = bf16(dy · up)`) and silu's
+/// (`d_gate = bf16(d_act · σ(g)(1 + g(1 − σ(g))))`, in f32 inside). Saves nothing but the bf16
+/// inputs the graph holds anyway.
+struct Bf16SwiGluWithBackward;
+
+impl CustomOp2 for Bf16SwiGluWithBackward {
+    fn name(&self) -> &'static str {
+        "bf16-swiglu-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        Bf16SwiGlu.cpu_fwd(gs, gl, us, ul)
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.to_dtype(DType::BF16)?.contiguous()?;
+        let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+        let n = gate.elem_count();
+        let (mut dg, mut du) = (vec![bf16::ZERO; n], vec![bf16::ZERO; n]);
+        with_bf16(&grad, |dy| {
+            with_bf16(&gate, |g| {
+                with_bf16(&up, |u| {
+                    const CHUNK: usize = 1 << 14;
+                    dg.par_chunks_mut(CHUNK)
+                        .zip(du.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(c, (dg, du))| {
+                            let base = c * CHUNK;
+                            for i in 0..dg.len() {
+                                let (x, dyi) = (g[base + i].to_f32(), dy[base + i].to_f32());
+                                let sigmoid = sigmoid(x);
+                                let act = bf16::from_f32(x * sigmoid).to_f32();
+                                du[i] = bf16::from_f32(dyi * act);
+                                let d_act = bf16::from_f32(dyi * u[base + i].to_f32()).to_f32();
+                                dg[i] =
+                                    bf16::from_f32(d_act * sigmoid * (1.0 + x * (1.0 - sigmoid)));
+                            }
+                        });
+                    Ok(())
+                })
+            })
+        })?;
+        let shape = gate.shape().clone();
+        Ok((
+            Some(Tensor::from_vec(dg, shape.clone(), gate.device())?),
+            Some(Tensor::from_vec(du, shape, gate.device())?),
+        ))
+    }
+}
+
+/// σ(x) from exp(−|x|) (never overflows), as the forward computes it.
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
+}
+
+/// `silu(gate) · up` for CPU bf16 tensors of one shape when a gradient is wanted, with the
+/// backward above; `None` otherwise (the caller keeps its other paths).
+pub(crate) fn bf16_swiglu_trainable(gate: &Tensor, up: &Tensor) -> CResult<Option<Tensor>> {
+    let fits = [gate, up]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16)
+        && gate.shape() == up.shape()
+        && (gate.track_op() || up.track_op());
+    if !fits {
+        return Ok(None);
+    }
+    Ok(Some(
+        gate.contiguous()?
+            .apply_op2(&up.contiguous()?, Bf16SwiGluWithBackward)?,
+    ))
 }
 
 /// Runs `f` on the values of a contiguous CPU bf16 tensor.

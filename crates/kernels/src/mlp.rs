@@ -91,6 +91,10 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
             .contiguous()?
             .apply_op2_no_bwd(&up.contiguous()?, &SwiGlu),
         Path::WithBackward => gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu),
-        Path::Candle => gate.silu()? * up,
+        // bf16 training on the CPU: a bf16 op with its backward, roundings as autocast's.
+        Path::Candle => match crate::bf16_train::bf16_swiglu_trainable(gate, up)? {
+            Some(y) => Ok(y),
+            None => gate.silu()? * up,
+        },
     }
 }

@@ -231,3 +231,54 @@ fn trainable_bf16_linear_gradients_are_the_bf16_gemm_reference() -> Result<()> {
     }
     Ok(())
 }
+
+/// SwiGLU in bf16 training (gradients wanted) rounds as autocast's bf16 `silu(g) * u` does:
+/// `act = bf16(silu(g))`, `y = bf16(act·u)`; `d_up = bf16(dy·act)`, `d_act = bf16(dy·u)`,
+/// `d_gate = bf16(d_act · silu'(g))` (f32 inside) — checked value by value against those
+/// formulas (candle's composed bf16 silu rounds after every elementary step and differs).
+#[test]
+fn swiglu_with_gradients_in_bf16_rounds_as_autocast() -> Result<()> {
+    let dev = Device::Cpu;
+    let (n, d) = (5, 37);
+    let (gv, uv, wv) = (
+        bf16_values(n * d, 7),
+        bf16_values(n * d, 8),
+        bf16_values(n * d, 9),
+    );
+    let var = |v: &[bf16]| -> Result<candle_core::Var> {
+        Ok(candle_core::Var::from_tensor(&Tensor::from_vec(
+            v.to_vec(),
+            (n, d),
+            &dev,
+        )?)?)
+    };
+    let (g, u) = (var(&gv)?, var(&uv)?);
+    let w = Tensor::from_vec(wv.clone(), (n, d), &dev)?;
+    let y = sightline_kernels::swiglu(g.as_tensor(), u.as_tensor())?;
+    // d(Σ y⊙w)/dy = w exactly (bf16 times one).
+    let grads = (&y * &w)?.sum_all()?.backward()?;
+    let vals = |t: &Tensor| -> Result<Vec<bf16>> { Ok(t.flatten_all()?.to_vec1::<bf16>()?) };
+    let (y, dg, du) = (
+        vals(&y)?,
+        vals(grads.get(g.as_tensor()).context("dgate")?)?,
+        vals(grads.get(u.as_tensor()).context("dup")?)?,
+    );
+    let r = |x: f32| bf16::from_f32(x);
+    for i in 0..n * d {
+        let (x, ui, dy) = (gv[i].to_f32(), uv[i].to_f32(), wv[i].to_f32());
+        let s = 1.0 / (1.0 + (-x).exp());
+        let act = r(x * s).to_f32();
+        let d_act = r(dy * ui).to_f32();
+        let want_dg = d_act * s * (1.0 + x * (1.0 - s));
+        assert_eq!(y[i], r(act * ui), "y[{i}]");
+        assert_eq!(du[i], r(dy * act), "dup[{i}]");
+        // σ from exp(-|x|) in the kernel against libm's here: within one bf16 step.
+        let step = want_dg.abs() * 2f32.powi(-7) + 1e-30;
+        assert!(
+            (dg[i].to_f32() - want_dg).abs() <= step,
+            "dgate[{i}]: {} vs {want_dg}",
+            dg[i]
+        );
+    }
+    Ok(())
+}
