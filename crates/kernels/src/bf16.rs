@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::cpu::{rows_per_task, slice, slice_of, CResult};
 use crate::gemm_bf16::matmul_nt;
 use crate::gemm_bf16::GemmOut;
-use crate::math::{exp_nonpositive, inv_rms};
+use crate::math::{inv_rms, sigmoid};
 
 /// `x · Wᵀ` on bf16 rows `[n, k]` and a bf16 weight `[m, k]`, into bf16 (PyTorch's bf16
 /// matmul) or into f32 (the LM head: logits that are not rounded to 8 significant bits).
@@ -148,15 +148,7 @@ impl CustomOp2 for Bf16SwiGlu {
             .for_each(|(y, (g, u))| {
                 for i in 0..y.len() {
                     let g = g[i].to_f32();
-                    // sigmoid from exp(-|g|) (never overflows; vectorises, unlike libm's exp),
-                    // a few f32 ulp from g / (1 + exp(-g)) before the bf16 rounding.
-                    let e = exp_nonpositive(-g.abs());
-                    let sigmoid = if g >= 0.0 {
-                        1.0 / (1.0 + e)
-                    } else {
-                        e / (1.0 + e)
-                    };
-                    let act = bf16::from_f32(g * sigmoid).to_f32();
+                    let act = bf16::from_f32(g * sigmoid(g)).to_f32();
                     y[i] = bf16::from_f32(act * u[i].to_f32());
                 }
             });

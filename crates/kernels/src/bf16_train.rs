@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::bf16::{product, Bf16Linear, Bf16SwiGlu};
 use crate::cpu::{slice_of, CResult};
-use crate::math::exp_nonpositive;
+use crate::math::sigmoid;
 
 /// `x · Wᵀ` (bf16) whose backward runs on the bf16 GEMM; `weight_grad: false` for a frozen
 /// weight (only x's gradient is computed).
@@ -128,16 +128,6 @@ impl CustomOp2 for Bf16SwiGluWithBackward {
             Some(Tensor::from_vec(dg, shape.clone(), gate.device())?),
             Some(Tensor::from_vec(du, shape, gate.device())?),
         ))
-    }
-}
-
-/// σ(x) from exp(−|x|) (never overflows), as the forward computes it.
-fn sigmoid(x: f32) -> f32 {
-    let e = exp_nonpositive(-x.abs());
-    if x >= 0.0 {
-        1.0 / (1.0 + e)
-    } else {
-        e / (1.0 + e)
     }
 }
 

@@ -36,6 +36,18 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     p * two_n
 }
 
+/// σ(x) from exp(−|x|): never overflows, vectorises (unlike libm's exp), a few f32 ulp from
+/// `1 / (1 + exp(−x))`.
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::exp_nonpositive;
