@@ -448,20 +448,32 @@ fn run_images(llava: &Llava, batch_size: usize, jobs: Vec<ImageJob>) {
                     }
                     Ok(())
                 })
-                .map_err(|e| Error::Request(e.to_string()))
+                .map_err(refused)
         });
         if let Err(e) = run {
             for reply in replies.into_iter().flatten() {
-                let _ = reply.send(Err(Error::Request(e.to_string())));
+                let _ = reply.send(Err(match &e {
+                    Error::Refused(m) => Error::Refused(m.clone()),
+                    e => Error::Request(e.to_string()),
+                }));
             }
         }
+    }
+}
+
+/// A LLaVA error as the server's: what the request asked that the model cannot do (placeholders,
+/// length) is the client's to fix; anything else is the server's.
+fn refused(e: sightline_vision::Error) -> Error {
+    match e {
+        sightline_vision::Error::Request(m) => Error::Refused(m),
+        e => Error::Request(e.to_string()),
     }
 }
 
 /// The spliced embeddings `[len, hidden]` of a prompt with one `<image>` per image, `<image>`
 /// written as the checkpoint expects (as the evaluator's `LlavaLm` does).
 fn image_prompt(llava: &Llava, prompt: &str, images: &[RgbImage]) -> Result<Tensor> {
-    let vision = |e: sightline_vision::Error| Error::Request(e.to_string());
+    let vision = refused;
     let token = llava.image_prompt_token();
     let text = if token == IMAGE_PLACEHOLDER {
         prompt.to_string()
@@ -471,7 +483,7 @@ fn image_prompt(llava: &Llava, prompt: &str, images: &[RgbImage]) -> Result<Tens
     let ids = llava.tokenize(&text).map_err(vision)?;
     let markers = ids.iter().filter(|&&t| t == IMAGE_TOKEN_INDEX).count();
     if markers != images.len() {
-        return Err(Error::Request(format!(
+        return Err(Error::Refused(format!(
             "the conversation has {markers} `<image>` placeholder(s) for {} image(s)",
             images.len()
         )));

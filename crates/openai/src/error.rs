@@ -10,6 +10,10 @@ pub enum Error {
     /// A request the engine or the server refuses (bad ids, too long, wrong options).
     #[error("{0}")]
     Request(String),
+    /// A request the model cannot take as sent (an image prompt whose `<image>` placeholders
+    /// do not match its images, one too long for the model): the client's to fix (a 400).
+    #[error("{0}")]
+    Refused(String),
     /// The engine's worker is gone (it only stops when the server does).
     #[error("the model worker has stopped")]
     EngineStopped,

@@ -289,6 +289,13 @@ fn chat_with_an_image_equals_llava_generation() {
         assert_eq!(status, 400, "{text}");
         assert!(text.contains("messages[0].content[0].image_url"), "{text}");
     }
+    // A literal `<image>` in the text beside one image part: two placeholders, one image.
+    let mismatch = json!({"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "text", "text": "What is <image>?"}]}]});
+    let (status, text) = s.post("/v1/chat/completions", &mismatch.to_string());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("placeholder"), "{text}");
     // Two images: each `<image>` takes the next image's features, in order (LLaVA's splice).
     let two = json!({"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": url}},

@@ -123,7 +123,10 @@ pub(crate) async fn generate(state: &AppState, work: Work) -> Result<Generation,
     let rx = work.submit(state, None).await?;
     rx.await
         .map_err(|_| ApiError::internal("the model worker dropped the request"))?
-        .map_err(ApiError::internal)
+        .map_err(|e| match e {
+            crate::error::Error::Refused(m) => ApiError::bad("messages", m),
+            e => ApiError::internal(e),
+        })
 }
 
 /// `stop` when a stop string or EOS ended the text, else `length`.
