@@ -1,6 +1,6 @@
-//! The bf16 linear layer with a backward, for mixed-precision training: the forward and both
-//! gradients on the bf16 GEMM ([`crate::gemm_bf16`]), as `torch.autocast(bfloat16)` computes
-//! them (bf16 operands, f32 accumulation, bf16 results).
+//! bf16 ops with a backward, for mixed-precision training: the linear layer (forward and both
+//! gradients on the bf16 GEMM, [`crate::gemm_bf16`]) and SwiGLU, rounding as
+//! `torch.autocast(bfloat16)` does (bf16 operands, f32 inside, bf16 results).
 //!
 //! Why: candle's bf16 matmul widens both whole operands to f32 on every call, so a bf16
 //! training step ran its ~3 products per linear layer (forward, input gradient, weight

@@ -8,7 +8,7 @@
 //! # Dispatch
 //!
 //! Every entry point (`rms_norm`, `layer_norm`, `rope_to_heads`, `causal_attention`,
-//! `causal_softmax`, `swiglu`, `cross_entropy_rows`, `frozen_linear`) picks one of four paths:
+//! `causal_softmax`, `swiglu`, `cross_entropy_rows`, `frozen_linear`) picks one of these paths:
 //!
 //! 1. **CPU f32, nothing to differentiate** (no input [`Tensor::track_op`]s): the fused kernel
 //!    run with `apply_op*_no_bwd` (or, where candle's own kernel is the fast one, that kernel);
@@ -20,7 +20,10 @@
 //!    bf16 scoring and generation — linear layers on the `VDPBF16PS` GEMM, RMSNorm and SwiGLU
 //!    with PyTorch's roundings, RoPE fused with its transpose (candle-nn's bf16 roundings),
 //!    attention in f32 inside the tiled kernel (`bf16.rs`, `flash/`).
-//! 4. **Any other dtype or device**: candle's ops. Without gradients, candle-nn's forward-only
+//! 4. **CPU bf16 with gradients** (mixed-precision training): the linear layers on the bf16
+//!    GEMM with its backward where the CPU has one, SwiGLU as a bf16 op with its backward
+//!    (`bf16_train.rs`); RMSNorm and attention run their f32 kernels between casts.
+//! 5. **Any other dtype or device**: candle's ops. Without gradients, candle-nn's forward-only
 //!    fused kernels where they exist (bf16 without the GEMM: `rms_norm`, `rope`,
 //!    `softmax_last_dim`); with gradients, the composed differentiable forms (spec
 //!    `candle-autograd.md` lists which candle ops silently drop gradients; none of those is used
