@@ -22,7 +22,7 @@
 //!    attention in f32 inside the tiled kernel (`bf16.rs`, `flash/`).
 //! 4. **CPU bf16 with gradients** (mixed-precision training): the linear layers on the bf16
 //!    GEMM with its backward where the CPU has one, SwiGLU as a bf16 op with its backward
-//!    (`bf16_train.rs`); RMSNorm and attention run their f32 kernels between casts.
+//!    (`bf16.rs`); RMSNorm and attention run their f32 kernels between casts.
 //! 5. **Any other dtype or device**: candle's ops. Without gradients, candle-nn's forward-only
 //!    fused kernels where they exist (bf16 without the GEMM: `rms_norm`, `rope`,
 //!    `softmax_last_dim`); with gradients, the composed differentiable forms (spec
@@ -37,7 +37,6 @@
 
 mod attention;
 mod bf16;
-mod bf16_train;
 mod cpu;
 mod flash;
 pub mod gemm_bf16;
@@ -53,7 +52,7 @@ mod switch;
 pub use attention::{
     causal_attention, causal_attention_after_prefix, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM,
 };
-pub use bf16_train::bf16_linear_trainable;
+pub use bf16::bf16_linear_trainable;
 pub use cpu::Path;
 pub use linear::{frozen_linear, frozen_linear_to_f32};
 pub use loss::cross_entropy_rows;

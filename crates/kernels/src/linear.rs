@@ -46,7 +46,7 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
         return crate::bf16::linear(x, w, DType::BF16);
     }
     if crate::cpu::tracks(&[x, w]) {
-        if let Some(y) = crate::bf16_train::bf16_linear_trainable(x, w, false)? {
+        if let Some(y) = crate::bf16::bf16_linear_trainable(x, w, false)? {
             return Ok(y);
         }
     }

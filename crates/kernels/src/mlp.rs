@@ -92,7 +92,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
             .apply_op2_no_bwd(&up.contiguous()?, &SwiGlu),
         Path::WithBackward => gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu),
         // bf16 training on the CPU: a bf16 op with its backward, roundings as autocast's.
-        Path::Candle => match crate::bf16_train::bf16_swiglu_trainable(gate, up)? {
+        Path::Candle => match crate::bf16::bf16_swiglu_trainable(gate, up)? {
             Some(y) => Ok(y),
             None => gate.silu()? * up,
         },
