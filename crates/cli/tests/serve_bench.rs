@@ -1,7 +1,8 @@
 //! The numbers of BENCHMARKS.md's `sightline serve` section: the load test's 384 valid requests
 //! (echo scoring and 12-token greedy chat replies on stories260K) run in one process, then over
 //! HTTP by 1 and by 32 clients. Ignored by default (timing, not correctness):
-//! `cargo test --release -p sightline --test serve_bench -- --ignored --nocapture`.
+//! `cargo test --release -p sightline --test serve_bench -- --ignored --nocapture`
+//! (`SIGHTLINE_BENCH_DTYPE=bf16` runs both sides in bf16).
 
 mod serve_support;
 
@@ -29,8 +30,17 @@ fn summary(label: &str, wall: Duration, mut lat: Vec<Duration>) {
     );
 }
 
+/// The dtype both sides compute in: `SIGHTLINE_BENCH_DTYPE` (`f32` by default, or `bf16`).
+fn dtype() -> String {
+    std::env::var("SIGHTLINE_BENCH_DTYPE").unwrap_or_else(|_| "f32".into())
+}
+
 fn in_process() -> (Duration, Vec<Duration>) {
-    let m = sightline_model::load("builtin:stories260k", &Default::default()).unwrap();
+    let opts = sightline_model::LoadOptions {
+        dtype: sightline_model::parse_dtype(&dtype()).unwrap(),
+        ..Default::default()
+    };
+    let m = sightline_model::load("builtin:stories260k", &opts).unwrap();
     let opts = ScoreOptions {
         batch_size: 1,
         shared_prefix: false,
@@ -100,11 +110,12 @@ fn over_http(base: &str, clients: usize) -> (Duration, Vec<Duration>) {
 #[test]
 #[ignore]
 fn bench_http_vs_in_process() {
+    println!("dtype {}", dtype());
     println!("| how | requests/s | p50 ms | p90 ms | p99 ms | wall s |");
     println!("| --- | --- | --- | --- | --- | --- |");
     let (wall, lat) = in_process();
     summary("in one process, serially", wall, lat);
-    let server = serve(&[]);
+    let server = serve(&["--dtype", &dtype()]);
     for clients in [1, 32] {
         let (wall, lat) = over_http(&server.base, clients);
         summary(&format!("sightline serve, {clients} client(s)"), wall, lat);
