@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One fuzzing campaign, one target after another, each for SECONDS under the limits
-# (1 s per input, 2 GiB of memory), printing one Markdown table row per target for FUZZING.md:
+# One fuzzing campaign, one target after another, each for SECONDS or 10 million executions,
+# whichever comes first (the bar), under its limits (1 s per input, 2 GiB of memory),
+# printing one Markdown table row per target for FUZZING.md:
 #     fuzz/campaign.sh SECONDS TARGET...        (all targets when none is named)
 # Needs the targets built first, as FUZZING.md says:
 #     cd fuzz && cargo +nightly fuzz build -s none --codegen-units 16
@@ -25,7 +26,7 @@ for t in "$@"; do
     mkdir -p "artifacts/$t" "corpus/$t"
     log="logs/$t.log"
     rc=0
-    nice -n 19 "$bin/$t" -rss_limit_mb=2048 -timeout=1 -max_total_time="$secs" \
+    nice -n 19 "$bin/$t" -rss_limit_mb=2048 -timeout=1 -max_total_time="$secs" -runs="${RUNS:-10000000}" \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 "corpus/$t" >"$log" 2>&1 || rc=$?
     # libFuzzer's summary: "Done N runs in S second(s)" and the final stats block.
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
