@@ -389,3 +389,90 @@ fn shards_naming_a_task_or_corruption_outside_the_output_are_refused() {
         assert!(!tmp.path().join("x").exists() && !Path::new("/x").exists());
     }
 }
+
+/// A shard file's recorded data paths are read, never trusted further: the merge says where it
+/// reads, refuses data that does not give the requests the shards hashed, and lets image names
+/// leave `--image-root` only when the merge itself is given `--allow-outside-paths` (a shard
+/// run with that flag records it, but a file cannot grant it).
+#[test]
+fn recorded_data_paths_are_checked_and_outside_images_need_the_merges_own_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Text: the shards read a copy of the ETHICS data that changes after they ran.
+    let data = tmp.path().join("data");
+    let cm = data.join("ethics/commonsense");
+    std::fs::create_dir_all(&cm).unwrap();
+    let csv = cm.join("cm_test.csv");
+    std::fs::copy(path("data/ethics/commonsense/cm_test.csv"), &csv).unwrap();
+    let base = [
+        "eval",
+        "--tasks",
+        "ethics_cm",
+        "--limit",
+        "2",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let text = tmp.path().join("text");
+    ok(shard(&base, 0, 1, &text, &[]).wait_with_output().unwrap());
+    let o = ok(merge(&[&text], &tmp.path().join("t1")));
+    let want = format!(
+        "reading task data where the shards did: --data-dir {}",
+        data.display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    // Every scenario in the first person now says "We" (the documents are shuffled before
+    // --limit takes two, so the edit reaches all of them).
+    let original = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, original.replace(",I ", ",We ")).unwrap();
+    let out = tmp.path().join("t2");
+    let o = merge(&[&text], &out);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ethics_cm: its requests here hash to")
+            && err.contains("not what the shards read"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused merge wrote {}", out.display());
+
+    // Images: POPE's image names lead through symlinks out of --image-root.
+    let photos = tmp.path().join("coco");
+    std::fs::create_dir(&photos).unwrap();
+    pope_image_root(&photos);
+    let root = tmp.path().join("links");
+    std::fs::create_dir(&root).unwrap();
+    for e in std::fs::read_dir(&photos).unwrap() {
+        let e = e.unwrap().path();
+        std::os::unix::fs::symlink(&e, root.join(e.file_name().unwrap())).unwrap();
+    }
+    let model = path("tests/fixtures/mm_eval/tiny-llava-hf-2k");
+    let base = [
+        "eval",
+        "--model",
+        &model,
+        "--tasks",
+        "pope_random",
+        "--image-root",
+        root.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--protocol",
+        "greedy",
+        "--allow-outside-paths",
+    ];
+    let images = tmp.path().join("images");
+    ok(shard(&base, 0, 1, &images, &[]).wait_with_output().unwrap());
+    let out = tmp.path().join("i1");
+    let o = merge(&[&images], &out);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("symlink out of") && err.contains("--allow-outside-paths"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused merge wrote {}", out.display());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sightline"));
+    c.arg("merge").arg(&images).arg("--output").arg(&out);
+    ok(c.arg("--allow-outside-paths").output().unwrap());
+    assert!(out.join("results.json").is_file());
+}

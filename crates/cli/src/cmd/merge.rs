@@ -21,6 +21,11 @@ pub struct Args {
     /// Replace an existing results.json / samples files in --output.
     #[arg(long)]
     overwrite: bool,
+    /// Let the task files' image names leave --image-root, as `sightline eval
+    /// --allow-outside-paths` does. Never taken from the shard files: a file cannot grant
+    /// itself what only the user may.
+    #[arg(long)]
+    allow_outside_paths: bool,
 }
 
 /// Finds and reads the shard files, checks the set, and writes the merged results.
@@ -41,5 +46,5 @@ pub fn run(a: Args) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     let merged = shard::merge(shards, &searched)?;
-    super::eval::shard::finish(merged, &output, a.overwrite)
+    super::eval::shard::finish(merged, &output, a.overwrite, a.allow_outside_paths)
 }

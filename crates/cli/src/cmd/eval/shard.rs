@@ -71,10 +71,22 @@ pub(super) fn write(
 /// and aggregated, and `results.json`, samples and the table are written as `sightline eval`
 /// writes them. `date` is the earliest shard's start, the evaluation time and the cache hits
 /// are the shards' sums.
-pub(crate) fn finish(m: Merged, output: &Path, overwrite: bool) -> Result<()> {
+///
+/// The recorded flags come from files, so the merge trusts them only as far as that is
+/// harmless: it writes nothing but `output` (names the flags would take out of it are refused),
+/// reads task data where the shards read it (said in one line) and uses it only when it gives
+/// the very requests whose sha256 the shards recorded, and lets image names leave
+/// `--image-root` only when the merge itself is given `--allow-outside-paths`.
+pub(crate) fn finish(
+    m: Merged,
+    output: &Path,
+    overwrite: bool,
+    allow_outside_paths: bool,
+) -> Result<()> {
     let mut a: Args = serde_json::from_value(m.settings["args"].clone())
         .context("the shards' recorded eval flags")?;
     a.overwrite = overwrite;
+    a.allow_outside_paths = allow_outside_paths;
     let mut info: RunInfo = serde_json::from_value(m.settings["results_config"].clone())
         .context("the shards' recorded run facts")?;
     let num = |r: &Value, k: &str| r[k].as_f64().unwrap_or(0.0);
@@ -86,18 +98,44 @@ pub(crate) fn finish(m: Merged, output: &Path, overwrite: bool) -> Result<()> {
     info.total_seconds = m.runs.iter().map(|r| num(r, "total_seconds")).sum();
     info.cache_hits = m.runs.iter().map(|r| num(r, "cache_hits") as usize).sum();
     enter_shards_directory(&m.runs)?;
+    let read = data_paths(&a);
+    if !read.is_empty() {
+        eprintln!(
+            "reading task data where the shards did: {}",
+            read.join(", ")
+        );
+    }
 
     let tasks = resolve_tasks(&a)?;
     let run = RunKind::check(&a, &tasks, false)?;
-    refuse_to_overwrite(output, &run.results_name(), overwrite)?;
     let data = data_source(&a, run.protocol);
     let opts = eval_options(&a, &data);
     let results = finish_merged(&tasks, &opts, &m.tasks, m.responses)?;
+    // Only once the set has checked out: a refused merge leaves no folder behind.
+    refuse_to_overwrite(output, &run.results_name(), overwrite)?;
     eprintln!(
         "merged {} shards ({} cached answers)",
         m.count, info.cache_hits
     );
     report(&a, Some(output), &run, &results, &info)
+}
+
+/// The recorded flags that name task data, as `--flag PATH`.
+fn data_paths(a: &Args) -> Vec<String> {
+    [
+        ("--data-dir", &a.data_dir),
+        ("--image-root", &a.image_root),
+        ("--vqav2-questions", &a.vqav2_questions),
+        ("--vqav2-annotations", &a.vqav2_annotations),
+        ("--mme-dir", &a.mme_dir),
+        ("--coco-caption-dir", &a.coco_caption_dir),
+        ("--flickr30k-caption-dir", &a.flickr30k_caption_dir),
+        ("--mathqa-train", &a.mathqa_train),
+        ("--squad2-json", &a.squad2_json),
+    ]
+    .into_iter()
+    .filter_map(|(flag, p)| p.as_ref().map(|p| format!("{flag} {}", p.display())))
+    .collect()
 }
 
 /// Relative paths in the recorded flags (`--data-dir`, `--image-root`, ...) mean what they
