@@ -233,3 +233,67 @@ fn lora_dropout_does_not_depend_on_the_rank() {
     let d = max_diff(&one.join(f), &two.join(f));
     assert!(d < 1e-5, "adapters differ by {d}");
 }
+
+/// Every tensor of two safetensors files, bit for bit.
+fn same_bits(a: &Path, b: &Path) -> bool {
+    let (ta, tb) = (tensors(a), tensors(b));
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("f32 tensor")
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    };
+    ta.len() == tb.len()
+        && ta
+            .iter()
+            .all(|(k, x)| tb.get(k).is_some_and(|y| bits(x) == bits(y)))
+}
+
+/// `zero_stage = 1` over MPI: each rank keeps half the AdamW moments (rank 0 says how many),
+/// and the run is the unsharded 2-rank run bit for bit: every logged number, the weights and
+/// checkpoint-3's whole state, which rank 0 gathers from rank 1 to save.
+#[test]
+fn zero_stage_1_over_mpi_changes_no_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (plain, zero) = (dir.path().join("plain"), dir.path().join("zero"));
+    let a = with(FULL, &["gradient_accumulation_steps=1"]);
+    ok(&mpirun(2, &args(&plain, &a)), "mpirun -np 2");
+    let z = with(FULL, &["gradient_accumulation_steps=1", "zero_stage=1"]);
+    let o = mpirun(2, &args(&zero, &z));
+    ok(&o, "mpirun -np 2, zero_stage=1");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let said = "optimizer state sharded over 2 ranks (zero_stage = 1): rank 0 holds";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+    let (lp, lz) = (log(&plain), log(&zero));
+    assert_eq!((lp.len(), lz.len()), (6, 6));
+    for (x, y) in lp.iter().zip(&lz) {
+        assert_eq!(
+            (
+                x.step,
+                x.loss.to_bits(),
+                x.grad_norm.to_bits(),
+                x.lr,
+                x.tokens
+            ),
+            (
+                y.step,
+                y.loss.to_bits(),
+                y.grad_norm.to_bits(),
+                y.lr,
+                y.tokens
+            )
+        );
+    }
+    let f = "model.safetensors";
+    assert!(
+        same_bits(&plain.join(f), &zero.join(f)),
+        "final weights differ"
+    );
+    let s = "checkpoint-3/trainer_state.safetensors";
+    assert!(
+        same_bits(&plain.join(s), &zero.join(s)),
+        "checkpoint-3 states differ"
+    );
+}

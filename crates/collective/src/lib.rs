@@ -2,7 +2,7 @@
 //! one small trait, so the training loop does not care which library moves the numbers.
 //!
 //! - [`Collective`]: rank, world size, sums of `f32`/`f64` buffers over all ranks (and their
-//!   mean), broadcast from rank 0, barrier, abort.
+//!   mean), broadcast from rank 0 or any rank, barrier, abort.
 //! - [`Single`]: one process; every operation is the identity. What `sightline train` uses when
 //!   no launcher asked for several ranks.
 //! - [`mpi::Mpi`] (feature `mpi`): MPI through rsmpi, for `mpirun -np N` / `srun --mpi=pmix`.
@@ -67,7 +67,13 @@ pub trait Collective {
     }
 
     /// Replaces `buf` on every rank by rank 0's (lengths must agree).
-    fn broadcast(&self, buf: &mut [f32]) -> Result<()>;
+    fn broadcast(&self, buf: &mut [f32]) -> Result<()> {
+        self.broadcast_from(0, buf)
+    }
+
+    /// Replaces `buf` on every rank by rank `root`'s (lengths must agree): how a parameter
+    /// updated by the one rank that holds its optimizer state reaches the others.
+    fn broadcast_from(&self, root: usize, buf: &mut [f32]) -> Result<()>;
 
     /// Replaces `buf` on every rank by rank 0's bytes (any length on the other ranks).
     fn broadcast_bytes(&self, buf: &mut Vec<u8>) -> Result<()>;
@@ -99,7 +105,7 @@ impl Collective for Single {
     fn all_reduce_sum_f64(&self, _buf: &mut [f64]) -> Result<()> {
         Ok(())
     }
-    fn broadcast(&self, _buf: &mut [f32]) -> Result<()> {
+    fn broadcast_from(&self, _root: usize, _buf: &mut [f32]) -> Result<()> {
         Ok(())
     }
     fn broadcast_bytes(&self, _buf: &mut Vec<u8>) -> Result<()> {

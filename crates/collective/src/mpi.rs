@@ -71,8 +71,14 @@ impl Collective for Mpi {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
         self.sum_in_place(buf)
     }
-    fn broadcast(&self, buf: &mut [f32]) -> Result<()> {
-        let root = self.world.process_at_rank(0);
+    fn broadcast_from(&self, root: usize, buf: &mut [f32]) -> Result<()> {
+        let rank = i32::try_from(root)
+            .ok()
+            .filter(|&r| r < self.world.size())
+            .ok_or_else(|| {
+                Error::Mpi(format!("a broadcast from rank {root} of {}", self.size()))
+            })?;
+        let root = self.world.process_at_rank(rank);
         for chunk in buf.chunks_mut(CHUNK) {
             root.broadcast_into(chunk);
         }

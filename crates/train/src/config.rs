@@ -99,6 +99,10 @@ pub struct TrainConfig {
     /// symlinks out of it). Off, such a record stops the run before the first step, named;
     /// `sightline train --allow-outside-paths` sets it.
     pub allow_outside_paths: bool,
+    /// DeepSpeed's ZeRO stage, of which stage 1 is built: 1 shards the AdamW moments over the
+    /// data-parallel ranks ([`crate::zero`]); 0 (default) keeps them whole on every rank. Same
+    /// losses and weights either way; on one rank there is nothing to shard.
+    pub zero_stage: u8,
 }
 
 impl Default for TrainConfig {
@@ -144,6 +148,7 @@ impl Default for TrainConfig {
             lora_dropout: 0.05,
             accum_loss: AccumLoss::Tokens,
             allow_outside_paths: false,
+            zero_stage: 0,
         }
     }
 }
@@ -254,6 +259,13 @@ impl TrainConfig {
         }
         if self.tune_mm_mlp_adapter && self.vision_tower.is_none() {
             return bad("tune_mm_mlp_adapter (stage 1) needs a vision_tower".into());
+        }
+        if self.zero_stage > 1 {
+            return bad(format!(
+                "zero_stage = {} is not built (stage 2 shards gradients, 3 parameters); \
+                 zero_stage = 1 shards the optimizer state",
+                self.zero_stage
+            ));
         }
         self.trainable().map(|_| ())
     }

@@ -75,7 +75,8 @@ impl GlobalBatch {
 
 /// Makes every rank start from rank 0's state, as DDP does at construction: the trainable
 /// tensors, the AdamW moments and step, and the data position `at` (epoch, group in epoch),
-/// which only rank 0 read from a checkpoint. Returns the position.
+/// which only rank 0 read from a checkpoint. Returns the position. A rank whose optimizer is
+/// already sharded keeps only its own moments.
 pub fn sync_start(
     comm: &dyn Collective,
     trainer: &mut Trainer,
@@ -113,18 +114,24 @@ pub fn sync_start(
             trainer.set_param(&name, &Tensor::from_vec(v, shape, &device)?)?;
         }
     }
-    let mut moments: Vec<(Vec<f32>, Vec<f32>)> = trainer
-        .optimizer_moments()
-        .into_iter()
-        .map(|(m, v)| (m.to_vec(), v.to_vec()))
-        .collect();
-    for (m, v) in &mut moments {
-        comm.broadcast(m)?;
-        comm.broadcast(v)?;
+    // A fresh run's moments are zeros everywhere already; a resumed run's go one tensor at a
+    // time, so that a rank whose optimizer state is sharded keeps only its own.
+    if step > 0 {
+        for i in 0..trainer.optimizer_len() {
+            let ((m, v), n) = trainer.optimizer_slot(i);
+            let (mut m, mut v) = if comm.rank() == 0 {
+                (m.to_vec(), v.to_vec())
+            } else {
+                (vec![0.0; n], vec![0.0; n])
+            };
+            comm.broadcast(&mut m)?;
+            comm.broadcast(&mut v)?;
+            if comm.rank() != 0 {
+                trainer.set_optimizer_slot(i, m, v)?;
+            }
+        }
     }
-    if comm.rank() != 0 {
-        trainer.restore_optimizer(step, moments)?;
-    }
+    trainer.set_optimizer_step(step);
     Ok((epoch, group))
 }
 

@@ -17,6 +17,7 @@ use crate::loss::{causal_lm_loss, label_rows};
 use crate::optim::{clip_grad_norm, grad_norm, AdamW, ParamSpec};
 use crate::param::{decays, NamedParam};
 use crate::schedule::{lr_lambda, SchedulerType};
+use crate::zero;
 use sightline_model::Llama;
 use sightline_vision::projector::Projector;
 use sightline_vision::splice::splice_batch;
@@ -304,6 +305,9 @@ impl Trainer {
             _ => grad_norm(&self.grads),
         };
         self.opt.step(&self.grads, scale)?;
+        if self.opt.is_sharded() {
+            zero::share_updates(&self.opt, comm)?;
+        }
         for g in &mut self.grads {
             g.fill(0.0);
         }
@@ -350,6 +354,53 @@ impl Trainer {
     /// The optimizer's moments per trainable tensor (same order as [`Trainer::trainable`]).
     pub fn optimizer_moments(&self) -> Vec<(&[f32], &[f32])> {
         self.opt.moments()
+    }
+
+    /// Shards the optimizer state over `comm`'s ranks (ZeRO stage 1, [`zero`]); returns the
+    /// number of optimizer values this rank holds and the total.
+    pub fn shard_optimizer(&mut self, comm: &dyn Collective) -> Result<(usize, usize)> {
+        zero::shard(&mut self.opt, comm)
+    }
+
+    /// Runs `save` on rank 0 with the whole optimizer state: under sharding every rank first
+    /// passes its moments to rank 0 ([`zero::gather_moments`]), which frees them after. Every
+    /// rank must call it.
+    pub fn with_whole_state<T>(
+        &mut self,
+        comm: &dyn Collective,
+        save: impl FnOnce(&Trainer) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if self.opt.is_sharded() {
+            zero::gather_moments(&mut self.opt, comm)?;
+        }
+        let out = if comm.rank() == 0 {
+            Some(save(self))
+        } else {
+            None
+        };
+        self.opt.release_others();
+        out.transpose()
+    }
+
+    /// Number of tensors under optimisation (the order of [`Trainer::optimizer_moments`]).
+    pub fn optimizer_len(&self) -> usize {
+        self.opt.len()
+    }
+
+    /// Tensor `i`'s moments as held here (empty where another rank holds them), and its size.
+    pub fn optimizer_slot(&self, i: usize) -> ((&[f32], &[f32]), usize) {
+        let n = self.opt.vars().nth(i).map_or(0, |v| v.elem_count());
+        (self.opt.slot_moments(i), n)
+    }
+
+    /// Sets tensor `i`'s moments (kept only if this rank holds them).
+    pub fn set_optimizer_slot(&mut self, i: usize, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        self.opt.set_slot_moments(i, m, v)
+    }
+
+    /// Sets the optimizer's step count (the schedule follows it).
+    pub fn set_optimizer_step(&mut self, step: usize) {
+        self.opt.step = step;
     }
 
     /// Restores a saved optimizer state and step count (the schedule follows the step).

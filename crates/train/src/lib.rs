@@ -21,7 +21,8 @@
 //! - [`config::TrainConfig`]: the run settings with HF-Trainer / LLaVA field names.
 //! - [`distributed`]: data-parallel training over a `sightline_collective::Collective` (MPI):
 //!   each rank's slice of the global batch, the shared start, world-size-free checkpoints;
-//!   [`run::run_on`] is the loop as one rank.
+//!   [`run::run_on`] is the loop as one rank; [`zero`]: `zero_stage = 1`, the AdamW moments
+//!   sharded over the ranks (ZeRO stage 1).
 //!
 //! Parity: `tests/parity.rs` checks the first losses and the weights after 3 steps against
 //! PyTorch (`scripts/reference/make_train_fixtures.py`).
@@ -63,6 +64,7 @@ pub mod run;
 pub mod schedule;
 pub mod setup;
 mod state;
+pub mod zero;
 
 pub use error::{Error, Result};
 

@@ -40,6 +40,9 @@ pub struct ParamSpec {
 /// torch's AdamW over a fixed list of parameters.
 pub struct AdamW {
     slots: Vec<Slot>,
+    /// Under optimizer-state sharding ([`AdamW::shard`]): which rank holds each parameter's
+    /// moments and updates it, and this process's rank. None: this process holds them all.
+    shard: Option<(Vec<usize>, usize)>,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -65,6 +68,7 @@ impl AdamW {
             .collect();
         Self {
             slots,
+            shard: None,
             beta1: betas.0,
             beta2: betas.1,
             eps,
@@ -82,7 +86,92 @@ impl AdamW {
         self.slots.is_empty()
     }
 
-    /// The first and second moments of each parameter (`exp_avg`, `exp_avg_sq`), for saving.
+    /// Optimizer-state sharding (ZeRO stage 1, see [`crate::zero`]): parameter `i`'s moments
+    /// are kept by rank `owners[i]` alone; this process (`rank`) frees the others' and from now
+    /// on [`AdamW::step`] updates only its own parameters.
+    pub fn shard(&mut self, owners: Vec<usize>, rank: usize) -> Result<()> {
+        if owners.len() != self.slots.len() {
+            return Err(Error::Config(format!(
+                "{} owners for {} parameters",
+                owners.len(),
+                self.slots.len()
+            )));
+        }
+        for (slot, &o) in self.slots.iter_mut().zip(&owners) {
+            if o != rank {
+                slot.m = Vec::new();
+                slot.v = Vec::new();
+            }
+        }
+        self.shard = Some((owners, rank));
+        Ok(())
+    }
+
+    /// The rank that updates parameter `i` (0 when not sharded).
+    pub fn owner(&self, i: usize) -> usize {
+        self.shard.as_ref().map_or(0, |(o, _)| o[i])
+    }
+
+    /// Whether this process holds parameter `i`'s moments and updates it.
+    pub fn owns(&self, i: usize) -> bool {
+        self.shard.as_ref().is_none_or(|(o, r)| o[i] == *r)
+    }
+
+    /// Whether the state is sharded over ranks.
+    pub fn is_sharded(&self) -> bool {
+        self.shard.is_some()
+    }
+
+    /// The optimised tensors, in order.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.slots.iter().map(|s| &s.var)
+    }
+
+    /// Parameter `i`'s moments as held here (empty when another rank holds them).
+    pub fn slot_moments(&self, i: usize) -> (&[f32], &[f32]) {
+        (&self.slots[i].m, &self.slots[i].v)
+    }
+
+    /// Sets parameter `i`'s moments; dropped when another rank holds them (a resumed state
+    /// arriving at a sharded process).
+    pub fn set_slot_moments(&mut self, i: usize, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        if self.owns(i) {
+            self.hold_slot_moments(i, m, v)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sets parameter `i`'s moments even where another rank owns them (rank 0 consolidating a
+    /// sharded state to save it); [`AdamW::release_others`] frees them.
+    pub fn hold_slot_moments(&mut self, i: usize, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        let slot = &mut self.slots[i];
+        let n = slot.var.elem_count();
+        if m.len() != n || v.len() != n {
+            return Err(Error::Config(format!(
+                "saved optimizer state of {} values for a parameter of {n}",
+                m.len()
+            )));
+        }
+        slot.m = m;
+        slot.v = v;
+        Ok(())
+    }
+
+    /// Frees the moments this process holds for other ranks' parameters (after
+    /// [`crate::zero::gather_moments`] and a save).
+    pub fn release_others(&mut self) {
+        for i in 0..self.slots.len() {
+            if !self.owns(i) {
+                self.slots[i].m = Vec::new();
+                self.slots[i].v = Vec::new();
+            }
+        }
+    }
+
+    /// The first and second moments of each parameter (`exp_avg`, `exp_avg_sq`), for saving;
+    /// under sharding, empty for the parameters whose moments are elsewhere (see
+    /// [`crate::zero::gather_moments`]).
     pub fn moments(&self) -> Vec<(&[f32], &[f32])> {
         self.slots
             .iter()
@@ -99,23 +188,16 @@ impl AdamW {
                 self.slots.len()
             )));
         }
-        for (slot, (m, v)) in self.slots.iter_mut().zip(moments) {
-            if m.len() != slot.m.len() || v.len() != slot.v.len() {
-                return Err(Error::Config(format!(
-                    "saved optimizer state of {} values for a parameter of {}",
-                    m.len(),
-                    slot.m.len()
-                )));
-            }
-            slot.m = m;
-            slot.v = v;
+        for (i, (m, v)) in moments.into_iter().enumerate() {
+            self.set_slot_moments(i, m, v)?;
         }
         self.step = step;
         Ok(())
     }
 
     /// One update with gradients `grads[i]` for parameter `i`, every group's lr scaled by
-    /// `lr_scale` (the schedule's multiplier for this step).
+    /// `lr_scale` (the schedule's multiplier for this step). Under sharding only this rank's
+    /// parameters change (the others' gradients are not read).
     pub fn step(&mut self, grads: &[Vec<f32>], lr_scale: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
             return Err(Error::Config(format!(
@@ -139,7 +221,11 @@ impl AdamW {
             bc2,
             eps,
         };
-        for (slot, g) in self.slots.iter_mut().zip(grads) {
+        let shard = self.shard.as_ref();
+        for (i, (slot, g)) in self.slots.iter_mut().zip(grads).enumerate() {
+            if shard.is_some_and(|(o, r)| o[i] != *r) {
+                continue;
+            }
             let lr = slot.base_lr * lr_scale;
             let decay = (1.0 - lr * slot.weight_decay) as f32;
             let step_size = (lr / bias_correction1) as f32;

@@ -67,6 +67,9 @@ pub enum Event<'a> {
         start_step: usize,
         samples: usize,
         skipped_mismatch: usize,
+        /// AdamW values (two per trained weight) this rank holds, and in all: fewer under
+        /// `zero_stage = 1` on several ranks.
+        optimizer_values: (usize, usize),
     },
     Step(&'a StepLog),
     /// A checkpoint directory was written.
@@ -145,6 +148,12 @@ pub fn run_on(
     );
     trainer.stage1_branch = cfg.tune_mm_mlp_adapter && cfg.mm_use_im_start_end;
     trainer.set_gradient_checkpointing(cfg.gradient_checkpointing);
+    // ZeRO-1: ranks other than 0 shard before the start is shared, so that they never hold
+    // the others' moments; rank 0 after it has passed on a resumed state.
+    let zero = cfg.zero_stage == 1 && world > 1;
+    if zero && !lead {
+        trainer.shard_optimizer(comm)?;
+    }
     let saver = artifacts::Saver {
         cfg,
         llm_config: &setup.llm_config,
@@ -167,11 +176,22 @@ pub fn run_on(
         (0, 0)
     };
     let (mut epoch, mut group_in_epoch) = sync_start(comm, &mut trainer, at)?;
+    let optimizer_values = if zero {
+        trainer.shard_optimizer(comm)?
+    } else {
+        let all = 2 * trainer
+            .trainable()
+            .iter()
+            .map(|p| p.param.tensor().elem_count())
+            .sum::<usize>();
+        (all, all)
+    };
     on_event(Event::Start {
         total_steps,
         start_step: trainer.step(),
         samples: n,
         skipped_mismatch: data.skipped_mismatch,
+        optimizer_values,
     });
     let mut orders: Vec<Vec<usize>> = (0..=epoch).map(|e| epoch_order(n, cfg.seed, e)).collect();
     if lead {
@@ -205,9 +225,11 @@ pub fn run_on(
             }
         }
     }
-    if lead {
-        let at = (epoch, group_in_epoch, batch);
-        save_at_end(&out, cfg, saver, &trainer, at, total_steps, on_event)?;
+    let at = (epoch, group_in_epoch, batch);
+    let saved =
+        trainer.with_whole_state(comm, |t| save_at_end(&out, cfg, saver, t, at, total_steps))?;
+    if let Some(Some(dir)) = saved {
+        on_event(Event::Saved(&dir));
     }
     // No rank reports success before the run's files are in place.
     comm.barrier()?;
@@ -278,10 +300,14 @@ fn run_group(
     }
     on_event(Event::Step(&log));
     let step = trainer.step();
-    if lead && step.is_multiple_of(cfg.save_steps) && step < c.total_steps {
+    if step.is_multiple_of(cfg.save_steps) && step < c.total_steps {
         let at = (epoch, done, c.batch);
-        let dir = write_checkpoint(c.out, cfg, c.saver, trainer, at, c.total_steps)?;
-        on_event(Event::Saved(&dir));
+        let saved = trainer.with_whole_state(c.comm, |t| {
+            write_checkpoint(c.out, cfg, c.saver, t, at, c.total_steps)
+        })?;
+        if let Some(dir) = saved {
+            on_event(Event::Saved(&dir));
+        }
     }
     Ok(report)
 }
@@ -320,16 +346,15 @@ fn save_at_end(
     trainer: &Trainer,
     at: (usize, usize, GlobalBatch),
     total_steps: usize,
-    on_event: &mut dyn FnMut(Event),
-) -> Result<()> {
+) -> Result<Option<PathBuf>> {
     if trainer.step() >= total_steps {
-        return saver.save_final(out, trainer);
+        saver.save_final(out, trainer)?;
+        return Ok(None);
     }
-    if !out.join(format!("checkpoint-{}", trainer.step())).exists() {
-        let dir = write_checkpoint(out, cfg, saver, trainer, at, total_steps)?;
-        on_event(Event::Saved(&dir));
+    if out.join(format!("checkpoint-{}", trainer.step())).exists() {
+        return Ok(None);
     }
-    Ok(())
+    write_checkpoint(out, cfg, saver, trainer, at, total_steps).map(Some)
 }
 
 /// Rank 0's [`resume_point`]; when resuming, what a killed run left half-written in the folder

@@ -67,13 +67,13 @@ impl Collective for ThreadRank {
         self.sum(&self.shared.f64s, buf);
         Ok(())
     }
-    fn broadcast(&self, buf: &mut [f32]) -> sightline_collective::Result<()> {
-        if self.rank == 0 {
-            lock(&self.shared.f32s)[0] = buf.to_vec();
+    fn broadcast_from(&self, root: usize, buf: &mut [f32]) -> sightline_collective::Result<()> {
+        if self.rank == root {
+            lock(&self.shared.f32s)[root] = buf.to_vec();
         }
         self.shared.barrier.wait();
-        if self.rank != 0 {
-            buf.copy_from_slice(&lock(&self.shared.f32s)[0]);
+        if self.rank != root {
+            buf.copy_from_slice(&lock(&self.shared.f32s)[root]);
         }
         self.shared.barrier.wait();
         Ok(())
@@ -134,6 +134,16 @@ fn opts() -> RunOptions {
 
 /// Runs `world` ranks in threads; returns each rank's steps as its `on_event` saw them.
 fn threads(cfg: &TrainConfig, world: usize) -> Result<Vec<Vec<StepLog>>> {
+    threads_with(cfg, world, &opts()).map(|(steps, _)| steps)
+}
+
+/// [`threads`] with `opts`; also returns the AdamW values each rank held and in all.
+#[allow(clippy::type_complexity)]
+fn threads_with(
+    cfg: &TrainConfig,
+    world: usize,
+    opts: &RunOptions,
+) -> Result<(Vec<Vec<StepLog>>, Vec<(usize, usize)>)> {
     let shared = Arc::new(Shared {
         barrier: Barrier::new(world),
         f32s: Mutex::new(vec![Vec::new(); world]),
@@ -148,21 +158,24 @@ fn threads(cfg: &TrainConfig, world: usize) -> Result<Vec<Vec<StepLog>>> {
                     size: world,
                     shared: shared.clone(),
                 };
-                s.spawn(move || -> Result<Vec<StepLog>> {
-                    let mut seen = Vec::new();
-                    run_on(cfg, &opts(), &comm, &mut |e| {
-                        if let Event::Step(l) = e {
-                            seen.push(l.clone());
-                        }
+                s.spawn(move || -> Result<(Vec<StepLog>, (usize, usize))> {
+                    let (mut seen, mut held) = (Vec::new(), (0, 0));
+                    run_on(cfg, opts, &comm, &mut |e| match e {
+                        Event::Step(l) => seen.push(l.clone()),
+                        Event::Start {
+                            optimizer_values, ..
+                        } => held = optimizer_values,
+                        Event::Saved(_) => {}
                     })?;
-                    Ok(seen)
+                    Ok((seen, held))
                 })
             })
             .collect();
-        handles
+        let ranks = handles
             .into_iter()
             .map(|h| h.join().map_err(|_| anyhow::anyhow!("a rank panicked"))?)
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ranks.into_iter().unzip())
     })
 }
 
@@ -226,4 +239,154 @@ fn ranks_in_threads_train_as_one_process_with_more_accumulation() -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Every tensor of two safetensors files, bit for bit.
+fn assert_same_tensors(a: &Path, b: &Path) -> Result<()> {
+    let (x, y) = (
+        candle_core::safetensors::load(a, &Device::Cpu)?,
+        candle_core::safetensors::load(b, &Device::Cpu)?,
+    );
+    assert_eq!(x.len(), y.len(), "{} vs {}", a.display(), b.display());
+    for (k, t) in &x {
+        let u = y.get(k).ok_or_else(|| anyhow::anyhow!("{k} missing"))?;
+        let bits = |t: &candle_core::Tensor| -> Result<Vec<u32>> {
+            let v = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(v.into_iter().map(f32::to_bits).collect())
+        };
+        assert!(
+            bits(t)? == bits(u)?,
+            "{k} differs: {} vs {}",
+            a.display(),
+            b.display()
+        );
+    }
+    Ok(())
+}
+
+/// `zero_stage = 1` (the AdamW moments sharded over the ranks) computes the unsharded run bit
+/// for bit: every logged number, the final weights and a checkpoint's whole state (rank 0
+/// gathers the moments to save them). Each rank holds only its share of the moments. A
+/// sharded checkpoint resumes on another number of ranks, sharded, and on one process.
+#[test]
+fn zero_stage_1_shards_the_optimizer_state_and_changes_no_number() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let common: Vec<String> = [
+        "per_device_train_batch_size=4",
+        "num_train_epochs=2",
+        "learning_rate=1e-3",
+        "accum_loss=\"tokens\"",
+        "max_grad_norm=1.0",
+        "save_steps=2",
+        "gradient_accumulation_steps=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let zero: Vec<String> = common
+        .iter()
+        .cloned()
+        .chain(["zero_stage=1".into()])
+        .collect();
+    let (plain, sharded) = (dir.path().join("plain"), dir.path().join("sharded"));
+    let (_, held) = threads_with(&config(&plain, &common)?, 2, &opts())?;
+    let total = held[0].1;
+    assert!(held.iter().all(|&(h, t)| h == t && t == total), "{held:?}");
+    let (_, held) = threads_with(&config(&sharded, &zero)?, 2, &opts())?;
+    assert!(held.iter().all(|&(h, t)| t == total && h < t), "{held:?}");
+    assert_eq!(held.iter().map(|h| h.0).sum::<usize>(), total, "{held:?}");
+    let (a, b) = (log(&plain)?, log(&sharded)?);
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (
+                x.step,
+                x.loss.map(f64::to_bits),
+                x.grad_norm.to_bits(),
+                x.lr,
+                x.tokens
+            ),
+            (
+                y.step,
+                y.loss.map(f64::to_bits),
+                y.grad_norm.to_bits(),
+                y.lr,
+                y.tokens
+            ),
+        );
+    }
+    assert_same_tensors(
+        &plain.join("model.safetensors"),
+        &sharded.join("model.safetensors"),
+    )?;
+    let state = "checkpoint-4/trainer_state.safetensors";
+    assert_same_tensors(&plain.join(state), &sharded.join(state))?;
+
+    // Stopped after 2 steps on 2 sharded ranks; resumed on 3 sharded ranks (the global batch
+    // kept: 2 × 3 micro-batches = 3 × 2) and, from the same checkpoint, on one process.
+    let six = |accum: usize, zero_stage: u8| -> Vec<String> {
+        let mut v: Vec<String> = common[..6].to_vec();
+        v.push(format!("gradient_accumulation_steps={accum}"));
+        v.push(format!("zero_stage={zero_stage}"));
+        v
+    };
+    let whole = dir.path().join("whole");
+    run(&config(&whole, &six(6, 0))?, &opts(), &mut |_| {})?;
+    let split = dir.path().join("split");
+    let stop = RunOptions {
+        stop_after: Some(1),
+        ..opts()
+    };
+    threads_with(&config(&split, &six(3, 1))?, 2, &stop)?;
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy)?;
+    for e in std::fs::read_dir(&split)? {
+        let e = e?;
+        let to = copy.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            std::fs::create_dir(&to)?;
+            for f in std::fs::read_dir(e.path())? {
+                let f = f?;
+                std::fs::copy(f.path(), to.join(f.file_name()))?;
+            }
+        } else {
+            std::fs::copy(e.path(), to)?;
+        }
+    }
+    let resume = RunOptions {
+        resume: true,
+        ..opts()
+    };
+    threads_with(&config(&split, &six(2, 1))?, 3, &resume)?;
+    run(&config(&copy, &six(6, 0))?, &resume, &mut |_| {})?;
+    let want = log(&whole)?;
+    for got in [&split, &copy] {
+        let steps = log(got)?;
+        assert_eq!(steps.len(), want.len(), "{}", got.display());
+        for (x, y) in want.iter().zip(&steps) {
+            assert_eq!((x.step, x.lr, x.tokens), (y.step, y.lr, y.tokens));
+            let (p, q) = (x.loss.unwrap_or(f64::NAN), y.loss.unwrap_or(f64::NAN));
+            assert!(
+                close(p, q),
+                "{}: step {}: {p} vs {q}",
+                got.display(),
+                x.step
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn zero_stages_past_1_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = config(&dir.path().join("x"), &["zero_stage=2".into()])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("zero_stage = 2 is not built"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
 }

@@ -48,6 +48,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     cfg.allow_outside_paths |= a.allow_outside_paths;
     let lead = comm.rank() == 0;
     let bar = progress_bar(lead);
+    // Rank 0's lines above the bar; where there is no terminal to draw it on (a batch job's
+    // log) the bar is hidden and would drop them, so they go to stderr.
+    let say = |line: String| match (lead, bar.is_hidden()) {
+        (false, _) => {}
+        (true, true) => eprintln!("{line}"),
+        (true, false) => bar.println(line),
+    };
     let (world, comm_name) = (comm.size(), comm.name());
     let mut on_event = |e: Event| match e {
         Event::Start {
@@ -55,10 +62,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             start_step,
             samples,
             skipped_mismatch,
+            optimizer_values: (held, all),
         } => {
             bar.set_length(total_steps as u64);
             bar.set_position(start_step as u64);
-            bar.println(start_line(
+            say(start_line(
                 samples,
                 skipped_mismatch,
                 total_steps,
@@ -66,6 +74,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 world,
                 comm_name,
             ));
+            if held < all {
+                say(format!(
+                    "optimizer state sharded over {world} ranks (zero_stage = 1): rank 0 holds {held} of {all} AdamW values ({:.1} of {:.1} MB)",
+                    held as f64 * 4e-6,
+                    all as f64 * 4e-6
+                ));
+            }
         }
         Event::Step(s) => {
             bar.set_position(s.step as u64);
@@ -76,7 +91,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 s.tokens as f64 / s.seconds.max(1e-9)
             ));
         }
-        Event::Saved(dir) => bar.println(format!("saved {}", dir.display())),
+        Event::Saved(dir) => say(format!("saved {}", dir.display())),
     };
     let opts = RunOptions {
         device,
