@@ -63,19 +63,20 @@ pub struct Options {
     /// `model_max_length` (2048): text-only records are truncated to it, and the mismatch check
     /// only applies below it.
     pub model_max_length: usize,
-    /// The pad id that `ne(pad_token_id)` counts against: `[PAD]` under `v0`, `<unk>` otherwise
-    /// (T3.5); see [`Options::for_template`].
+    /// The pad id that `ne(pad_token_id)` counts against: `[PAD]` under `v0`, the unknown
+    /// token otherwise (T3.5); see [`Options::for_template`].
     pub pad_id: Option<u32>,
     pub on_mismatch: OnMismatch,
 }
 
 impl Options {
     /// LLaVA's settings for `template`: `mm_use_im_start_end`, 2048 tokens, and the pad token
-    /// `train.py` sets (`[PAD]` for `v0` if the tokenizer has one, else `<unk>`).
+    /// `train.py` sets (`[PAD]` for `v0` if the tokenizer has one, else its `unk_token`:
+    /// `<unk>` for LLaMA, whatever `tokenizer_config.json` names for others).
     pub fn for_template(template: &Template, tokenizer: &Tokenizer) -> Self {
         let pad_id = match template.name() {
             "v0" | "default" => tokenizer.token_to_id("[PAD]"),
-            _ => tokenizer.token_to_id("<unk>"),
+            _ => tokenizer.unk_id,
         };
         Self {
             mm_use_im_start_end: true,

@@ -14,6 +14,10 @@ pub struct Tokenizer {
     pub path: PathBuf,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// The unknown token: `tokenizer_config.json`'s `unk_token` when the vocabulary holds it,
+    /// else `<unk>` when it does (transformers' Llama default). LLaVA pads with it
+    /// (`tokenizer.pad_token = tokenizer.unk_token`); SmolLM2 names `<|endoftext|>`.
+    pub unk_id: Option<u32>,
     /// `add_bos_token` from `tokenizer_config.json`, when it says so explicitly.
     add_bos_token: Option<bool>,
     /// `clean_up_tokenization_spaces` from `tokenizer_config.json` (transformers 4.46 default:
@@ -131,6 +135,9 @@ impl Tokenizer {
         };
         let bos_id = lookup("bos_token")?.or(fallback_bos);
         let eos_id = lookup("eos_token")?.or(fallback_eos);
+        let unk_id = token_string(cfg.get("unk_token"))
+            .and_then(|t| inner.token_to_id(&t))
+            .or_else(|| inner.token_to_id("<unk>"));
         let add_bos_token = cfg.get("add_bos_token").and_then(|v| v.as_bool());
         let clean_up_spaces = cfg
             .get("clean_up_tokenization_spaces")
@@ -141,6 +148,7 @@ impl Tokenizer {
             path,
             bos_id,
             eos_id,
+            unk_id,
             add_bos_token,
             clean_up_spaces,
         })

@@ -48,3 +48,24 @@ fn an_id_far_beyond_the_vocabulary_is_refused() {
     let dense = br#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 3}, "merges": []}}"#;
     assert!(Tokenizer::from_bytes(dense, None, PathBuf::from("t.json"), None, None).is_ok());
 }
+
+/// The unknown token (what LLaVA pads with under every template but `v0`) is the one
+/// `tokenizer_config.json` names, as transformers reads it: SmolLM2 names `<|endoftext|>` and
+/// has no `<unk>`; without a name, `<unk>` when the vocabulary holds it; else none.
+#[test]
+fn the_unknown_token_is_the_one_tokenizer_config_names() {
+    let json = br#"{"model": {"type": "BPE", "vocab": {"<|endoftext|>": 0, "<unk>": 1, "a": 2}, "merges": []}}"#;
+    let path = || PathBuf::from("m/tokenizer.json");
+    let smol = br#"{"unk_token": "<|endoftext|>"}"#;
+    let t = Tokenizer::from_bytes(json, Some(smol), path(), None, None).expect("loads");
+    assert_eq!(t.unk_id, Some(0));
+    let t = Tokenizer::from_bytes(json, None, path(), None, None).expect("loads");
+    assert_eq!(t.unk_id, Some(1));
+    // An AddedToken object, as newer files write it.
+    let obj = br#"{"unk_token": {"content": "a", "lstrip": false}}"#;
+    let t = Tokenizer::from_bytes(json, Some(obj), path(), None, None).expect("loads");
+    assert_eq!(t.unk_id, Some(2));
+    let none = br#"{"model": {"type": "BPE", "vocab": {"x": 0}, "merges": []}}"#;
+    let t = Tokenizer::from_bytes(none, None, path(), None, None).expect("loads");
+    assert_eq!(t.unk_id, None);
+}

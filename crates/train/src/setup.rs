@@ -401,7 +401,8 @@ fn load_data(
     opts.on_mismatch = on_mismatch(cfg.skip_mismatched_samples);
     let pad_id = opts.pad_id.ok_or_else(|| {
         usage(format!(
-            "{}: the tokenizer has no `<unk>` to pad with (template {})",
+            "{}: the tokenizer has no unknown token to pad with as LLaVA does under template {} \
+             (tokenizer_config.json names no `unk_token` in the vocabulary, and there is no `<unk>`)",
             tokenizer.path.display(),
             template.name()
         ))
