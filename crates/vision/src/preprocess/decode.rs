@@ -58,6 +58,9 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         }
     };
     check_pixels(bytes, format, path)?;
+    if format == ImageFormat::WebP {
+        check_webp_chunks(bytes, path)?;
+    }
     // Why our JPEG decoder passed the file on to the `image` crate, for its error message.
     let mut passed_on = String::new();
     if format == ImageFormat::Jpeg {
@@ -154,6 +157,49 @@ fn decoder_for(bytes: &[u8], format: ImageFormat) -> image::ImageReader<std::io:
     );
     reader.limits(limits);
     reader
+}
+
+/// Refuses a WebP whose chunks run past the end of the file (or of its RIFF container), as
+/// libwebp does ("not enough data"; Pillow: "could not create decoder object"). The `image`
+/// crate's decoder instead decodes what is there, so a truncated lossless WebP of 52 bytes came
+/// out as a whole 120 × 14426 image (found by fuzzing; fuzz/regressions/image/). Bytes after
+/// the RIFF container are ignored, as libwebp ignores them.
+fn check_webp_chunks(b: &[u8], path: &Path) -> Result<()> {
+    let word = |i: usize| -> Option<u64> {
+        Some(u64::from(u32::from_le_bytes(
+            b.get(i..i + 4)?.try_into().ok()?,
+        )))
+    };
+    let truncated = |what: String| {
+        Err(Error::format(
+            path,
+            format!(
+                "truncated WebP: {what}, but the file holds {} bytes; expected a complete image",
+                b.len()
+            ),
+        ))
+    };
+    let Some(riff) = word(4) else {
+        return truncated("the RIFF header is cut off".into());
+    };
+    let end = 8 + riff;
+    if end > b.len() as u64 {
+        return truncated(format!("its RIFF header declares {end} bytes"));
+    }
+    // Chunks: a fourcc, a little-endian size, the data padded to an even length.
+    let mut at = 12u64;
+    while at + 8 <= end {
+        let Some(size) = word(at as usize + 4) else {
+            break;
+        };
+        let chunk_end = at + 8 + size;
+        if chunk_end > end {
+            let fourcc = String::from_utf8_lossy(&b[at as usize..at as usize + 4]).into_owned();
+            return truncated(format!("its {fourcc:?} chunk at byte {at} declares {size} bytes of data, to byte {chunk_end}"));
+        }
+        at = chunk_end + (size & 1);
+    }
+    Ok(())
 }
 
 /// What [`jpeg_walk`] found: whether the markers run from SOI to EOI, the bytes of
@@ -341,6 +387,48 @@ mod tests {
             .to_string();
         assert!(
             e.contains("big.jpg") && e.contains("less than one bit a block"),
+            "{e}"
+        );
+    }
+
+    /// A WebP cut short is refused like Pillow refuses it, naming the chunk; a complete one
+    /// (with bytes after its container, which libwebp ignores) decodes.
+    #[test]
+    fn a_truncated_webp_is_refused() {
+        let mut webp = Vec::new();
+        image::RgbImage::from_pixel(3, 2, image::Rgb([10, 200, 30]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut webp),
+                image::ImageFormat::WebP,
+            )
+            .unwrap();
+        let p = Path::new("x.webp");
+        let mut trailing = webp.clone();
+        trailing.extend_from_slice(b"junk");
+        let img = decode_rgb(&trailing, p).unwrap();
+        assert_eq!(
+            (img.dimensions(), img.get_pixel(2, 1).0),
+            ((3, 2), [10, 200, 30])
+        );
+        let cut = &webp[..webp.len() - 3];
+        let e = decode_rgb(cut, p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("x.webp: truncated WebP: its RIFF header declares"),
+            "{e}"
+        );
+        // The container's size made to agree with the cut, the chunk's not.
+        let mut lying = cut.to_vec();
+        let riff = (lying.len() - 8) as u32;
+        lying[4..8].copy_from_slice(&riff.to_le_bytes());
+        let e = decode_rgb(&lying, p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("truncated WebP: its \"VP8L\" chunk at byte 12 declares"),
             "{e}"
         );
     }
