@@ -382,6 +382,11 @@ impl Trainer {
         out.transpose()
     }
 
+    /// AdamW's values in all: two moments per optimised weight.
+    pub fn optimizer_values(&self) -> usize {
+        2 * self.opt.vars().map(|v| v.elem_count()).sum::<usize>()
+    }
+
     /// Number of tensors under optimisation (the order of [`Trainer::optimizer_moments`]).
     pub fn optimizer_len(&self) -> usize {
         self.opt.len()

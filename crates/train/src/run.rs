@@ -179,11 +179,7 @@ pub fn run_on(
     let optimizer_values = if zero {
         trainer.shard_optimizer(comm)?
     } else {
-        let all = 2 * trainer
-            .trainable()
-            .iter()
-            .map(|p| p.param.tensor().elem_count())
-            .sum::<usize>();
+        let all = trainer.optimizer_values();
         (all, all)
     };
     on_event(Event::Start {
