@@ -475,7 +475,7 @@ pub fn write_hf_dir(
             std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
         }
         let st = tmp.join("model.safetensors");
-        candle_core::safetensors::save(tensors, &st)
+        crate::weights::save_safetensors(tensors, &st)
             .map_err(|e| Error::format(&st, e.to_string()))?;
         std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
     };

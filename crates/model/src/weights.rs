@@ -26,6 +26,16 @@ enum Backend {
     },
 }
 
+/// Writes `tensors` as a safetensors file with the header metadata `{"format": "pt"}`, as
+/// `safetensors.torch.save_file` and transformers' `save_pretrained` write it. transformers
+/// 4.46's `from_pretrained` reads that field unconditionally (`metadata.get("format")`) and
+/// fails with `'NoneType' object has no attribute 'get'` on a file without metadata, which is
+/// what candle's own `safetensors::save` writes.
+pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> candle_core::Result<()> {
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    Ok(safetensors::serialize_to_file(tensors, Some(meta), path)?)
+}
+
 /// Read-only access to a checkpoint's tensors, with a key prefix (`pp`) like candle's
 /// `VarBuilder`, so model code mirrors HF key paths.
 #[derive(Clone)]
@@ -383,6 +393,29 @@ fn root_cause(e: &candle_core::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header carries `{"format": "pt"}` (what transformers 4.46 reads) and the tensors
+    /// read back unchanged.
+    #[test]
+    fn saved_files_carry_transformers_format_metadata() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tempdir"), e))?;
+        let path = dir.path().join("model.safetensors");
+        let t = Tensor::arange(0f32, 6., &Device::Cpu)?.reshape((2, 3))?;
+        let b = t.to_dtype(DType::BF16)?;
+        save_safetensors(
+            &HashMap::from([("a".to_string(), t.clone()), ("b".to_string(), b.clone())]),
+            &path,
+        )?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])
+            .map_err(|e| Error::format(&path, e.to_string()))?;
+        assert_eq!(header["__metadata__"], serde_json::json!({"format": "pt"}));
+        let back = candle_core::safetensors::load(&path, &Device::Cpu)?;
+        assert_eq!(back["a"].to_vec2::<f32>()?, t.to_vec2::<f32>()?);
+        assert_eq!(back["b"].dtype(), DType::BF16);
+        Ok(())
+    }
 
     #[test]
     fn index_shards_may_not_leave_the_checkpoint_directory() -> Result<()> {

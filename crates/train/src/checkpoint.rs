@@ -96,10 +96,11 @@ pub fn save_safetensors_as(
     result
 }
 
-/// candle's safetensors writer, with an I/O error naming the file: a full disk is then one
-/// line, "PATH: No space left on device", not candle's bare "I/O error".
+/// A safetensors file as transformers writes it ([`sightline_model::weights::save_safetensors`]),
+/// with an I/O error naming the file: a full disk is then one line, "PATH: No space left on
+/// device", not candle's bare "I/O error".
 pub fn write_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    candle_core::safetensors::save(map, path).map_err(|e| match io_cause(&e) {
+    sightline_model::weights::save_safetensors(map, path).map_err(|e| match io_cause(&e) {
         Some(err) => Error::io(path, err),
         None => Error::Candle(e),
     })
