@@ -168,6 +168,24 @@ fn a_hand_built_state_dict_reads_with_offsets_and_strides() -> anyhow::Result<()
     Ok(())
 }
 
+/// An empty tensor is read as an empty tensor of its shape, also when its offset lies past its
+/// (empty) storage: that view panicked the reader (found by fuzzing; fuzz/regressions/pickle/).
+#[test]
+fn empty_views_read_wherever_their_offset_points() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pkl = state_dict(&[
+        unicode("none"),
+        tensor("0", 0, 64, &[0], &[1]),
+        unicode("rows"),
+        tensor("0", 0, 0, &[0, 3], &[3, 1]),
+    ]);
+    let path = archive(dir.path(), &pkl, &[("0", &[])]);
+    let t = read_all(&path)?;
+    assert_eq!(t[0].1.dims(), [0]);
+    assert_eq!(t[1].1.dims(), [0, 3]);
+    Ok(())
+}
+
 #[test]
 fn globals_outside_torchs_rebuilding_are_refused_by_name() {
     let marker = std::env::temp_dir().join(format!("sightline-pwned-{}", std::process::id()));
