@@ -29,9 +29,13 @@ const MAX_PROMPTS: usize = 2;
 /// The body with `max_tokens` and `max_completion_tokens` set to at most [`MAX_TOKENS`], and a
 /// list of prompts cut to [`MAX_PROMPTS`], when it is a JSON object (re-serialised); any other
 /// body is sent as it is. The work of one request then stays bounded; what the server makes of
-/// the fields is unchanged.
+/// the fields is unchanged. A body whose invalid UTF-8 sits in a field the server ignores
+/// (serde skips an ignored string's bytes without checking them, so the server takes it and,
+/// uncapped, generated to the end of the context: 2 s in the fuzz build) is capped too, its
+/// invalid bytes replaced by U+FFFD.
 fn bounded(body: &[u8]) -> Vec<u8> {
-    let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(body) else {
+    let text = String::from_utf8_lossy(body);
+    let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(&text) else {
         return body.to_vec();
     };
     // A list of strings or of token lists is several prompts; a list of numbers is one.
