@@ -24,7 +24,8 @@ use crate::optim::AdamW;
 
 /// The rank that holds each parameter's optimizer state, for parameters of `sizes` values on
 /// `world` ranks: largest first, each to the least-loaded rank (the lowest on ties), so the
-/// same on every rank.
+/// same on every rank. (The evaluator deals `--shard` work units by the same rule,
+/// `sightline_eval`'s `evaluator/plan.rs::assign`; the two crates share no floor to hold it.)
 pub fn partition(sizes: &[usize], world: usize) -> Vec<usize> {
     let world = world.max(1);
     let mut order: Vec<usize> = (0..sizes.len()).collect();
