@@ -15,8 +15,9 @@ shift
 if [ $# -eq 0 ]; then
     set -- $(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^sightline-fuzz$')
 fi
-bin=target/x86_64-unknown-linux-gnu/release
-commit=$(git rev-parse --short HEAD)
+# BIN: another build's binaries; COMMIT: the commit they were built from (default HEAD).
+bin=${BIN:-target/x86_64-unknown-linux-gnu/release}
+commit=${COMMIT:-$(git rev-parse --short HEAD)}
 mkdir -p logs
 # The targets write their inputs to temporary files: on tmpfs that is 25 times faster than on
 # the campaign machine's busy disk (10,000 against 400 executions per second for safetensors).
@@ -26,7 +27,7 @@ for t in "$@"; do
     mkdir -p "artifacts/$t" "corpus/$t"
     log="logs/$t.log"
     rc=0
-    nice -n 19 "$bin/$t" -rss_limit_mb=2048 -timeout=1 -max_total_time="$secs" -runs="${RUNS:-10000000}" \
+    nice -n "${NICE:-19}" "$bin/$t" -rss_limit_mb=2048 -timeout=1 -max_total_time="$secs" -runs="${RUNS:-10000000}" \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 "corpus/$t" >"$log" 2>&1 || rc=$?
     # libFuzzer's summary: "Done N runs in S second(s)" and the final stats block.
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
