@@ -394,8 +394,7 @@ impl Trainer {
 
     /// Tensor `i`'s moments as held here (empty where another rank holds them), and its size.
     pub fn optimizer_slot(&self, i: usize) -> ((&[f32], &[f32]), usize) {
-        let n = self.opt.vars().nth(i).map_or(0, |v| v.elem_count());
-        (self.opt.slot_moments(i), n)
+        (self.opt.slot_moments(i), self.opt.numel(i))
     }
 
     /// Sets tensor `i`'s moments (kept only if this rank holds them).

@@ -97,13 +97,8 @@ impl AdamW {
                 self.slots.len()
             )));
         }
-        for (slot, &o) in self.slots.iter_mut().zip(&owners) {
-            if o != rank {
-                slot.m = Vec::new();
-                slot.v = Vec::new();
-            }
-        }
         self.shard = Some((owners, rank));
+        self.release_others();
         Ok(())
     }
 
@@ -127,6 +122,11 @@ impl AdamW {
         self.slots.iter().map(|s| &s.var)
     }
 
+    /// Number of values of parameter `i` (each moment's length when held).
+    pub fn numel(&self, i: usize) -> usize {
+        self.slots[i].var.elem_count()
+    }
+
     /// Parameter `i`'s moments as held here (empty when another rank holds them).
     pub fn slot_moments(&self, i: usize) -> (&[f32], &[f32]) {
         (&self.slots[i].m, &self.slots[i].v)
@@ -145,8 +145,8 @@ impl AdamW {
     /// Sets parameter `i`'s moments even where another rank owns them (rank 0 consolidating a
     /// sharded state to save it); [`AdamW::release_others`] frees them.
     pub fn hold_slot_moments(&mut self, i: usize, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        let n = self.numel(i);
         let slot = &mut self.slots[i];
-        let n = slot.var.elem_count();
         if m.len() != n || v.len() != n {
             return Err(Error::Config(format!(
                 "saved optimizer state of {} values for a parameter of {n}",

@@ -84,7 +84,7 @@ pub fn gather_moments(opt: &mut AdamW, comm: &dyn Collective) -> Result<()> {
         if owner == 0 {
             continue;
         }
-        let n = opt.vars().nth(i).map_or(0, |v| v.elem_count());
+        let n = opt.numel(i);
         let (mut m, mut v) = if opt.owns(i) {
             let (m, v) = opt.slot_moments(i);
             (m.to_vec(), v.to_vec())
