@@ -1,11 +1,15 @@
 //! Causal self-attention `softmax(q·kᵀ·scale + causal) · v` for the LLaMA decoder.
 //!
-//! Two kernels: a forward-only fused attention for scoring (CPU f32, small heads) that never
-//! materialises the `[b, heads, t, T]` scores and computes only the unmasked ones, GQA heads
-//! reading their shared K/V in place; and a causal softmax with a backward for training, between
-//! candle's matmuls. Why: candle's composed path (matmul → mask add → softmax → matmul) spends
-//! most of a scoring pass on memory traffic and `exp` of masked entries, and its fused softmax
-//! has no backward (spec `candle-autograd.md`).
+//! The entry points pick among: the tiled, flash-style kernel of `flash/` (forward for scoring,
+//! prefill after a cached prefix and decoding; with its tiled backward for training, where the
+//! forward keeps one log-sum-exp per query row instead of the `[b, heads, t, t]`
+//! probabilities); a forward-only fused kernel for small heads (CPU f32, no AVX-512F); and a
+//! causal softmax with a backward between candle's matmuls where neither applies. Why: candle's
+//! composed path (matmul → mask add → softmax → matmul) spends most of a pass on memory traffic
+//! and `exp` of masked entries, keeps the whole score matrix for its backward, and its fused
+//! softmax has no backward (spec `candle-autograd.md`).
+
+use std::sync::Mutex;
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D,
@@ -330,7 +334,9 @@ pub const FUSED_ATTENTION_MAX_HEAD_DIM: usize = 32;
 ///   AVX-512F: the tiled kernel of `flash/` (no score matrix);
 /// - nothing tracks, CPU f32, `d ≤` [`FUSED_ATTENTION_MAX_HEAD_DIM`]: the fused kernel;
 /// - nothing tracks otherwise: matmul, mask, candle's forward-only softmax, matmul;
-/// - with gradients and no cached prefix: matmul, [`causal_softmax`], matmul;
+/// - with gradients and no cached prefix, CPU f32 or bf16 (bf16 where the bf16 GEMM is on),
+///   AVX-512F: the tiled kernel with its tiled backward (`flash/backward.rs`);
+/// - with gradients and no cached prefix otherwise: matmul, [`causal_softmax`], matmul;
 /// - with gradients after a cached prefix: matmul, mask, differentiable softmax, matmul.
 pub fn causal_attention(
     q: &Tensor,
@@ -345,6 +351,16 @@ pub fn causal_attention(
         if let Some(out) = flash_attention(q, None, k, v, scale)? {
             return Ok(out);
         }
+    }
+    if offset == 0 && total == t && flash_training_applies(&[q, k, v]) {
+        let op = FlashTraining {
+            scale: scale as f32,
+            lse: Mutex::new(Vec::new()),
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?
+            .reshape((b * t, h * d));
     }
     if bf16_forward(&[q, k, v]) {
         // bf16 scoring: in f32 (PyTorch's bf16 attention rounds the scores and probabilities
@@ -486,8 +502,161 @@ fn run_flash<T: Elem + candle_core::WithDType>(
         len,
     });
     let mut out = vec![T::from_f32(0.0); data[0].len()];
-    flash::attention(data[0], prefix, new, dims, scale as f32, &mut out)
+    flash::attention(data[0], prefix, new, dims, scale as f32, &mut out, None)
         .map_err(candle_core::Error::Msg)?;
     let Dims { b, h, t, d, .. } = dims;
     Tensor::from_vec(out, (b * t, h * d), tensors[0].device())
+}
+
+/// Whether self-attention with gradients runs on the tiled kernel and its tiled backward: every
+/// input on the CPU, one dtype, f32 or (with the bf16 GEMM on, as for bf16 scoring) bf16, some
+/// input tracking a gradient, and AVX-512F.
+fn flash_training_applies(inputs: &[&Tensor]) -> bool {
+    let dtype = inputs[0].dtype();
+    let kind = dtype == DType::F32
+        || (dtype == DType::BF16
+            && crate::gemm_bf16::Bf16Gemm::detect() == crate::gemm_bf16::Bf16Gemm::Avx512Bf16);
+    flash::available()
+        && kind
+        && tracks(inputs)
+        && inputs
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == dtype)
+}
+
+/// Causal self-attention `q: [b, h, t, d]`, `k, v: [b, kvh, t, d]` → `[b, t, h, d]` on the tiled
+/// kernel, with the tiled backward. The forward keeps each query row's log-sum-exp (`[b, h, t]`,
+/// 4 bytes a row) for the backward, in place of the `[b, h, t, t]` probabilities the composed
+/// path keeps; candle holds the op (and so that buffer) in the graph until the backward.
+struct FlashTraining {
+    scale: f32,
+    lse: Mutex<Vec<f32>>,
+}
+
+impl FlashTraining {
+    fn dims(lq: &Layout, lk: &Layout, lv: &Layout) -> CResult<Dims> {
+        let (b, h, t, d) = lq.shape().dims4()?;
+        let (bk, kvh, tk, dk) = lk.shape().dims4()?;
+        if bk != b || tk != t || dk != d || lv.shape() != lk.shape() || kvh == 0 || h % kvh != 0 {
+            candle_core::bail!(
+                "flash-attention: shapes q {:?} k {:?} v {:?}",
+                lq.shape(),
+                lk.shape(),
+                lv.shape()
+            );
+        }
+        Ok(Dims { b, h, t, d, kvh })
+    }
+
+    fn forward<T: Elem + candle_core::WithDType>(
+        &self,
+        (sq, lq): (&CpuStorage, &Layout),
+        (sk, lk): (&CpuStorage, &Layout),
+        (sv, lv): (&CpuStorage, &Layout),
+        n: Dims,
+    ) -> CResult<Vec<T>> {
+        let (q, k, v) = (
+            slice_of::<T>(sq, lq)?,
+            slice_of::<T>(sk, lk)?,
+            slice_of::<T>(sv, lv)?,
+        );
+        let mut out = vec![T::from_f32(0.0); q.len()];
+        let mut lse = vec![0f32; n.b * n.h * n.t];
+        let keys = Segment {
+            k,
+            v,
+            batch: n.b,
+            len: n.t,
+        };
+        flash::attention(q, None, keys, n, self.scale, &mut out, Some(&mut lse))
+            .map_err(candle_core::Error::Msg)?;
+        *self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("flash-attention: poisoned".into()))? = lse;
+        Ok(out)
+    }
+
+    fn backward<T: Elem + candle_core::WithDType>(
+        &self,
+        tensors: [&Tensor; 5],
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dtype = tensors[0].dtype();
+        let [q, k, v, o, d_o] = tensors.map(|t| t.contiguous());
+        // (A gradient arriving in another dtype is cast to the inputs'.)
+        let (q, k, v, o, d_o) = (q?, k?, v?, o?, d_o?.to_dtype(dtype)?);
+        let n = Self::dims(q.layout(), k.layout(), v.layout())?;
+        let guards = [&q, &k, &v, &o, &d_o].map(|t| t.storage_and_layout());
+        let mut data = Vec::with_capacity(5);
+        for (s, l) in &guards {
+            match &**s {
+                Storage::Cpu(c) => data.push(slice_of::<T>(c, l)?),
+                _ => candle_core::bail!("flash-attention: tensor is not on the CPU"),
+            }
+        }
+        let lse = self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("flash-attention: poisoned".into()))?;
+        let saved = flash::backward::Saved {
+            q: data[0],
+            k: data[1],
+            v: data[2],
+            o: data[3],
+            d_o: data[4],
+            lse: &lse,
+        };
+        let (dq, dk, dv) = flash::backward::attention_backward(&saved, n, self.scale)
+            .map_err(candle_core::Error::Msg)?;
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+impl CustomOp3 for FlashTraining {
+    fn name(&self) -> &'static str {
+        "flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let n = Self::dims(lq, lk, lv)?;
+        let args = ((sq, lq), (sk, lk), (sv, lv));
+        let out = match (sq, sk, sv) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(self.forward::<f32>(args.0, args.1, args.2, n)?)
+            }
+            (CpuStorage::BF16(_), CpuStorage::BF16(_), CpuStorage::BF16(_)) => {
+                CpuStorage::BF16(self.forward::<bf16>(args.0, args.1, args.2, n)?)
+            }
+            _ => candle_core::bail!("flash-attention: q, k and v must all be f32 or all bf16"),
+        };
+        Ok((out, Shape::from((n.b, n.t, n.h, n.d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match q.dtype() {
+            DType::F32 => self.backward::<f32>([q, k, v, res, grad]),
+            DType::BF16 => self.backward::<bf16>([q, k, v, res, grad]),
+            dt => candle_core::bail!("flash-attention: no backward for {dt:?}"),
+        }
+    }
 }

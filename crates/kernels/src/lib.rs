@@ -15,14 +15,16 @@
 //!    attention is the tiled, flash-style kernel of `flash/` on CPUs with AVX-512F.
 //!    No graph is recorded: inference pays nothing for training's existence.
 //! 2. **CPU f32, some input tracks a gradient**: the same fused kernel as a custom op with its
-//!    hand-written backward ([`candle_core::CustomOp1`]/`2`/`3`).
+//!    hand-written backward ([`candle_core::CustomOp1`]/`2`/`3`); self-attention is the tiled
+//!    kernel with a tiled backward (`flash/backward.rs`) on CPUs with AVX-512F.
 //! 3. **CPU bf16, nothing to differentiate, and a bf16 GEMM on this CPU** ([`gemm_bf16`]):
 //!    bf16 scoring and generation — linear layers on the `VDPBF16PS` GEMM, RMSNorm and SwiGLU
 //!    with PyTorch's roundings, RoPE fused with its transpose (candle-nn's bf16 roundings),
 //!    attention in f32 inside the tiled kernel (`bf16.rs`, `flash/`).
 //! 4. **CPU bf16 with gradients** (mixed-precision training): the linear layers on the bf16
 //!    GEMM with its backward where the CPU has one, SwiGLU as a bf16 op with its backward
-//!    (`bf16.rs`); RMSNorm and attention run their f32 kernels between casts.
+//!    (`bf16.rs`), self-attention on the tiled kernel and its backward (bf16 in and out, f32
+//!    inside); RMSNorm runs its f32 kernel between casts.
 //! 5. **Any other dtype or device**: candle's ops. Without gradients, candle-nn's forward-only
 //!    fused kernels where they exist (bf16 without the GEMM: `rms_norm`, `rope`,
 //!    `softmax_last_dim`); with gradients, the composed differentiable forms (spec

@@ -6,12 +6,15 @@ use std::arch::x86_64::*;
 
 use super::{Dims, Elem, Job, KEY_BLOCK};
 
-/// Runs `job`, writing its rows of `out: [b, t, h, d]`.
+/// Runs `job`, writing its rows of `out: [b, t, h, d]` and, where `lse` is not null, each row's
+/// log-sum-exp of its scaled scores to `lse: [b, h, t]` (what the backward needs to rebuild the
+/// probabilities).
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `out` must be valid for the rows of `job` (see `attention`).
+/// The CPU must have AVX-512F; `out` (and `lse` unless null) must be valid for the rows of `job`
+/// (see `attention`).
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn run<T: Elem>(job: &Job<T>, out: *mut T) {
+pub(super) unsafe fn run<T: Elem>(job: &Job<T>, out: *mut T, lse: *mut f32) {
     let Dims { h, t, d, .. } = job.n;
     let dp = d.next_multiple_of(16);
     let rows: Vec<(usize, usize, usize)> = job.rows().collect();
@@ -70,7 +73,14 @@ pub(super) unsafe fn run<T: Elem>(job: &Job<T>, out: *mut T) {
             }
             for r0 in (0..nr4).step_by(4) {
                 let o4 = o.as_mut_ptr().add(r0 * dp);
-                pv4(s.as_ptr().add(r0 * KEY_BLOCK), vb.as_ptr(), dp, nk, o4);
+                pv4(
+                    s.as_ptr().add(r0 * KEY_BLOCK),
+                    KEY_BLOCK,
+                    vb.as_ptr(),
+                    dp,
+                    nk,
+                    o4,
+                );
             }
         }
     }
@@ -79,6 +89,9 @@ pub(super) unsafe fn run<T: Elem>(job: &Job<T>, out: *mut T) {
         let dst = out.add(((job.bi * t + i) * h + head) * d);
         for c in 0..d {
             *dst.add(c) = T::from_f32(o[r * dp + c] * inv);
+        }
+        if !lse.is_null() {
+            *lse.add((job.bi * h + head) * t + i) = max[r] + sum[r].ln();
         }
     }
 }
@@ -128,7 +141,7 @@ unsafe fn softmax_step(
 
 /// Mask of the lanes of vector `v` (keys `16v..16v + 16`) below `valid`.
 #[inline(always)]
-fn lanes(valid: usize, v: usize) -> __mmask16 {
+pub(super) fn lanes(valid: usize, v: usize) -> __mmask16 {
     let n = valid.saturating_sub(v * 16).min(16);
     ((1u32 << n) - 1) as __mmask16
 }
@@ -136,7 +149,7 @@ fn lanes(valid: usize, v: usize) -> __mmask16 {
 /// `s[r][j] = q[r] · kt[·][j]` for 4 query rows (stride `dp`, `d` values) and 64 keys.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores4(q: *const f32, dp: usize, d: usize, kt: *const f32, s: *mut f32) {
+pub(super) unsafe fn scores4(q: *const f32, dp: usize, d: usize, kt: *const f32, s: *mut f32) {
     let mut acc = [[_mm512_setzero_ps(); 4]; 4];
     for c in 0..d {
         let k: [__m512; 4] =
@@ -155,17 +168,25 @@ unsafe fn scores4(q: *const f32, dp: usize, d: usize, kt: *const f32, s: *mut f3
     }
 }
 
-/// `o[r] += Σ_j p[r][j] · v[j]` for 4 rows (`p` stride 64, `o` stride `dp`), `nk` keys.
+/// `o[r] += Σ_j p[r][j] · v[j]` for 4 rows (`p` stride `ps`, `v` and `o` stride `dp`), `nk`
+/// terms. The forward's `p·v`; the backward's `dS·K`, `Pᵀ·dO` and `dSᵀ·Q`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn pv4(p: *const f32, v: *const f32, dp: usize, nk: usize, o: *mut f32) {
+pub(super) unsafe fn pv4(
+    p: *const f32,
+    ps: usize,
+    v: *const f32,
+    dp: usize,
+    nk: usize,
+    o: *mut f32,
+) {
     let mut c0 = 0;
     while c0 < dp {
         match (dp - c0) / 16 {
-            1 => pv_chunk::<1>(p, v, dp, nk, o, c0),
-            2 => pv_chunk::<2>(p, v, dp, nk, o, c0),
-            3 => pv_chunk::<3>(p, v, dp, nk, o, c0),
-            _ => pv_chunk::<4>(p, v, dp, nk, o, c0),
+            1 => pv_chunk::<1>(p, ps, v, dp, nk, o, c0),
+            2 => pv_chunk::<2>(p, ps, v, dp, nk, o, c0),
+            3 => pv_chunk::<3>(p, ps, v, dp, nk, o, c0),
+            _ => pv_chunk::<4>(p, ps, v, dp, nk, o, c0),
         }
         c0 += 64;
     }
@@ -176,6 +197,7 @@ unsafe fn pv4(p: *const f32, v: *const f32, dp: usize, nk: usize, o: *mut f32) {
 #[target_feature(enable = "avx512f")]
 unsafe fn pv_chunk<const NV: usize>(
     p: *const f32,
+    ps: usize,
     v: *const f32,
     dp: usize,
     nk: usize,
@@ -189,7 +211,7 @@ unsafe fn pv_chunk<const NV: usize>(
         let vv: [__m512; NV] =
             std::array::from_fn(|x| _mm512_loadu_ps(v.add(j * dp + c0 + x * 16)));
         for (r, acc) in acc.iter_mut().enumerate() {
-            let pb = _mm512_set1_ps(*p.add(r * KEY_BLOCK + j));
+            let pb = _mm512_set1_ps(*p.add(r * ps + j));
             for x in 0..NV {
                 acc[x] = _mm512_fmadd_ps(pb, vv[x], acc[x]);
             }
@@ -205,7 +227,7 @@ unsafe fn pv_chunk<const NV: usize>(
 /// [`crate::math::exp_nonpositive`] on 16 lanes, operation for operation (the same bits).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_nonpositive(x: __m512) -> __m512 {
+pub(super) unsafe fn exp_nonpositive(x: __m512) -> __m512 {
     let c = _mm512_set1_ps;
     let magic = c(12_582_912.0);
     let x = _mm512_max_ps(x, c(-87.0));

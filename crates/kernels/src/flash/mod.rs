@@ -21,6 +21,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub(crate) mod backward;
 
 use std::sync::OnceLock;
 
@@ -108,8 +109,9 @@ pub(crate) struct Dims {
 
 /// `out: [b, t, h, d]` = causal attention of `q` over the keys `prefix ++ new`, scores scaled by
 /// `scale`. The `t` queries are the last `t` positions of `new` (`new.len ≥ t`): query `i` sees
-/// every prefix key and keys `0..=new.len - t + i` of `new`. Checks the slice lengths; the
-/// caller checks that [`available`] holds.
+/// every prefix key and keys `0..=new.len - t + i` of `new`. With `lse: [b, h, t]`, also each
+/// query row's log-sum-exp of its scaled scores (for [`backward::attention_backward`]). Checks
+/// the slice lengths; the caller checks that [`available`] holds.
 pub(crate) fn attention<T: Elem>(
     q: &[T],
     prefix: Option<Segment<'_, T>>,
@@ -117,6 +119,7 @@ pub(crate) fn attention<T: Elem>(
     n: Dims,
     scale: f32,
     out: &mut [T],
+    lse: Option<&mut [f32]>,
 ) -> Result<(), String> {
     let Dims { b, h, t, d, kvh } = n;
     let seg_ok = |s: &Segment<T>| {
@@ -132,6 +135,7 @@ pub(crate) fn attention<T: Elem>(
         || new.len < t
         || !seg_ok(&new)
         || prefix.as_ref().is_some_and(|p| !seg_ok(p))
+        || lse.as_ref().is_some_and(|l| l.len() != b * h * t)
     {
         return Err(format!(
             "flash attention: q has {} values for {n:?}, out {}, new keys {} of {} ({} values), prefix {:?}",
@@ -150,6 +154,7 @@ pub(crate) fn attention<T: Elem>(
     let new = Packed::new(&new, kvh, d);
     let blocks = t.div_ceil(QUERY_BLOCK);
     let shared = SharedOut(out.as_mut_ptr());
+    let lse = SharedOut(lse.map_or(std::ptr::null_mut(), |l| l.as_mut_ptr()));
     (0..b * kvh * blocks).into_par_iter().for_each(|task| {
         let (bg, qb) = (task / blocks, task % blocks);
         let (bi, g) = (bg / kvh, bg % kvh);
@@ -166,13 +171,13 @@ pub(crate) fn attention<T: Elem>(
         };
         // SAFETY: AVX-512F was checked by `available`; task (bi, g, block) writes only the rows of
         // sequence bi, heads of KV head g, positions of its block: disjoint across tasks, inside
-        // `out` (its length was checked).
+        // `out` and `lse` (their lengths were checked).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            avx512::run(&job, shared.ptr())
+            avx512::run(&job, shared.ptr(), lse.ptr())
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (job, shared);
+        let _ = (job, shared, lse);
     });
     Ok(())
 }
