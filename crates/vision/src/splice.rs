@@ -69,6 +69,9 @@ pub fn splice_batch(
             labels.len()
         )));
     }
+    // Features join the text rows in their dtype (bf16 training's embeddings are f32 rows of
+    // the master; LLaVA's `torch.cat` promotes the bf16 features likewise).
+    let feats = feats.to_dtype(embeds.dtype())?;
     let mut rows = Vec::with_capacity(b);
     let mut out_labels = Vec::with_capacity(b);
     for (r, pos) in positions.iter().enumerate() {

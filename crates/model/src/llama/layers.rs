@@ -30,8 +30,14 @@ impl Linear {
     }
 
     /// [`Linear::forward`] with the result in `out`: f32 for the layers that write into an
-    /// f32 residual stream (a frozen bf16 weight then returns the GEMM's f32 sums unrounded).
+    /// f32 residual stream. Inference with a frozen bf16 weight then returns the GEMM's f32
+    /// sums unrounded; training computes the layer (LoRA update included) in its compute dtype
+    /// and hands the stream that result, as `torch.autocast` and PEFT round it.
     pub fn forward_to(&self, xs: &Tensor, out: DType, train: bool) -> Result<Tensor> {
+        let compute = self.weight.compute_dtype();
+        if train && out != compute {
+            return Ok(self.forward_to(xs, compute, train)?.to_dtype(out)?);
+        }
         let ys = match &self.weight {
             Param::Frozen(w) if out == DType::F32 && w.dtype() != DType::F32 => {
                 sightline_kernels::frozen_linear_to_f32(xs, w)?
@@ -57,7 +63,19 @@ pub(crate) struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Normalised rows in the weight's compute dtype. On bf16's f32 residual stream with
+    /// gradients (mixed-precision training), the norm runs in f32 with the f32 master (a
+    /// frozen bf16 weight widened, exactly) and its output is rounded once to bf16, as
+    /// transformers' `LlamaRMSNorm` on an f32 stream followed by an autocast linear computes
+    /// it; without gradients, the bf16 kernel takes the f32 rows directly.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let compute = self.weight.compute_dtype();
+        let trains = xs.track_op() || self.weight.var().is_some();
+        if xs.dtype() == DType::F32 && compute != DType::F32 && trains {
+            let w = self.weight.tensor().to_dtype(DType::F32)?;
+            let ys = sightline_kernels::rms_norm(xs, &w, self.eps)?;
+            return Ok(ys.to_dtype(compute)?);
+        }
         Ok(sightline_kernels::rms_norm(
             xs,
             &self.weight.value()?,
@@ -101,11 +119,14 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> 
     scaled.into_iter().map(|f| f as f32).collect()
 }
 
-/// cos/sin tables `[max_positions, head_dim / 2]` in the model dtype.
+/// cos/sin tables `[max_positions, head_dim / 2]` in the model dtype, and in f32 for bf16
+/// training (see [`Rope::apply`]).
 #[derive(Clone)]
 pub(crate) struct Rope {
     pub cos: Tensor,
     pub sin: Tensor,
+    /// The f32 tables, when the model dtype is another.
+    f32_tables: Option<(Tensor, Tensor)>,
 }
 
 impl Rope {
@@ -128,15 +149,31 @@ impl Rope {
                 sin.push(angle.sin());
             }
         }
+        let cos = Tensor::from_vec(cos, (n, half), device)?;
+        let sin = Tensor::from_vec(sin, (n, half), device)?;
         Ok(Self {
-            cos: Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
-            sin: Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
+            f32_tables: (dtype != DType::F32).then(|| (cos.clone(), sin.clone())),
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
         })
     }
 
     /// Rotates projections `[b, t, heads, head_dim]` for positions `offset..offset + t` and
-    /// returns them head-major, `[b, heads, t, head_dim]`.
-    fn apply(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+    /// returns them head-major, `[b, heads, t, head_dim]`, in their dtype.
+    ///
+    /// On bf16's f32 residual stream with gradients (mixed-precision training) the rotation is
+    /// f32 with f32 tables, rounded to bf16 once after: transformers takes the tables' dtype
+    /// from the (f32) stream, `q·cos + rotate_half(q)·sin` promotes to f32, and autocast rounds
+    /// the result when attention reads it. Elsewhere the tables are in the model dtype, as a
+    /// bf16 model's stream makes them in transformers.
+    fn apply(&self, xs: &Tensor, offset: usize, residual: DType) -> Result<Tensor> {
+        if let Some((cos, sin)) = &self.f32_tables {
+            if residual == DType::F32 && xs.track_op() {
+                let up = xs.to_dtype(DType::F32)?;
+                let ys = sightline_kernels::rope_to_heads(&up, cos, sin, offset)?;
+                return Ok(ys.to_dtype(xs.dtype())?);
+            }
+        }
         Ok(sightline_kernels::rope_to_heads(
             xs, &self.cos, &self.sin, offset,
         )?)
@@ -177,7 +214,7 @@ pub(crate) enum Slot<'a> {
 
 /// What every layer of one forward shares: `b` sequences of `t` new tokens at positions
 /// `offset..`, the RoPE tables, and the dtype of the residual stream (the compute dtype, or
-/// f32 under bf16 inference: see `Llama::residual_dtype`).
+/// f32 under bf16 on a CPU with the bf16 GEMM: see `Llama::residual_dtype`).
 pub(crate) struct Ctx<'a> {
     pub b: usize,
     pub t: usize,
@@ -212,8 +249,8 @@ impl Attention {
             .reshape((b, t, kvh, d))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = c.rope.apply(&q, offset)?; // [b, h, t, d]
-        let k = c.rope.apply(&k, offset)?; // [b, kvh, t, d]
+        let q = c.rope.apply(&q, offset, c.residual)?; // [b, h, t, d]
+        let k = c.rope.apply(&k, offset, c.residual)?; // [b, kvh, t, d]
         let scale = 1.0 / (d as f64).sqrt();
         let (k, v) = match cache {
             Slot::Read(Some((pk, pv))) => {

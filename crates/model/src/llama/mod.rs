@@ -149,8 +149,6 @@ pub struct Llama {
     lora_rng: Option<SharedRng>,
     /// The dtype of activations and of every weight as the forward uses it.
     compute: DType,
-    /// No weight (base or LoRA) is a `Var`: the model only evaluates.
-    all_frozen: bool,
     pub config: LlamaConfig,
 }
 
@@ -260,12 +258,7 @@ impl Llama {
         } else {
             b.param(&[v, hs], "lm_head.weight")?
         };
-        let all_frozen = b.base.iter().all(|p| p.param.var().is_none())
-            && b.loras
-                .iter()
-                .all(|(m, l)| l.named_params(m).iter().all(|p| p.param.var().is_none()));
         Ok(Self {
-            all_frozen,
             embed_tokens,
             layers,
             norm,
@@ -302,7 +295,15 @@ impl Llama {
     /// Multimodal models splice image features between such rows.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let xs = self.embed_tokens.rows(&ids.flatten_all()?)?;
+        let ids = ids.flatten_all()?;
+        let xs = match &self.embed_tokens {
+            // Trained f32 masters feeding an f32 residual stream (bf16 training): the rows as
+            // they are, as an f32 `nn.Embedding` gives them under autocast.
+            Param::Mixed { master, .. } if self.residual_dtype() == master.dtype() => {
+                master.as_tensor().index_select(&ids, 0)?
+            }
+            p => p.rows(&ids)?,
+        };
         Ok(xs.reshape((b, t, self.config.hidden_size))?)
     }
 
@@ -335,7 +336,7 @@ impl Llama {
         if let Cache::Append(c) = &mut cache {
             c.layers.resize(self.layers.len(), None);
         }
-        let residual = self.residual_dtype(embeds, train);
+        let residual = self.residual_dtype();
         let ctx = Ctx {
             b,
             t,
@@ -360,18 +361,25 @@ impl Llama {
     }
 
     /// The dtype of the residual stream between layers: the compute dtype, except under bf16
-    /// inference on a CPU with the bf16 GEMM, where it is **f32**. transformers rounds the
-    /// residual stream to bf16 after every attention and MLP block; rounding there is where most
-    /// of bf16's error accumulates, and keeping it in f32 costs little (the matrix products and
-    /// everything inside a block stay bf16; `o_proj` and `down_proj` hand their f32 sums to the
-    /// stream unrounded). So sightline's bf16 log-likelihoods are closer to f32 than
-    /// transformers' bf16 ones (`crates/model/tests/bf16.rs`). Training and anything that
-    /// tracks a gradient keep the compute dtype.
-    fn residual_dtype(&self, embeds: &Tensor, train: bool) -> DType {
+    /// on a CPU with the bf16 GEMM, where it is **f32**.
+    ///
+    /// Inference: transformers rounds the residual stream to bf16 after every attention and MLP
+    /// block of a bf16 model; rounding there is where most of bf16's error accumulates, and
+    /// keeping it in f32 costs little (the matrix products and everything inside a block stay
+    /// bf16; `o_proj` and `down_proj` hand their f32 sums to the stream unrounded). So
+    /// sightline's bf16 log-likelihoods are closer to f32 than transformers' bf16 ones
+    /// (`crates/model/tests/bf16.rs`).
+    ///
+    /// Training (`bf16 = true`): this is `torch.autocast`'s layout, what HF Trainer's
+    /// `bf16=True` runs: the embeddings of f32 masters enter as f32, each block's output
+    /// (rounded to bf16 by its last linear layer) is added in f32, and RMSNorm computes in f32
+    /// before its output is rounded for the next linear layer (`RmsNorm::forward`,
+    /// `Linear::forward_to`). A bf16 stream (this rule's old form for training) put the first
+    /// loss of the bf16 loss-curve bench 8× further from f32 than autocast's.
+    fn residual_dtype(&self) -> DType {
         let fast_bf16 = sightline_kernels::gemm_bf16::Bf16Gemm::detect()
             == sightline_kernels::gemm_bf16::Bf16Gemm::Avx512Bf16;
-        let inference = !train && self.all_frozen && !embeds.track_op();
-        if self.compute == DType::BF16 && fast_bf16 && inference && self.device().is_cpu() {
+        if self.compute == DType::BF16 && fast_bf16 && self.device().is_cpu() {
             DType::F32
         } else {
             self.compute

@@ -93,8 +93,9 @@ impl Llama {
             t,
             offset: 0,
             rope: &self.rope,
-            residual: self.dtype(),
+            residual: self.residual_dtype(),
         };
+        let embeds = embeds.to_dtype(ctx.residual)?;
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut xs = embeds.reshape((b * t, hs))?.detach();
         for l in &self.layers {
