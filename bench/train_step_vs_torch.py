@@ -57,12 +57,19 @@ CONFIGS = {
     "20m": (512, 8, 8, 1376, 32000, 4, 256),
     # TinyLlama-1.1B (TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T config.json)
     "tinyllama-1.1b": (2048, 22, 32, 5632, 32000, 8, 512, 4),
+    # the real pretrained SmolLM2-135M-Instruct (bench/smollm2.py makes it; tied embeddings,
+    # GQA 9/3); `sightline train` runs it with `version="v0"` (its tokenizer splits LLaVA v1's
+    # `</s>`, so the v1 template's round arithmetic does not hold for it)
+    "smollm2": (576, 30, 9, 1536, 49152, 4, 128, 3),
     # plumbing checks on a CPU (scripts/gpu/check.sh's DEVICE=cpu mode)
     "tiny": (64, 2, 4, 172, 512, 2, 256, 2),
 }
 
 
 def model_dir(name):
+    if name == "smollm2":
+        import smollm2
+        return Path(smollm2.smollm2_dir())
     if name in SHAPES:  # the eval bench's model of that shape, shared (one 1.1B build, not two)
         path = OUT / f"llama-{name}"
         build_model(path, name)
@@ -243,6 +250,8 @@ def sightline_train(binary, model, mode, batch, seq, steps, checkpointing, args,
             f"gradient_checkpointing={'true' if checkpointing else 'false'}"]
     if mode == "lora":
         over += ["lora_enable=true", "lora_r=64", "lora_alpha=16", "lora_dropout=0.0"]
+    if model.name == "smollm2-135m":
+        over.append('version="v0"')
     cmd = [str(binary), "train", "--config", str(ROOT / "configs/text-only.toml"),
            "--device", args.device, *over]
 
