@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{bf16_forward, rows_per_task, slice, slice_of, tracks, with_f32, CResult, Path};
 use crate::flash::{self, Dims, Elem, Segment};
-use crate::math::exp_nonpositive;
+use crate::math::{exp_nonpositive, max8, sum8};
 
 /// `q: [b, heads, t, d]`, `k, v: [b, kv_heads, T, d]` (contiguous f32) → `[b, t, heads, d]`.
 /// Query row `i` sits at position `offset + i` and sees keys `0..=offset + i`.
@@ -93,35 +93,6 @@ fn weighted_rows<'a>(p: &[f32], row: impl Fn(usize) -> &'a [f32], scale: f32, ou
             .sum::<f32>()
             * scale;
     }
-}
-
-/// Sum with 8 independent accumulators (vectorises).
-#[inline(always)]
-fn sum8(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (c, r) = xs.as_chunks::<8>();
-    for x in c {
-        for l in 0..8 {
-            acc[l] += x[l];
-        }
-    }
-    acc.iter().sum::<f32>() + r.iter().sum::<f32>()
-}
-
-/// Maximum with 8 independent lanes (vectorises; inputs are finite scores).
-#[inline(always)]
-fn max8(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let (c, r) = xs.as_chunks::<8>();
-    for x in c {
-        for l in 0..8 {
-            acc[l] = if x[l] > acc[l] { x[l] } else { acc[l] };
-        }
-    }
-    let m = acc
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    r.iter().fold(m, |m, &x| if x > m { x } else { m })
 }
 
 /// The f32 data of a contiguous tensor.

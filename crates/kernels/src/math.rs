@@ -48,6 +48,35 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
     }
 }
 
+/// Sum with 8 independent accumulators (vectorises).
+#[inline(always)]
+pub(crate) fn sum8(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (c, r) = xs.as_chunks::<8>();
+    for x in c {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + r.iter().sum::<f32>()
+}
+
+/// Maximum with 8 independent lanes (vectorises; a NaN input is skipped, so inputs should be finite).
+#[inline(always)]
+pub(crate) fn max8(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let (c, r) = xs.as_chunks::<8>();
+    for x in c {
+        for l in 0..8 {
+            acc[l] = if x[l] > acc[l] { x[l] } else { acc[l] };
+        }
+    }
+    let m = acc
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    r.iter().fold(m, |m, &x| if x > m { x } else { m })
+}
+
 #[cfg(test)]
 mod tests {
     use super::exp_nonpositive;
