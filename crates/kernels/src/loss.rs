@@ -129,7 +129,11 @@ mod tests {
             })
             .collect();
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let lse = row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
         let want = -(row[123] as f64 - max - lse);
         let mut logits = row.clone();
         row[5] = f32::NAN;

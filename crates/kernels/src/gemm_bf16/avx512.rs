@@ -173,3 +173,95 @@ unsafe fn reduce(v: &[__m512; TILE], n: usize) -> [f32; TILE] {
     }
     out
 }
+
+/// Rows `r` of `y = x · wᵀ` for a short inner dimension (`k ≤` [`super::SMALL_K`]: LoRA's
+/// products through the rank), from `w` packed by [`super::pack_pairs`]: each output lane
+/// accumulates the pairs of `k` in order, the broadcast pair of `x` against 16 columns' pairs,
+/// so no lane sums are reduced at the end (the dot-product tile above spends most of a short
+/// row on that reduction). Tiles of 4 rows (then single rows) × 64 columns.
+///
+/// # Safety
+/// As [`block`]; `wp` holds `k.div_ceil(2)` groups of `mp` pairs (`mp` a multiple of 16, ≥ m),
+/// and `y` covers rows `r` of `[_, m]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn block_small_k<O: GemmOut>(
+    x: &[bf16],
+    wp: &[u32],
+    mp: usize,
+    k: usize,
+    m: usize,
+    r: Range<usize>,
+    y: *mut O,
+) {
+    let mut i = r.start;
+    while i < r.end {
+        if r.end - i >= 4 {
+            pairs_tile::<4, O>(x, wp, mp, k, m, i, y);
+            i += 4;
+        } else {
+            pairs_tile::<1, O>(x, wp, mp, k, m, i, y);
+            i += 1;
+        }
+    }
+}
+
+/// Rows `i..i + MR` of [`block_small_k`], every column.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn pairs_tile<const MR: usize, O: GemmOut>(
+    x: &[bf16],
+    wp: &[u32],
+    mp: usize,
+    k: usize,
+    m: usize,
+    i: usize,
+    y: *mut O,
+) {
+    let kp = k.div_ceil(2);
+    // Each row's pairs of x as 32-bit words (even element low), the odd k's last pair padded
+    // with a zero, as the packed weights are.
+    let pair = |row: usize, p: usize| -> u32 {
+        let lo = x[row * k + 2 * p].to_bits() as u32;
+        let hi = if 2 * p + 1 < k {
+            x[row * k + 2 * p + 1].to_bits() as u32
+        } else {
+            0
+        };
+        lo | (hi << 16)
+    };
+    let mut j0 = 0;
+    while j0 < m {
+        let nv = (m - j0).div_ceil(16).min(4);
+        let mut acc = [[_mm512_setzero_ps(); 4]; MR];
+        for p in 0..kp {
+            let base = wp.as_ptr().add(p * mp + j0);
+            let wv: [__m512i; 4] = std::array::from_fn(|v| {
+                if v < nv {
+                    _mm512_loadu_si512(base.add(v * 16) as *const __m512i)
+                } else {
+                    _mm512_setzero_si512()
+                }
+            });
+            for (a, acc) in acc.iter_mut().enumerate() {
+                let xb = as_bh(_mm512_set1_epi32(pair(i + a, p) as i32));
+                for v in 0..nv {
+                    acc[v] = _mm512_dpbf16_ps(acc[v], xb, as_bh(wv[v]));
+                }
+            }
+        }
+        for (a, acc) in acc.iter().enumerate() {
+            for (v, row) in acc.iter().enumerate().take(nv) {
+                let j = j0 + v * 16;
+                let mask: __mmask16 = (1u32 << (m - j).min(16)).wrapping_sub(1) as __mmask16;
+                let out = y.add((i + a) * m + j);
+                if O::BF16 {
+                    let packed: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(*row));
+                    _mm256_mask_storeu_epi16(out as *mut i16, mask, packed);
+                } else {
+                    _mm512_mask_storeu_ps(out as *mut f32, mask, *row);
+                }
+            }
+        }
+        j0 += 64;
+    }
+}

@@ -89,6 +89,31 @@ const W_BLOCK_BYTES: usize = 512 << 10;
 /// Bytes of `x` rows per task (they are re-read once per weight block, from L2).
 const X_BLOCK_BYTES: usize = 128 << 10;
 
+/// Inner dimensions up to this run the pair-broadcast kernel (`avx512::block_small_k`), whose
+/// lanes are output columns: a dot-product tile spends most of a row this short reducing its
+/// 16 lane sums. Measured (`gemm_bf16_timing`, n = 1024, m = 512, 2 threads, GFLOP/s, dot
+/// product → pairs): k = 64 94 → 265, k = 96 166 → 221–248, k = 128 276 → 290, k = 256 343 →
+/// 269. LoRA's products through the rank (`[n, r]·[r, out]`, forward and `dX`) are the case.
+/// The summation order differs between the two kernels, so [`reference`] states both.
+pub const SMALL_K: usize = 128;
+
+/// `w: [m, k]` as the pair-broadcast kernel reads it: for each pair `p` of `k` (the last one
+/// padded with a zero when `k` is odd) the `m` columns' pairs `(w[j][2p], w[j][2p + 1])` as
+/// 32-bit words, the even element low, padded with zero columns to `mp`, a multiple of 16.
+fn pack_pairs(w: &[bf16], k: usize, m: usize) -> (Vec<u32>, usize) {
+    let (kp, mp) = (k.div_ceil(2), m.next_multiple_of(16));
+    let mut wp = vec![0u32; kp * mp];
+    for j in 0..m {
+        let row = &w[j * k..(j + 1) * k];
+        for (p, pair) in row.chunks(2).enumerate() {
+            let lo = pair[0].to_bits() as u32;
+            let hi = pair.get(1).map_or(0, |v| v.to_bits() as u32);
+            wp[p * mp + j] = lo | (hi << 16);
+        }
+    }
+    (wp, mp)
+}
+
 /// `y = x · wᵀ` for `x: [n, k]`, `w: [m, k]` (row-major, bf16) into `y: [n, m]`.
 ///
 /// Returns `false`, leaving `y` untouched, when this CPU has no bf16 kernel (see
@@ -112,6 +137,18 @@ pub fn matmul_nt<O: GemmOut>(
         return Ok(false);
     }
     if n == 0 || m == 0 {
+        return Ok(true);
+    }
+    if k <= SMALL_K {
+        let (wp, mp) = pack_pairs(w, k, m);
+        let rows = 64;
+        let out = SharedOut(y.as_mut_ptr());
+        (0..n.div_ceil(rows)).into_par_iter().for_each(|rb| {
+            let r = rb * rows..((rb + 1) * rows).min(n);
+            // SAFETY: the CPU was checked above; tasks write disjoint rows of `y`, whose length
+            // was checked against n·m; `wp` was packed for these k and m.
+            unsafe { avx512::block_small_k(x, &wp, mp, k, m, r, out.ptr()) };
+        });
         return Ok(true);
     }
     // Blocks of whole tiles (columns: a multiple of 48 = lcm of the 6- and 16-wide tiles; rows:

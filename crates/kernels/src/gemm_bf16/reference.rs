@@ -5,7 +5,9 @@
 //! the odd bf16 pair element and then that of the even one, each product exact in f32 (two
 //! 8-bit significands) and each addition rounded to nearest-even, with bf16 denormal inputs read
 //! as zero and denormal results flushed to zero. Lane `l` of a 32-value chunk takes elements
-//! `2l` and `2l + 1`; the 16 lanes of a row are then reduced in a fixed tree.
+//! `2l` and `2l + 1`; the 16 lanes of a row are then reduced in a fixed tree. Rows of at most
+//! [`super::SMALL_K`] values run the pair-broadcast kernel instead, whose one lane per output
+//! adds the pairs in order (odd element, then even, for each pair).
 
 use half::bf16;
 
@@ -15,7 +17,12 @@ pub fn matmul_nt_bf16_reference(x: &[bf16], w: &[bf16], n: usize, k: usize, m: u
     let mut y = vec![0f32; n * m];
     for i in 0..n {
         for j in 0..m {
-            y[i * m + j] = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+            let (xr, wr) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+            y[i * m + j] = if k <= super::SMALL_K {
+                dot_in_order(xr, wr)
+            } else {
+                dot(xr, wr)
+            };
         }
     }
     y
@@ -37,6 +44,21 @@ fn dot(x: &[bf16], w: &[bf16]) -> f32 {
         }
     }
     reduce_lanes(&lanes)
+}
+
+/// One lane over every pair of the row, in order (the pair-broadcast kernel).
+fn dot_in_order(x: &[bf16], w: &[bf16]) -> f32 {
+    let mut acc = 0f32;
+    for (xp, wp) in x.chunks(2).zip(w.chunks(2)) {
+        if let (Some(a), Some(b)) = (xp.get(1), wp.get(1)) {
+            acc = ftz(acc + daz(*a) * daz(*b));
+        } else {
+            // The odd row's padding: + 0·0 (an f32 -0 sum becomes +0, as in the kernel).
+            acc = ftz(acc + 0.0);
+        }
+        acc = ftz(acc + daz(xp[0]) * daz(wp[0]));
+    }
+    acc
 }
 
 /// The kernel's reduction tree of the 16 lanes of one output.
