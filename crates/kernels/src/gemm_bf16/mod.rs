@@ -8,7 +8,9 @@
 //! What runs where ([`Bf16Gemm::detect`]):
 //! - **AVX512-BF16** (`VDPBF16PS`; AMD Zen 4+, Intel Cooper Lake / Sapphire Rapids+): the kernel
 //!   in `avx512.rs`, reading weights in their checkpoint layout (nothing is re-packed, so a
-//!   memory-mapped checkpoint needs no second copy).
+//!   memory-mapped checkpoint needs no second copy); for an inner dimension of at most
+//!   [`SMALL_K`] (LoRA's rank), a second kernel there that packs `w` per call (`m × k` values,
+//!   small by definition).
 //! - **AMX-BF16** tiles (Intel Sapphire Rapids+) would be faster again; not built yet — on such
 //!   CPUs the AVX512-BF16 kernel runs.
 //! - Otherwise, or with `SIGHTLINE_BF16_GEMM=off`: no kernel here, and callers keep candle's
