@@ -241,9 +241,10 @@ impl Llava {
         }
         let t = Tensor::from_vec(text, (1, ids.len()), self.llm.device())?;
         let embeds = self.llm.embed(&t)?.squeeze(0)?;
+        // The text rows' dtype: the compute dtype, or f32 rows of a trained master under bf16.
         let feats = features
             .iter()
-            .map(|f| f.to_dtype(self.llm.dtype()))
+            .map(|f| f.to_dtype(embeds.dtype()))
             .collect::<candle_core::Result<Vec<_>>>()?;
         splice_rows(&embeds, &positions, &feats)
     }
