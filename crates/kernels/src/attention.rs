@@ -9,15 +9,15 @@
 //! and `exp` of masked entries, keeps the whole score matrix for its backward, and its fused
 //! softmax has no backward (spec `candle-autograd.md`).
 
-use std::sync::Mutex;
-
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D,
 };
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::cpu::{bf16_forward, rows_per_task, slice, slice_of, tracks, with_f32, CResult, Path};
+use crate::cpu::{
+    bf16_forward, rows_per_task, slice, slice_of, tracks, with_f32, CResult, ForwardState, Path,
+};
 use crate::flash::{self, Dims, Elem, Segment};
 use crate::math::{exp_nonpositive, max8, sum8};
 
@@ -326,7 +326,7 @@ pub fn causal_attention(
     if offset == 0 && total == t && flash_training_applies(&[q, k, v]) {
         let op = FlashTraining {
             scale: scale as f32,
-            lse: Mutex::new(Vec::new()),
+            lse: ForwardState::new("flash-attention"),
         };
         return q
             .contiguous()?
@@ -501,7 +501,7 @@ fn flash_training_applies(inputs: &[&Tensor]) -> bool {
 /// path keeps; candle holds the op (and so that buffer) in the graph until the backward.
 struct FlashTraining {
     scale: f32,
-    lse: Mutex<Vec<f32>>,
+    lse: ForwardState<Vec<f32>>,
 }
 
 impl FlashTraining {
@@ -541,10 +541,7 @@ impl FlashTraining {
         };
         flash::attention(q, None, keys, n, self.scale, &mut out, Some(&mut lse))
             .map_err(candle_core::Error::Msg)?;
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash-attention: poisoned".into()))? = lse;
+        self.lse.set(lse)?;
         Ok(out)
     }
 
@@ -565,10 +562,7 @@ impl FlashTraining {
                 _ => candle_core::bail!("flash-attention: tensor is not on the CPU"),
             }
         }
-        let lse = self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("flash-attention: poisoned".into()))?;
+        let lse = self.lse.get()?;
         let saved = flash::backward::Saved {
             q: data[0],
             k: data[1],

@@ -1,8 +1,47 @@
 //! What every kernel shares: the dispatch decision and access to contiguous CPU f32 data.
 
+use std::sync::{Mutex, MutexGuard};
+
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 
 pub(crate) type CResult<T> = candle_core::Result<T>;
+
+/// What a custom op's forward computes for its backward (attention's log-sum-exp per row, the
+/// loss's `(max, lse)` per row): `cpu_fwd` gets only `&self`, hence the lock; candle keeps the
+/// op, and so this, in the graph until the backward.
+pub(crate) struct ForwardState<T> {
+    op: &'static str,
+    value: Mutex<T>,
+}
+
+impl<T: Default> ForwardState<T> {
+    pub fn new(op: &'static str) -> Self {
+        Self {
+            op,
+            value: Mutex::new(T::default()),
+        }
+    }
+
+    /// Stores what the forward computed.
+    pub fn set(&self, value: T) -> CResult<()> {
+        *self.lock()? = value;
+        Ok(())
+    }
+
+    /// What the forward stored (the default before it ran).
+    pub fn get(&self) -> CResult<MutexGuard<'_, T>> {
+        self.lock()
+    }
+
+    fn lock(&self) -> CResult<MutexGuard<'_, T>> {
+        self.value.lock().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "{}: a thread panicked holding the forward's state",
+                self.op
+            ))
+        })
+    }
+}
 
 /// The three ways an op can run (see the crate docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,16 +1,10 @@
 //! Token cross-entropy on rows of logits: the training loss.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{slice, with_f32, CResult, Path};
+use crate::cpu::{slice, with_f32, CResult, ForwardState, Path};
 use crate::math::{exp_nonpositive, max8, sum8};
-
-fn poisoned() -> candle_core::Error {
-    candle_core::Error::Msg("cross-entropy: a thread panicked holding its row statistics".into())
-}
 
 /// Per-row `−log softmax(logits)[target]` of `[n, vocab]` logits. The forward keeps each row's
 /// `(max, lse)` (8 bytes a row), and the backward rebuilds the softmax from the logits with them
@@ -22,7 +16,7 @@ fn poisoned() -> candle_core::Error {
 struct CrossEntropy {
     targets: Vec<u32>,
     /// Each row's `(max, lse)` from the forward, for the backward.
-    stats: Mutex<Vec<(f32, f32)>>,
+    stats: ForwardState<Vec<(f32, f32)>>,
 }
 
 /// `(max, log Σ exp(x − max))` of one row: `logsumexp = max + lse`. A NaN or infinite logit
@@ -61,7 +55,7 @@ impl CustomOp1 for CrossEntropy {
             .zip(x.chunks(v.max(1)).zip(&self.targets))
             .map(|(&(max, lse), (x, &t))| -(x[t as usize] - max - lse))
             .collect();
-        *self.stats.lock().map_err(|_| poisoned())? = stats;
+        self.stats.set(stats)?;
         Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
 
@@ -69,7 +63,7 @@ impl CustomOp1 for CrossEntropy {
         let (n, v) = logits.dims2()?;
         let g = grad.to_vec1::<f32>()?;
         let mut dx = vec![0f32; n * v];
-        let stats = self.stats.lock().map_err(|_| poisoned())?;
+        let stats = self.stats.get()?;
         if stats.len() != n || v == 0 {
             candle_core::bail!("cross-entropy: backward of [{n}, {v}] logits without its forward");
         }
@@ -96,7 +90,7 @@ impl CustomOp1 for CrossEntropy {
 pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32]) -> CResult<Tensor> {
     let op = CrossEntropy {
         targets: targets.to_vec(),
-        stats: Mutex::new(Vec::new()),
+        stats: ForwardState::new("cross-entropy"),
     };
     match Path::of(&[logits]) {
         Path::Forward => logits.contiguous()?.apply_op1_no_bwd(&op),
