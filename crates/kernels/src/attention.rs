@@ -444,6 +444,21 @@ fn flash_attention(
     Ok(Some(out))
 }
 
+/// The contiguous values, as `T`, behind each of `storage_and_layout()`'s guards (an error
+/// naming `op` for a tensor that is not on the CPU).
+fn cpu_slices<'a, T: candle_core::WithDType, G: std::ops::Deref<Target = Storage>>(
+    guards: &'a [(G, &Layout)],
+    op: &str,
+) -> CResult<Vec<&'a [T]>> {
+    guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cpu(c) => slice_of::<T>(c, l),
+            _ => candle_core::bail!("{op}: tensor is not on the CPU"),
+        })
+        .collect()
+}
+
 /// [`flash::attention`] on contiguous CPU tensors `[q, k, v, (prefix k, prefix v)]` of element
 /// type `T`; `segments` = (new keys, (prefix batch, prefix length)) → `[b·t, h·d]`.
 fn run_flash<T: Elem + candle_core::WithDType>(
@@ -453,13 +468,7 @@ fn run_flash<T: Elem + candle_core::WithDType>(
     scale: f64,
 ) -> CResult<Tensor> {
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let data = guards
-        .iter()
-        .map(|(s, l)| match &**s {
-            Storage::Cpu(c) => slice_of::<T>(c, l),
-            _ => candle_core::bail!("causal-attention: tensor is not on the CPU"),
-        })
-        .collect::<CResult<Vec<&[T]>>>()?;
+    let data = cpu_slices::<T, _>(&guards, "causal-attention")?;
     let new = Segment {
         k: data[1],
         v: data[2],
@@ -555,13 +564,7 @@ impl FlashTraining {
         let (q, k, v, o, d_o) = (q?, k?, v?, o?, d_o?.to_dtype(dtype)?);
         let n = Self::dims(q.layout(), k.layout(), v.layout())?;
         let guards = [&q, &k, &v, &o, &d_o].map(|t| t.storage_and_layout());
-        let mut data = Vec::with_capacity(5);
-        for (s, l) in &guards {
-            match &**s {
-                Storage::Cpu(c) => data.push(slice_of::<T>(c, l)?),
-                _ => candle_core::bail!("flash-attention: tensor is not on the CPU"),
-            }
-        }
+        let data = cpu_slices::<T, _>(&guards, "flash-attention")?;
         let lse = self.lse.get()?;
         let saved = flash::backward::Saved {
             q: data[0],
