@@ -218,17 +218,7 @@ unsafe fn pairs_tile<const MR: usize, O: GemmOut>(
     y: *mut O,
 ) {
     let kp = k.div_ceil(2);
-    // Each row's pairs of x as 32-bit words (even element low), the odd k's last pair padded
-    // with a zero, as the packed weights are.
-    let pair = |row: usize, p: usize| -> u32 {
-        let lo = x[row * k + 2 * p].to_bits() as u32;
-        let hi = if 2 * p + 1 < k {
-            x[row * k + 2 * p + 1].to_bits() as u32
-        } else {
-            0
-        };
-        lo | (hi << 16)
-    };
+    let x_row = |a: usize| &x[(i + a) * k..(i + a + 1) * k];
     let mut j0 = 0;
     while j0 < m {
         let nv = (m - j0).div_ceil(16).min(4);
@@ -243,7 +233,8 @@ unsafe fn pairs_tile<const MR: usize, O: GemmOut>(
                 }
             });
             for (a, acc) in acc.iter_mut().enumerate() {
-                let xb = as_bh(_mm512_set1_epi32(pair(i + a, p) as i32));
+                // The pair of x, encoded as the packed weights are.
+                let xb = as_bh(_mm512_set1_epi32(super::pair_word(x_row(a), p) as i32));
                 for v in 0..nv {
                     acc[v] = _mm512_dpbf16_ps(acc[v], xb, as_bh(wv[v]));
                 }

@@ -107,13 +107,20 @@ fn pack_pairs(w: &[bf16], k: usize, m: usize) -> (Vec<u32>, usize) {
     let mut wp = vec![0u32; kp * mp];
     for j in 0..m {
         let row = &w[j * k..(j + 1) * k];
-        for (p, pair) in row.chunks(2).enumerate() {
-            let lo = pair[0].to_bits() as u32;
-            let hi = pair.get(1).map_or(0, |v| v.to_bits() as u32);
-            wp[p * mp + j] = lo | (hi << 16);
+        for p in 0..kp {
+            wp[p * mp + j] = pair_word(row, p);
         }
     }
     (wp, mp)
+}
+
+/// Pair `p` of a row, `(row[2p], row[2p + 1])`, as one 32-bit word with the even element low
+/// (the lane layout `VDPBF16PS` reads); past an odd row's end the odd element is zero.
+#[inline(always)]
+fn pair_word(row: &[bf16], p: usize) -> u32 {
+    let lo = row[2 * p].to_bits() as u32;
+    let hi = row.get(2 * p + 1).map_or(0, |v| v.to_bits() as u32);
+    lo | (hi << 16)
 }
 
 /// `y = x · wᵀ` for `x: [n, k]`, `w: [m, k]` (row-major, bf16) into `y: [n, m]`.
