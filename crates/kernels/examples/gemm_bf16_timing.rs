@@ -1,7 +1,10 @@
 //! GFLOP/s of the bf16 GEMM (`y = x·Wᵀ`, bf16 in, bf16 out) and of candle's f32 and bf16
 //! matmuls on the same shapes; `bench/gemm_bf16_vs_torch.py` runs it beside PyTorch.
 //!
-//!     cargo run --release -p sightline-kernels --example gemm_bf16_timing -- N,K,M [N,K,M ...]
+//!     cargo run --release -p sightline-kernels --example gemm_bf16_timing -- [--sightline-only] N,K,M [N,K,M ...]
+//!
+//! `--sightline-only` skips candle's matmuls (their fields are then absent), for quick A/B runs
+//! of the kernel alone.
 //!
 //! Prints one JSON line per shape: {"shape": [n, k, m], "sightline_bf16": GFLOP/s,
 //! "candle_f32": ..., "candle_bf16": ...} (the best of several timed repeats of ~0.3 s each).
@@ -58,7 +61,9 @@ fn main() -> anyhow::Result<()> {
             rayon::current_num_threads()
         );
     }
-    for arg in std::env::args().skip(1) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only_ours = args.iter().any(|a| a == "--sightline-only");
+    for arg in args.iter().filter(|a| *a != "--sightline-only") {
         let dims: Vec<usize> = arg.split(',').map(str::parse).collect::<Result<_, _>>()?;
         let [n, k, m] = dims[..] else {
             anyhow::bail!("{arg}: expected N,K,M");
@@ -73,6 +78,10 @@ fn main() -> anyhow::Result<()> {
         let ours = best_gflops(flops, || {
             let _ = matmul_nt(&xv, &wv, (n, k, m), &mut y);
         });
+        if only_ours {
+            println!("{{\"shape\": [{n}, {k}, {m}], \"sightline_bf16\": {ours:.1}}}");
+            continue;
+        }
         let f32_ = best_gflops(flops, || {
             let _ = x32.matmul(&w32.t().expect("2-D")).expect("matmul");
         });
