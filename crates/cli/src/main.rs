@@ -64,6 +64,9 @@ pub(crate) enum Command {
 }
 
 fn run() -> anyhow::Result<()> {
+    // Before any thread exists: candle's idle workers would otherwise spin on the cores the
+    // kernels' rayon pool needs (see the function).
+    sightline_kernels::park_idle_candle_workers();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // candle and rayon read this once, at their first parallel op.

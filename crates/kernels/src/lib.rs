@@ -60,6 +60,7 @@ pub use linear::{frozen_linear, frozen_linear_to_f32};
 pub use loss::cross_entropy_rows;
 pub use mlp::swiglu;
 pub use norm::{layer_norm, rms_norm};
+pub use par::park_idle_candle_workers;
 pub use rope::{rope, rope_to_heads};
 
 #[doc(no_inline)]

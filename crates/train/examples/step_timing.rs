@@ -94,6 +94,7 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() -> Result<()> {
+    sightline_kernels::park_idle_candle_workers();
     sightline_train::alloc::keep_freed_memory();
     let a = parse()?;
     let dev = Device::Cpu;
