@@ -70,7 +70,9 @@ impl Llama {
     /// and the input's gradient becomes the next `g`; finally `Σ embeds · g` carries the
     /// gradient into whatever built `embeds` (`embed_tokens`, a projector). Every partial
     /// gradient store goes to `on_grads`, which must add (not assign) what it reads: a tied
-    /// `embed_tokens`/`lm_head` gets a share from the head and one from the embeddings.
+    /// `embed_tokens`/`lm_head` gets a share from the head and one from the embeddings. It may
+    /// take the parameters' gradients out of the store (to free them early), not the
+    /// checkpoint inputs'.
     ///
     /// LoRA dropout draws its masks again in the recomputation, so the dropout stream is
     /// rewound to where each layer's first forward started and left where the forward ended:
@@ -82,7 +84,7 @@ impl Llama {
         embeds: &Tensor,
         train: bool,
         head: impl FnOnce(&Tensor) -> std::result::Result<Option<Tensor>, E>,
-        mut on_grads: impl FnMut(&GradStore) -> std::result::Result<(), E>,
+        mut on_grads: impl FnMut(&mut GradStore) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E>
     where
         E: From<Error> + From<candle_core::Error>,
@@ -114,8 +116,8 @@ impl Llama {
             return Ok(());
         };
         drop(hidden);
-        let store = loss.backward()?;
-        on_grads(&store)?;
+        let mut store = loss.backward()?;
+        on_grads(&mut store)?;
         let mut g = input_grad(&store, &top)?;
         drop((store, top));
         while let Some((input, state)) = inputs.pop() {
@@ -123,14 +125,14 @@ impl Llama {
             let x = Var::from_tensor(&input)?;
             drop(input);
             let out = self.layers[inputs.len()].forward(x.as_tensor(), &ctx, Slot::None, train)?;
-            let store = (out * &g)?.sum_all()?.backward()?;
-            on_grads(&store)?;
+            let mut store = (out * &g)?.sum_all()?.backward()?;
+            on_grads(&mut store)?;
             g = input_grad(&store, &x)?;
         }
         self.rewind(&after_forward)?;
         if embeds.track_op() {
-            let store = (embeds.reshape((b * t, hs))? * g)?.sum_all()?.backward()?;
-            on_grads(&store)?;
+            let mut store = (embeds.reshape((b * t, hs))? * g)?.sum_all()?.backward()?;
+            on_grads(&mut store)?;
         }
         Ok(())
     }
