@@ -288,7 +288,7 @@ impl Trainer {
         })
     }
 
-    /// Clips, updates and zeroes the gradient buffers; returns (lr used, grad norm).
+    /// Clips, updates and frees the gradient buffers; returns (lr used, grad norm).
     pub fn apply(&mut self) -> Result<(f64, f64)> {
         self.apply_on(&Single)
     }
