@@ -4,8 +4,9 @@
 //! the `mpi` feature), here in every build: the slicing (3 ranks leave two ranks empty in each
 //! epoch's short last group), the summed counts and gradients, rank 0 writing alone.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use anyhow::Result;
 use candle_core::Device;
@@ -15,7 +16,7 @@ use sightline_train::run::{run, run_on, Event, RunOptions, StepLog};
 
 /// What the ranks of one process share: a slot per rank and a barrier.
 struct Shared {
-    barrier: Barrier,
+    barrier: RankBarrier,
     f32s: Mutex<Vec<Vec<f32>>>,
     f64s: Mutex<Vec<Vec<f64>>>,
     bytes: Mutex<Vec<u8>>,
@@ -30,6 +31,55 @@ struct ThreadRank {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().expect("a rank panicked")
+}
+
+/// `std::sync::Barrier` that a failing rank poisons: the ranks waiting at it (or arriving
+/// later) then panic instead of waiting forever, as `MPI_Abort` ends an MPI job, so a rank's
+/// error fails the test instead of hanging it.
+struct RankBarrier {
+    ranks: usize,
+    state: Mutex<BarrierState>,
+    turned: Condvar,
+}
+
+#[derive(Default)]
+struct BarrierState {
+    arrived: usize,
+    generation: u64,
+    failed: Option<usize>,
+}
+
+impl RankBarrier {
+    fn new(ranks: usize) -> Self {
+        Self {
+            ranks,
+            state: Mutex::new(BarrierState::default()),
+            turned: Condvar::new(),
+        }
+    }
+
+    fn wait(&self) {
+        let mut s = lock(&self.state);
+        let generation = s.generation;
+        s.arrived += 1;
+        if s.arrived == self.ranks {
+            s.arrived = 0;
+            s.generation += 1;
+            self.turned.notify_all();
+            return;
+        }
+        while s.generation == generation && s.failed.is_none() {
+            s = self.turned.wait(s).expect("a rank panicked");
+        }
+        if let (true, Some(r)) = (s.generation == generation, s.failed) {
+            panic!("rank {r} failed, so the others stop waiting for it");
+        }
+    }
+
+    fn fail(&self, rank: usize) {
+        lock(&self.state).failed.get_or_insert(rank);
+        self.turned.notify_all();
+    }
 }
 
 impl ThreadRank {
@@ -145,7 +195,7 @@ fn threads_with(
     opts: &RunOptions,
 ) -> Result<(Vec<Vec<StepLog>>, Vec<(usize, usize)>)> {
     let shared = Arc::new(Shared {
-        barrier: Barrier::new(world),
+        barrier: RankBarrier::new(world),
         f32s: Mutex::new(vec![Vec::new(); world]),
         f64s: Mutex::new(vec![Vec::new(); world]),
         bytes: Mutex::new(Vec::new()),
@@ -160,21 +210,40 @@ fn threads_with(
                 };
                 s.spawn(move || -> Result<(Vec<StepLog>, (usize, usize))> {
                     let (mut seen, mut held) = (Vec::new(), (0, 0));
-                    run_on(cfg, opts, &comm, &mut |e| match e {
-                        Event::Step(l) => seen.push(l.clone()),
-                        Event::Start {
-                            optimizer_values, ..
-                        } => held = optimizer_values,
-                        Event::Saved(_) => {}
-                    })?;
-                    Ok((seen, held))
+                    let ran = catch_unwind(AssertUnwindSafe(|| {
+                        run_on(cfg, opts, &comm, &mut |e| match e {
+                            Event::Step(l) => seen.push(l.clone()),
+                            Event::Start {
+                                optimizer_values, ..
+                            } => held = optimizer_values,
+                            Event::Saved(_) => {}
+                        })
+                    }));
+                    match ran {
+                        Ok(Ok(_)) => Ok((seen, held)),
+                        Ok(Err(e)) => {
+                            comm.shared.barrier.fail(rank);
+                            Err(anyhow::anyhow!("rank {rank}: {e}"))
+                        }
+                        Err(panic) => {
+                            comm.shared.barrier.fail(rank);
+                            std::panic::resume_unwind(panic)
+                        }
+                    }
                 })
             })
             .collect();
-        let ranks = handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a rank panicked"))?)
-            .collect::<Result<Vec<_>>>()?;
+        // Every rank is joined before any result is read, and a rank's own error wins over
+        // the panics it caused in the ranks that were waiting for it.
+        let (mut ranks, mut panicked) = (Vec::new(), false);
+        for joined in handles.into_iter().map(|h| h.join()) {
+            match joined {
+                Ok(Ok(r)) => ranks.push(r),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => panicked = true,
+            }
+        }
+        anyhow::ensure!(!panicked, "a rank panicked");
         Ok(ranks.into_iter().unzip())
     })
 }
@@ -186,6 +255,28 @@ fn log(out: &Path) -> Result<Vec<StepLog>> {
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-5 * a.abs().max(b.abs())
+}
+
+/// A rank that fails poisons the barrier: a rank waiting there panics instead of waiting
+/// forever (checked with a timeout, so a regression fails rather than hangs).
+#[test]
+fn a_failing_rank_stops_the_ranks_waiting_for_it() {
+    let barrier = Arc::new(RankBarrier::new(2));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = barrier.clone();
+    std::thread::spawn(move || {
+        let outcome = catch_unwind(AssertUnwindSafe(|| waiting.wait()));
+        let _ = tx.send(outcome.is_err());
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    barrier.fail(1);
+    let stopped = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the waiting rank was still waiting 10 s after the other failed");
+    assert!(
+        stopped,
+        "the waiting rank went on as if the barrier had turned"
+    );
 }
 
 #[test]
