@@ -66,18 +66,27 @@ pub(super) unsafe fn block<O: GemmOut>(
             let mask: __mmask16 = (1u32 << nr.min(c.end - j)).wrapping_sub(1) as __mmask16;
             for a in 0..mr.min(r.end - i) {
                 let row = _mm512_maskz_loadu_ps(mask, sums.as_ptr().add(a * nr));
-                let out = y.add((i + a) * m + j);
-                if O::BF16 {
-                    // VCVTNEPS2BF16: round to nearest-even (denormal results flush to zero).
-                    let packed: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(row));
-                    _mm256_mask_storeu_epi16(out as *mut i16, mask, packed);
-                } else {
-                    _mm512_mask_storeu_ps(out as *mut f32, mask, row);
-                }
+                store_sums(y.add((i + a) * m + j), mask, row);
             }
             j += nr;
         }
         i += mr;
+    }
+}
+
+/// Writes the `mask`ed lanes of 16 output sums at `out`: rounded to bf16 (VCVTNEPS2BF16:
+/// nearest-even, denormal results flushed to zero) or as f32.
+///
+/// # Safety
+/// As [`block`]; `out` must be valid for the masked lanes' writes of `O`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn store_sums<O: GemmOut>(out: *mut O, mask: __mmask16, sums: __m512) {
+    if O::BF16 {
+        let packed: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(sums));
+        _mm256_mask_storeu_epi16(out as *mut i16, mask, packed);
+    } else {
+        _mm512_mask_storeu_ps(out as *mut f32, mask, sums);
     }
 }
 
@@ -244,13 +253,7 @@ unsafe fn pairs_tile<const MR: usize, O: GemmOut>(
             for (v, row) in acc.iter().enumerate().take(nv) {
                 let j = j0 + v * 16;
                 let mask: __mmask16 = (1u32 << (m - j).min(16)).wrapping_sub(1) as __mmask16;
-                let out = y.add((i + a) * m + j);
-                if O::BF16 {
-                    let packed: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(*row));
-                    _mm256_mask_storeu_epi16(out as *mut i16, mask, packed);
-                } else {
-                    _mm512_mask_storeu_ps(out as *mut f32, mask, *row);
-                }
+                store_sums(y.add((i + a) * m + j), mask, *row);
             }
         }
         j0 += 64;

@@ -172,8 +172,8 @@ pub fn matmul_nt<O: GemmOut>(
     // Column-block-major: rayon hands each thread a contiguous run of tasks, so a thread sweeps
     // all row blocks through one weight block (kept in its L2) before taking the next. Row-major
     // order read every weight block from memory once per row block, which held LLaMA-2-7B's
-    // shapes (32–86 MiB of weights) to 51–62% of the VDPBF16PS ceiling at n = 256; now 88–91%
-    // (`gemm_bf16_timing`). The order of tasks changes no sum, so no bit.
+    // shapes (32–86 MiB of weights) to 51–62% of the VDPBF16PS ceiling at n = 256; now 86–91%
+    // (`gemm_bf16_timing --sightline-only`). The order of tasks changes no sum, so no bit.
     (0..row_blocks * col_blocks)
         .into_par_iter()
         .for_each(|task| {
