@@ -9,6 +9,7 @@
 //! loss is scaled, and the gradients before clipping, so the step equals one process running
 //! all the micro-batches (to the order of f32 additions).
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use sightline_collective::{Collective, Single};
 
@@ -267,13 +268,7 @@ impl Trainer {
                 AccumLoss::Mean => (parts.targets * micro_batches) as f64,
             };
             let scaled = (parts.sum / denom)?;
-            let mut store = scaled.backward()?;
-            for (p, buf) in self.params.iter().zip(self.grads.iter_mut()) {
-                let Some(var) = p.param.var() else { continue };
-                if let Some(g) = store.remove(var.as_tensor()) {
-                    add_into(buf, g, p.param.tensor().elem_count())?;
-                }
-            }
+            take_grads(&self.params, &mut self.grads, &mut scaled.backward()?)?;
         }
         let rule = self.settings.accum_loss;
         let mut sums = loss_sums(rule, &losses, &targets);
@@ -502,15 +497,7 @@ impl Trainer {
                 };
                 Ok(Some((parts.sum / denom)?))
             },
-            |store| {
-                for (p, buf) in params.iter().zip(grads.iter_mut()) {
-                    let Some(var) = p.param.var() else { continue };
-                    if let Some(g) = store.remove(var.as_tensor()) {
-                        add_into(buf, g, p.param.tensor().elem_count())?;
-                    }
-                }
-                Ok(())
-            },
+            |store| take_grads(params, grads, store),
         )?;
         Ok(loss)
     }
@@ -585,6 +572,18 @@ fn finish_loss(rule: AccumLoss, sums: &[f64], group_labels: usize) -> Option<f64
         AccumLoss::Tokens => weighted / group_labels as f64,
         AccumLoss::Mean => plain / trained,
     })
+}
+
+/// Moves each trainable parameter's gradient out of `store` into its step buffer
+/// ([`add_into`]).
+fn take_grads(params: &[NamedParam], grads: &mut [Vec<f32>], store: &mut GradStore) -> Result<()> {
+    for (p, buf) in params.iter().zip(grads.iter_mut()) {
+        let Some(var) = p.param.var() else { continue };
+        if let Some(g) = store.remove(var.as_tensor()) {
+            add_into(buf, g, p.param.tensor().elem_count())?;
+        }
+    }
+    Ok(())
 }
 
 /// Adds a parameter's gradient `g` (of `numel` values) into its step buffer, taking `g`'s values
