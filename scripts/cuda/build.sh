@@ -11,7 +11,9 @@
 #    wheels are unzipped into a prefix under target/ (no root, no system CUDA).
 # 2. candle's `cuda` feature links the driver (`-lcuda`), which no wheel ships: a link-time
 #    stub `libcuda.so` is generated from cudarc's own list of driver functions. At run time the
-#    real driver's libcuda.so.1 is loaded instead.
+#    real driver's libcuda.so.1 is loaded instead. NCCL (`-lnccl`, for data-parallel training
+#    on GPUs) gets a stub the same way, from cudarc's NCCL functions; at run time the
+#    libnccl.so.2 of the GPU machine's PyTorch environment (nvidia/nccl/lib) is loaded.
 # 3. The binary is built for a portable CPU level (x86-64-v3), not `target-cpu=native`: it runs
 #    on the GPU machine's host CPU, which is not this one. Its own target dir keeps it apart
 #    from the CPU build.
@@ -20,7 +22,9 @@
 #    dynamic loader's message; the real binary is `sightline-cuda` beside it.
 #
 # Environment: CUDA_COMPUTE_CAP (default 90: H100/H200; 80 for A100, 89 for L4/4090),
-# SIGHTLINE_CUDA_PREFIX (default target/cuda-toolchain), PYTHON (default python3).
+# SIGHTLINE_CUDA_FEATURES (default `cuda,nccl`; `cuda` for a binary that does not need
+# libnccl.so.2 at run time and has no multi-GPU training), SIGHTLINE_CUDA_PREFIX (default
+# target/cuda-toolchain), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -28,6 +32,7 @@ OUT=${1:-$REPO/target/cuda-dist}
 PREFIX=${SIGHTLINE_CUDA_PREFIX:-$REPO/target/cuda-toolchain}
 PYTHON=${PYTHON:-python3}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+FEATURES=${SIGHTLINE_CUDA_FEATURES:-cuda,nccl}
 start=$(date +%s)
 
 # 1. The toolchain. Exact pins: the newest 13.0.x of each on PyPI when this was written.
@@ -70,14 +75,19 @@ mkdir -p "$STUB"
 grep -oE "\bfn cu[A-Za-z0-9_]+" "$CUDARC_SRC/src/driver/sys/mod.rs" | sort -u |
     awk '{print "void " $2 "(void) {}"}' > "$STUB/stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUB/libcuda.so" "$STUB/stub.c"
+NCCL_SYS="$CUDARC_SRC/src/nccl/sys/mod.rs"
+[ -f "$NCCL_SYS" ] || { echo "error: $NCCL_SYS not found" >&2; exit 1; }
+grep -oE "\bfn nccl[A-Za-z0-9_]+" "$NCCL_SYS" | sort -u |
+    awk '{print "void " $2 "(void) {}"}' > "$STUB/nccl-stub.c"
+gcc -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$STUB/libnccl.so" "$STUB/nccl-stub.c"
 
 # 3. The build.
-echo "== cargo build --release --features cuda (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
+echo "== cargo build --release --features $FEATURES (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
 PATH=$CUDA/bin:$PATH CUDA_ROOT=$CUDA CUDA_PATH=$CUDA NVCC_CCBIN=${NVCC_CCBIN:-gcc} \
     LIBRARY_PATH=$CUDA/lib:$STUB \
     RUSTFLAGS="-C target-cpu=x86-64-v3 -L $STUB -L $CUDA/lib" \
     CARGO_TARGET_DIR=$REPO/target/cuda \
-    cargo build --release --locked --features cuda -p sightline
+    cargo build --release --locked --features "$FEATURES" -p sightline
 
 # 4. Pack: stripped binary, launcher, xz archive.
 mkdir -p "$OUT"
@@ -92,5 +102,5 @@ packed=$(stat -c %s "$OUT/sightline-cuda.tar.xz")
 echo "== done in $(( $(date +%s) - start )) s"
 echo "   $OUT/sightline-cuda: $((size / 1048576)) MiB stripped; $OUT/sightline-cuda.tar.xz: $((packed / 1048576)) MiB"
 echo "   at run time it needs libcuda.so.1 (the NVIDIA driver) and the CUDA 13 libcudart, libcublas,"
-echo "   libcublasLt, libcurand, libnvrtc on LD_LIBRARY_PATH (a PyTorch cu130 environment has them:"
+echo "   libcublasLt, libcurand, libnvrtc (and libnccl.so.2 with NCCL) on LD_LIBRARY_PATH (a PyTorch cu130 environment has them:"
 echo "   its site-packages/nvidia/*/lib folders); run it through the launcher: $OUT/sightline"

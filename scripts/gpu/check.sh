@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One run on the GPU check machine (H100, driver 580 / CUDA 13.0, PyTorch cu130 + transformers +
 # peft in its Python, no Rust, no network): CPU-vs-CUDA parity of sightline on the repository's
-# fixtures, TruthfulQA MC1+MC2 against lm-eval + transformers, and a bf16 training step (full
-# and LoRA) against PyTorch + peft, on a random LLaMA of TinyLlama-1.1B's shape. The report goes
+# fixtures, TruthfulQA MC1+MC2 against lm-eval + transformers, a bf16 training step (full
+# and LoRA) against PyTorch + peft, on a random LLaMA of TinyLlama-1.1B's shape, and the NCCL
+# data-parallel path with one rank (the machine has one GPU) against the same run without it. The report goes
 # to OUT_DIR/report.md (and report.json, per-stage logs under OUT_DIR/logs, all logs in
 # OUT_DIR/logs.tar.gz).
 #
@@ -132,6 +133,29 @@ if [ ! -f "$out/eval.json" ]; then
 fi
 stage train 170 "$PYTHON" bench/train_step_vs_torch.py "${bench[@]}" --device "$DEVICE" --bf16 \
     --configs "$SHAPE" --modes full,lora --steps "$STEPS" --sightline-bin "$bin" --json "$out/train.json"
+# One NCCL rank sums its gradients through the GPU (host -> device, ncclReduce + ncclBroadcast,
+# device -> host): its losses and gradient norms must equal a plain run's bit for bit.
+if [ "$DEVICE" = cuda ]; then
+    stage nccl 90 bash -c '
+        set -eo pipefail
+        for b in auto nccl; do
+            rm -rf "$1/nccl-$b"
+            "$0" train --config configs/text-only.toml --device cuda --ddp-backend "$b" \
+                output_dir="$1/nccl-$b" max_steps=3 max_grad_norm=1.0 2>&1 | tee "$1/nccl-$b.out"
+        done
+        grep -q "1 rank (nccl)" "$1/nccl-nccl.out"
+        "$2" - "$1/nccl-auto/train_log.jsonl" "$1/nccl-nccl/train_log.jsonl" <<"PY"
+import json, sys
+runs = [[json.loads(l) for l in open(p) if l.strip()] for p in sys.argv[1:]]
+keys = lambda r: [(s["step"], s.get("loss"), s.get("grad_norm")) for s in r]
+print("plain:", keys(runs[0]))
+print("nccl: ", keys(runs[1]))
+assert runs[0] and keys(runs[0]) == keys(runs[1]), "one NCCL rank changed the losses"
+print("same losses and gradient norms")
+PY' "$bin" "$work" "$PYTHON"
+else
+    skip nccl "DEVICE=cpu: the CPU build has no NCCL"
+fi
 
 # --- the report --------------------------------------------------------------------------------
 "$PYTHON" scripts/gpu/report.py "$out" && echo "report: $out/report.md"

@@ -294,8 +294,8 @@ fn bad_runs_fail_with_one_line() {
 
 /// A launcher that asks for several ranks this build cannot serve is refused in one line
 /// before anything is written, instead of N processes training N independent copies:
-/// torchrun's variables (NCCL is not built), and, in a build without the `mpi` feature, an MPI
-/// launcher's.
+/// torchrun's variables without an address or in a build without NCCL, `srun` tasks with
+/// neither MPI nor an address, and, in a build without the `mpi` feature, an MPI launcher's.
 #[test]
 fn multi_rank_launches_without_a_backend_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -324,11 +324,41 @@ fn multi_rank_launches_without_a_backend_are_refused() {
     };
     let err = refused(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")]);
     assert!(
-        err.contains("WORLD_SIZE=2") && err.contains("mpirun -np 2"),
+        err.contains("WORLD_SIZE=2") && err.contains("MASTER_ADDR"),
         "{err}"
     );
     let err = refused(&[("SLURM_STEP_NUM_TASKS", "4")]);
     assert!(err.contains("srun --mpi=pmix"), "{err}");
+    #[cfg(not(feature = "nccl"))]
+    {
+        let torchrun = [
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29500"),
+        ];
+        let err = refused(&torchrun);
+        assert!(
+            err.contains("built without NCCL") && err.contains("mpirun -np 2"),
+            "{err}"
+        );
+        // Naming the backend asks for it even with one rank.
+        let mut c = drill_support::command();
+        c.args(args).args(["--ddp-backend", "nccl"]);
+        let err = one_error(&c.output().expect("runs"));
+        assert!(
+            err.contains("--ddp-backend nccl") && err.contains("built without NCCL"),
+            "{err}"
+        );
+        assert!(!out_dir.exists());
+    }
+    let mut c = drill_support::command();
+    c.args(args).args(["--ddp-backend", "gloo"]);
+    let o = c.output().expect("runs");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("expected auto, mpi or nccl"), "{err}");
     #[cfg(not(feature = "mpi"))]
     {
         let err = refused(&[("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_RANK", "0")]);

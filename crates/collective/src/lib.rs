@@ -7,16 +7,20 @@
 //!   no launcher asked for several ranks.
 //! - [`mpi::Mpi`] (feature `mpi`): MPI through rsmpi, for `mpirun -np N` / `srun --mpi=pmix`.
 //!   Behind a feature because building it needs an MPI library and libclang installed.
-//! - NCCL (GPUs) is **not built**: it would be a third implementation of the same trait.
+//! - [`nccl::Nccl`] (feature `nccl`): NCCL through cudarc, for GPU ranks started by
+//!   `torchrun`, a Kubernetes PyTorchJob or `srun`. Behind a feature because it links
+//!   `libnccl` and the CUDA driver; the CUDA build (`scripts/cuda/build.sh`) turns it on.
 //! - [`launch`]: reads the launcher's environment variables (Open MPI, MPICH/PMI, PMIx, Slurm,
 //!   torchrun) to decide which of these a process needs, and refuses the launches it cannot
 //!   serve instead of silently running N independent copies.
 //!
-//! Module order: `launch` uses the trait and `Single`; `mpi` uses the trait.
+//! Module order: `launch` uses the trait and `Single`; `mpi` and `nccl` use the trait.
 
 pub mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 /// Errors of connecting to the other ranks and of collective operations.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,9 @@ pub enum Error {
     /// The MPI library failed (initialisation, or a size the launcher contradicts).
     #[error("MPI: {0}")]
     Mpi(String),
+    /// NCCL or the CUDA driver under it failed (the GPU, the bootstrap, a collective).
+    #[error("NCCL: {0}")]
+    Nccl(String),
 }
 
 /// Result alias for this crate.
@@ -122,6 +129,9 @@ impl Collective for Single {
 /// Whether this build has MPI (the `mpi` feature).
 pub const HAS_MPI: bool = cfg!(feature = "mpi");
 
+/// Whether this build has NCCL (the `nccl` feature).
+pub const HAS_NCCL: bool = cfg!(feature = "nccl");
+
 /// The collective this process was launched for: [`Single`] unless the environment says an
 /// MPI launcher started it (then MPI is initialised here, once per process). Launches this
 /// build cannot serve are refused (see [`launch::detect`]).
@@ -134,7 +144,24 @@ pub fn connect_to(l: launch::Launch) -> Result<Box<dyn Collective>> {
     match l {
         launch::Launch::Single => Ok(Box::new(Single)),
         launch::Launch::Mpi { size, var } => mpi_for(size, &var),
+        launch::Launch::Nccl(n) => nccl_for(n),
     }
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_for(n: launch::NcclLaunch) -> Result<Box<dyn Collective>> {
+    Ok(Box::new(nccl::Nccl::init(&n)?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_for(n: launch::NcclLaunch) -> Result<Box<dyn Collective>> {
+    Err(Error::Launch(format!(
+        "{} asks for {} GPU ranks over NCCL, but this sightline was built without NCCL, so \
+         the ranks would train {} independent copies: on GPUs use the CUDA build \
+         (scripts/cuda/build.sh, which has NCCL); on CPUs launch with `mpirun -np {}` and a \
+         build with `--features mpi`",
+        n.var, n.size, n.size, n.size
+    )))
 }
 
 #[cfg(feature = "mpi")]
@@ -156,11 +183,11 @@ fn mpi_for(size: Option<usize>, var: &str) -> Result<Box<dyn Collective>> {
     if size == Some(1) {
         return Ok(Box::new(Single));
     }
-    let n = size.map_or("several".to_string(), |s| s.to_string());
+    let ranks = size.map_or("its ranks".to_string(), |s| format!("{s} ranks"));
     Err(Error::Launch(format!(
-        "an MPI launcher started this process ({var}) for {n} ranks, but this sightline was \
-         built without MPI, so the ranks would train {n} independent copies: build with \
-         `cargo build --release --features mpi` (needs Open MPI and libclang: `apt-get install \
-         openmpi-bin libopenmpi-dev libclang-dev`)"
+        "MPI was asked for ({var}) for {ranks}, but this sightline was built without MPI, so \
+         they would train independent copies: build with `cargo build --release --features \
+         mpi` (needs Open MPI and libclang: `apt-get install openmpi-bin libopenmpi-dev \
+         libclang-dev`)"
     )))
 }

@@ -1,10 +1,11 @@
 //! `sightline train --config RUN.toml [key=value ...]`: one training run (LLaVA stage 1,
 //! stage 2 full or LoRA, or text-only tuning), settings under HF Trainer / LLaVA names.
 //!
-//! Under `mpirun -np N` (a build with `--features mpi`) each process is one data-parallel
-//! rank (`sightline_train::run::run_on`); rank 0 prints and writes, the others stay quiet. A
-//! launcher this build cannot serve (torchrun's `WORLD_SIZE`, MPI without the feature) is
-//! refused in one line before anything is read.
+//! Under `mpirun -np N` (a build with `--features mpi`) or `torchrun --nproc-per-node N` (the
+//! CUDA build, NCCL) each process is one data-parallel rank (`sightline_train::run::run_on`);
+//! rank 0 prints and writes, the others stay quiet. A launcher this build cannot serve (MPI
+//! without the `mpi` feature, torchrun's `WORLD_SIZE` without NCCL) is refused in one line
+//! before anything is read.
 
 use std::path::PathBuf;
 
@@ -32,8 +33,14 @@ pub struct Args {
     allow_outside_paths: bool,
     /// Where the run computes: cpu, or cuda / cuda:N in the CUDA build (scripts/cuda/build.sh).
     /// The same run file trains on either; `bf16 = true` is the precision for a GPU.
+    /// Under an NCCL launch `cuda` means `cuda:LOCAL_RANK`, each rank its own GPU.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How data-parallel ranks sum their gradients (HF Trainer's `ddp_backend`): `auto` reads
+    /// the launcher's variables (MPI's for `mpirun`/`srun --mpi`, torchrun's `WORLD_SIZE` for
+    /// NCCL); `nccl` or `mpi` names the library, also for one rank.
+    #[arg(long, default_value = "auto")]
+    ddp_backend: sightline_collective::launch::Backend,
     /// Settings that override the file, in TOML syntax: `learning_rate=1e-4 max_steps=10`.
     overrides: Vec<String>,
 }
@@ -41,9 +48,11 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     // A training loop frees and reallocates its activations every step: keep freed memory.
     sightline_train::alloc::keep_freed_memory();
-    // Before the run file: a wrong --device is one line whatever the run says.
-    let device = sightline_model::open_device(&a.device)?;
-    let comm = sightline_collective::connect()?;
+    // Before the run file: a wrong launch or --device is one line whatever the run says.
+    let mut launch =
+        sightline_collective::launch::detect_for(a.ddp_backend, |k| std::env::var(k).ok())?;
+    let device = open_rank_device(&a.device, &mut launch)?;
+    let comm = sightline_collective::connect_to(launch)?;
     let mut cfg = TrainConfig::from_toml(&a.config, &a.overrides)?;
     cfg.allow_outside_paths |= a.allow_outside_paths;
     let lead = comm.rank() == 0;
@@ -117,6 +126,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens `--device` for this rank. NCCL's ranks compute on GPUs: there `cuda` is the rank's
+/// own GPU, `cuda:LOCAL_RANK`, and the GPU opened is the one NCCL joins on. (A build without
+/// NCCL leaves an NCCL launch to `connect_to`, which says what to build instead.)
+fn open_rank_device(
+    spec: &str,
+    launch: &mut sightline_collective::launch::Launch,
+) -> anyhow::Result<candle_core::Device> {
+    use sightline_collective::launch::Launch;
+    let Launch::Nccl(n) = launch else {
+        return Ok(sightline_model::open_device(spec)?);
+    };
+    if !sightline_collective::HAS_NCCL {
+        return Ok(sightline_model::open_device(spec)?);
+    }
+    let spec = match spec {
+        "cuda" => format!("cuda:{}", n.local_rank),
+        s if s.starts_with("cuda:") => s.to_string(),
+        s => anyhow::bail!(
+            "--device {s}: the NCCL ranks of this launch ({}) compute on GPUs: pass --device \
+             cuda (each rank takes cuda:LOCAL_RANK), or launch CPU ranks with `mpirun`",
+            n.var
+        ),
+    };
+    let device = sightline_model::open_device(&spec)?;
+    if let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() {
+        n.gpu = gpu_id;
+    }
+    Ok(device)
+}
+
 /// The progress bar: shown on rank 0, hidden on the others.
 fn progress_bar(lead: bool) -> ProgressBar {
     let bar = if lead {
@@ -153,10 +192,11 @@ fn start_line(
     } else {
         String::new()
     };
-    let ranks = if world > 1 {
-        format!(", {world} ranks ({comm_name})")
-    } else {
-        String::new()
+    // A named backend with one rank (`--ddp-backend nccl`) is shown too.
+    let ranks = match (world, comm_name) {
+        (1, "single") => String::new(),
+        (1, _) => format!(", 1 rank ({comm_name})"),
+        _ => format!(", {world} ranks ({comm_name})"),
     };
     format!("{samples} samples{skipped}, {total_steps} optimizer steps{resuming}{ranks}")
 }
