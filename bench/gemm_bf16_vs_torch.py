@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The bf16 GEMM alone: sightline's kernel (crates/kernels/src/gemm_bf16) against PyTorch's bf16
-matmul on the decoder's shapes, in GFLOP/s, with the CPU's measured VDPBF16PS ceiling.
+matmul on the decoder's shapes, in GFLOP/s, with the CPU's measured ceiling (TDPBF16PS where the
+kernel runs on AMX tiles, else VDPBF16PS).
 
     cargo build --release -p sightline-kernels --example gemm_bf16_timing
     .venv-ref/bin/python bench/gemm_bf16_vs_torch.py [--threads 2]
@@ -13,6 +14,7 @@ f32 and bf16 matmuls on the same shapes (candle's bf16 widens both operands to f
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,15 +59,20 @@ def main():
     import torch
     torch.set_num_threads(a.threads)
     env = {"RAYON_NUM_THREADS": str(a.threads), "PATH": "/usr/bin:/bin"}
+    if os.environ.get("SIGHTLINE_AMX"):
+        env["SIGHTLINE_AMX"] = os.environ["SIGHTLINE_AMX"]
     p = subprocess.run([a.binary, *[f"{n},{k},{m}" for n, k, m in SHAPES]], env=env,
                        capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"{a.binary} failed: {p.stderr.strip()[-800:]}")
     lines = [json.loads(l) for l in p.stdout.splitlines()]
-    peak = next((l["vdpbf16ps_peak_per_core"] for l in lines if "vdpbf16ps_peak_per_core" in l), None)
+    head = next((l for l in lines if "vdpbf16ps_peak_per_core" in l), {})
+    tiles = next((l["tdpbf16ps_peak_per_core"] for l in lines if "tdpbf16ps_peak_per_core" in l), None)
+    name, peak = ("TDPBF16PS", tiles) if tiles else ("VDPBF16PS", head.get("vdpbf16ps_peak_per_core"))
     rows = [l for l in lines if "shape" in l]
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {a.threads} threads; "
-          f"VDPBF16PS ceiling {peak * a.threads:.0f} GFLOP/s ({peak:.0f} per core, measured)" if peak else "")
+          f"sightline kernel {head.get('kernel', '?')}; "
+          f"{name} ceiling {peak * a.threads:.0f} GFLOP/s ({peak:.0f} per core, measured)" if peak else "")
     print(f"{'n x k x m':>20} {'sightline':>10} {'torch':>8} {'ratio':>6} {'% ceiling':>9} "
           f"{'candle f32':>10} {'candle bf16':>11}")
     for r in rows:

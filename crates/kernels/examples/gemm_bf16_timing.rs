@@ -6,7 +6,9 @@
 //! `--sightline-only` skips candle's matmuls (their fields are then absent), for quick A/B runs
 //! of the kernel alone.
 //!
-//! Prints one JSON line per shape: {"shape": [n, k, m], "sightline_bf16": GFLOP/s,
+//! First the per-core ceilings (`VDPBF16PS`; `TDPBF16PS` where the kernel is AMX) and the
+//! kernel in use (`SIGHTLINE_AMX=off` for the AVX512-BF16 one on an AMX CPU), then one JSON
+//! line per shape: {"shape": [n, k, m], "sightline_bf16": GFLOP/s,
 //! "candle_f32": ..., "candle_bf16": ...} (the best of several timed repeats of ~0.3 s each).
 
 use std::time::Instant;
@@ -57,9 +59,13 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: the instructions were just detected.
         let peak = unsafe { dp_peak_gflops() };
         println!(
-            "{{\"vdpbf16ps_peak_per_core\": {peak:.1}, \"threads\": {}}}",
-            rayon::current_num_threads()
+            "{{\"vdpbf16ps_peak_per_core\": {peak:.1}, \"threads\": {}, \"kernel\": \"{:?}\"}}",
+            rayon::current_num_threads(),
+            sightline_kernels::gemm_bf16::Bf16Gemm::detect()
         );
+        if let Some(tiles) = sightline_kernels::gemm_bf16::amx_tile_peak_gflops() {
+            println!("{{\"tdpbf16ps_peak_per_core\": {tiles:.1}}}");
+        }
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let only_ours = args.iter().any(|a| a == "--sightline-only");

@@ -494,8 +494,7 @@ fn run_flash<T: Elem + candle_core::WithDType>(
 fn flash_training_applies(inputs: &[&Tensor]) -> bool {
     let dtype = inputs[0].dtype();
     let kind = dtype == DType::F32
-        || (dtype == DType::BF16
-            && crate::gemm_bf16::Bf16Gemm::detect() == crate::gemm_bf16::Bf16Gemm::Avx512Bf16);
+        || (dtype == DType::BF16 && crate::gemm_bf16::Bf16Gemm::detect().is_available());
     flash::available()
         && kind
         && tracks(inputs)

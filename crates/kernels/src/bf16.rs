@@ -254,7 +254,7 @@ pub fn bf16_linear_trainable(
     w: &Tensor,
     trained_weight: bool,
 ) -> CResult<Option<Tensor>> {
-    let fits = crate::gemm_bf16::Bf16Gemm::detect() == crate::gemm_bf16::Bf16Gemm::Avx512Bf16
+    let fits = crate::gemm_bf16::Bf16Gemm::detect().is_available()
         && [x, w]
             .iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && t.rank() == 2);

@@ -76,7 +76,7 @@ impl Path {
 /// bf16 CPU kernels do) when [`crate::gemm_bf16::Bf16Gemm::detect`] finds a bf16 GEMM.
 /// Without one (`SIGHTLINE_BF16_GEMM=off`), bf16 keeps candle's ops as before.
 pub(crate) fn bf16_forward(inputs: &[&Tensor]) -> bool {
-    crate::gemm_bf16::Bf16Gemm::detect() == crate::gemm_bf16::Bf16Gemm::Avx512Bf16
+    crate::gemm_bf16::Bf16Gemm::detect().is_available()
         && inputs
             .iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16)

@@ -5,7 +5,7 @@
 
 use half::bf16;
 use sightline_kernels::gemm_bf16::{
-    matmul_nt, reference::matmul_nt_bf16_reference, Bf16Gemm, SMALL_K,
+    matmul_nt, reference::matmul_nt_bf16_reference, Bf16Gemm, AMX_MIN_ROWS, SMALL_K,
 };
 
 /// Deterministic values in about ±2 with all 8 bits of a bf16 significand in use.
@@ -25,7 +25,7 @@ fn check(n: usize, k: usize, m: usize) {
     let (x, w) = (values(n * k, 1 + n as u64), values(m * k, 7 + m as u64));
     let mut y = vec![0f32; n * m];
     let ran = matmul_nt(&x, &w, (n, k, m), &mut y).expect("shapes match");
-    assert_eq!(ran, Bf16Gemm::detect() == Bf16Gemm::Avx512Bf16);
+    assert_eq!(ran, Bf16Gemm::detect().is_available());
     if !ran {
         return;
     }
@@ -47,9 +47,12 @@ fn check(n: usize, k: usize, m: usize) {
             (s + p, a + p.abs())
         });
         // Rounding steps along the longest chain of additions: a tree of 16 lanes, or one lane
-        // in order for short rows (the pair-broadcast kernel).
+        // in order for short rows (the pair-broadcast kernel), chunk after chunk on AMX.
         let depth = if k <= SMALL_K {
             k as f64
+        } else if Bf16Gemm::detect() == Bf16Gemm::Amx && n >= AMX_MIN_ROWS {
+            // Per chunk of 32: 16 in a chain, then 2 more; chunks in a chain.
+            (18 + k.div_ceil(32)) as f64
         } else {
             (k as f64).log2().ceil().max(1.0) * 2.0
         };
@@ -82,6 +85,61 @@ fn odd_shapes_equal_the_reference_bit_for_bit() {
     ] {
         check(n, k, m);
     }
+}
+
+/// The AMX kernel's blocks of 32 × 32 outputs and their halves: rows and columns of 16, 17,
+/// 31, 32, 33, 48 and more, rows of a multiple of 32 (weights read in place) and not (a padded
+/// copy), and both sides of the few-rows boundary. On a CPU without AMX these run the other
+/// kernel, as they should.
+#[test]
+fn tile_edges_equal_the_reference_bit_for_bit() {
+    for &(n, k, m) in &[
+        (1, 160, 16),
+        (3, 160, 40),
+        (4, 160, 40),
+        (16, 160, 16),
+        (17, 160, 17),
+        (31, 192, 31),
+        (32, 256, 32),
+        (33, 256, 48),
+        (65, 130, 50),
+        (40, 2048, 256),
+        (1, 5632, 64),
+    ] {
+        check(n, k, m);
+    }
+}
+
+/// `SIGHTLINE_AMX=off` (this test reruns the others in a child process with it) keeps an AMX
+/// CPU on the AVX512-BF16 kernel, whose sums the reference then states: a machine without AMX
+/// computes what it computed before AMX existed here.
+#[test]
+fn amx_off_runs_the_avx512_kernel() {
+    if std::env::var_os("SIGHTLINE_AMX").is_some() {
+        // The child: the kernel must not be AMX (the other tests check its sums).
+        assert_ne!(Bf16Gemm::detect(), Bf16Gemm::Amx);
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .env("SIGHTLINE_AMX", "off")
+        .args(["--test-threads", "1"])
+        .output()
+        .expect("runs");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("amx_off_runs_the_avx512_kernel ... ok"),
+        "{log}"
+    );
+    assert!(
+        log.contains("llama2_7b_shapes_equal_the_reference ... ok"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -50,7 +50,7 @@ pub fn resolve_dtype(requested: &str, spec: &str, device: &Device) -> Result<DTy
         Some(d) => d,
         None if !device.is_cpu() => stored.unwrap_or(DType::F32),
         None => {
-            let fast_bf16 = Bf16Gemm::detect() == Bf16Gemm::Avx512Bf16;
+            let fast_bf16 = Bf16Gemm::detect().is_available();
             match stored {
                 Some(DType::BF16) if fast_bf16 || !fits(DType::F32) => DType::BF16,
                 Some(DType::F16) if !fits(DType::F32) => {

@@ -81,7 +81,7 @@ pub(super) unsafe fn block<O: GemmOut>(
 /// As [`block`]; `out` must be valid for the masked lanes' writes of `O`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn store_sums<O: GemmOut>(out: *mut O, mask: __mmask16, sums: __m512) {
+pub(super) unsafe fn store_sums<O: GemmOut>(out: *mut O, mask: __mmask16, sums: __m512) {
     if O::BF16 {
         let packed: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(sums));
         _mm256_mask_storeu_epi16(out as *mut i16, mask, packed);

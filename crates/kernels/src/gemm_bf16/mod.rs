@@ -11,13 +11,19 @@
 //!   memory-mapped checkpoint needs no second copy); for an inner dimension of at most
 //!   [`SMALL_K`] (LoRA's rank), a second kernel there that packs `w` per call (`m × k` values,
 //!   small by definition).
-//! - **AMX-BF16** tiles (Intel Sapphire Rapids+) would be faster again; not built yet — on such
-//!   CPUs the AVX512-BF16 kernel runs.
+//! - **AMX-BF16** tiles (`TDPBF16PS`; Intel Sapphire Rapids+, where Linux grants the tile
+//!   data): the kernel in `amx.rs` for inner dimensions above [`SMALL_K`], weights again read
+//!   in their checkpoint layout (the activations are packed per call instead).
+//!   `SIGHTLINE_AMX=off` keeps such a CPU on the AVX512-BF16 kernel.
 //! - Otherwise, or with `SIGHTLINE_BF16_GEMM=off`: no kernel here, and callers keep candle's
 //!   path (results exactly as before this module existed).
 //!
-//! Rounding: see [`reference`], which states every addition; the kernel equals it bit for bit.
+//! Rounding: see [`reference`], which states every addition of each kernel; each equals it bit
+//! for bit. The two kernels add in different orders, so a product's last bits depend on
+//! whether the CPU has AMX and, there, on whether it had at least [`AMX_MIN_ROWS`] rows; never
+//! on the blocking or the threads.
 
+mod amx;
 mod avx512;
 pub mod reference;
 
@@ -32,6 +38,8 @@ use crate::switch::switched_off;
 /// The bf16 GEMM this process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Gemm {
+    /// `TDPBF16PS` on AMX tiles (and `VDPBF16PS` for short inner dimensions).
+    Amx,
     /// `VDPBF16PS` on 512-bit vectors.
     Avx512Bf16,
     /// No bf16 kernel: candle's widening matmul.
@@ -40,16 +48,24 @@ pub enum Bf16Gemm {
 
 impl Bf16Gemm {
     /// The CPU's best kernel, unless `SIGHTLINE_BF16_GEMM=off` (or `0`/`false`) forces the
-    /// fallback (to compare, or to test a machine without the instructions). Decided once.
+    /// fallback, or `SIGHTLINE_AMX=off` the AVX512-BF16 kernel on an AMX CPU (to compare, or to
+    /// test what a machine without the instructions computes). Decided once.
     pub fn detect() -> Self {
         static CHOICE: OnceLock<Bf16Gemm> = OnceLock::new();
         *CHOICE.get_or_init(|| {
-            if !switched_off("SIGHTLINE_BF16_GEMM") && cpu_has_avx512_bf16() {
-                Bf16Gemm::Avx512Bf16
-            } else {
+            if switched_off("SIGHTLINE_BF16_GEMM") || !cpu_has_avx512_bf16() {
                 Bf16Gemm::Unavailable
+            } else if !switched_off("SIGHTLINE_AMX") && amx::available() {
+                Bf16Gemm::Amx
+            } else {
+                Bf16Gemm::Avx512Bf16
             }
         })
+    }
+
+    /// Whether there is a bf16 kernel at all (callers otherwise keep candle's f32 path).
+    pub fn is_available(self) -> bool {
+        self != Bf16Gemm::Unavailable
     }
 }
 
@@ -101,6 +117,18 @@ const X_BLOCK_BYTES: usize = 128 << 10;
 /// The summation order differs between the two kernels, so [`reference`] states both.
 pub const SMALL_K: usize = 128;
 
+/// One core's `TDPBF16PS` throughput with operands in tiles (GFLOP/s), where [`Bf16Gemm::detect`]
+/// chose AMX: the ceiling for the GEMM's figures (a measurement of about 0.05 s).
+pub fn amx_tile_peak_gflops() -> Option<f64> {
+    // SAFETY: `detect` returns `Amx` only after checking the instructions and the permission.
+    (Bf16Gemm::detect() == Bf16Gemm::Amx).then(|| unsafe { amx::tile_peak_gflops() })
+}
+
+/// Products of fewer activation rows than this run the AVX512-BF16 kernel on an AMX CPU too
+/// (see `amx.rs`): so there a row's last bits depend on whether it was multiplied with at least
+/// this many rows (decoding one to three sequences against a longer batch), as with oneDNN.
+pub const AMX_MIN_ROWS: usize = 4;
+
 /// `w: [m, k]` as the pair-broadcast kernel reads it: for each pair `p` of `k` (the last one
 /// padded with a zero when `k` is odd) the `m` columns' pairs `(w[j][2p], w[j][2p + 1])` as
 /// 32-bit words, the even element low, padded with zero columns to `mp`, a multiple of 16.
@@ -144,7 +172,8 @@ pub fn matmul_nt<O: GemmOut>(
             y.len()
         ));
     }
-    if Bf16Gemm::detect() != Bf16Gemm::Avx512Bf16 {
+    let kernel = Bf16Gemm::detect();
+    if !kernel.is_available() {
         return Ok(false);
     }
     if n == 0 || m == 0 {
@@ -160,6 +189,10 @@ pub fn matmul_nt<O: GemmOut>(
             // was checked against n·m; `wp` was packed for these k and m.
             unsafe { avx512::block_small_k(x, &wp, mp, k, m, r, out.ptr()) };
         });
+        return Ok(true);
+    }
+    if kernel == Bf16Gemm::Amx && n >= AMX_MIN_ROWS {
+        amx_product(x, w, (n, k, m), y);
         return Ok(true);
     }
     // Blocks of whole tiles (columns: a multiple of 48 = lcm of the 6- and 16-wide tiles; rows:
@@ -185,4 +218,28 @@ pub fn matmul_nt<O: GemmOut>(
             unsafe { avx512::block(x, w, k, m, r, c, out.ptr()) };
         });
     Ok(true)
+}
+
+/// [`matmul_nt`] on AMX tiles, for `k >` [`SMALL_K`] on a CPU that [`Bf16Gemm::detect`] found
+/// AMX on. Tasks as for the AVX512-BF16 kernel: column block by column block, so a thread keeps
+/// one block of weight rows in its L2 while every row block of the packed activations passes.
+fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usize), y: &mut [O]) {
+    let xp = amx::pack_x(x, n, k);
+    let (w, w_stride) = amx::weights_for_tiles(w, m, k);
+    let row_bytes = k.next_multiple_of(32) * 2;
+    let cols = (W_BLOCK_BYTES / row_bytes).max(32) / 32 * 32;
+    let rows = ((X_BLOCK_BYTES / row_bytes).max(32) / 32 * 32).min(n.next_multiple_of(32));
+    let (row_blocks, col_blocks) = (n.div_ceil(rows), m.div_ceil(cols));
+    let out = SharedOut(y.as_mut_ptr());
+    (0..row_blocks * col_blocks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (cb, rb) = (task / row_blocks, task % row_blocks);
+            let r = rb * rows..((rb + 1) * rows).min(n);
+            let c = cb * cols..((cb + 1) * cols).min(m);
+            // SAFETY: AMX and its tile permission were checked by `detect`; `xp` was packed from
+            // `x` for these n and k, `w` has `m` rounded up to 16 rows of `w_stride` values;
+            // tasks write disjoint (row, column) blocks of `y`, whose length was checked.
+            unsafe { amx::block(&xp, &w, w_stride, k, m, r, c, out.ptr()) };
+        });
 }

@@ -377,8 +377,7 @@ impl Llama {
     /// `Linear::forward_to`). A bf16 stream (this rule's old form for training) put the first
     /// loss of the bf16 loss-curve bench 8× further from f32 than autocast's.
     fn residual_dtype(&self) -> DType {
-        let fast_bf16 = sightline_kernels::gemm_bf16::Bf16Gemm::detect()
-            == sightline_kernels::gemm_bf16::Bf16Gemm::Avx512Bf16;
+        let fast_bf16 = sightline_kernels::gemm_bf16::Bf16Gemm::detect().is_available();
         if self.compute == DType::BF16 && fast_bf16 && self.device().is_cpu() {
             DType::F32
         } else {
