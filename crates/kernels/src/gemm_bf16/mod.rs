@@ -200,24 +200,38 @@ pub fn matmul_nt<O: GemmOut>(
     let row_bytes = k.max(1) * 2;
     let cols = (W_BLOCK_BYTES / row_bytes).max(48) / 48 * 48;
     let rows = ((X_BLOCK_BYTES / row_bytes).max(16) / 4 * 4).min(n.next_multiple_of(4));
-    let (row_blocks, col_blocks) = (n.div_ceil(rows), m.div_ceil(cols));
     let out = SharedOut(y.as_mut_ptr());
-    // Column-block-major: rayon hands each thread a contiguous run of tasks, so a thread sweeps
-    // all row blocks through one weight block (kept in its L2) before taking the next. Row-major
-    // order read every weight block from memory once per row block, which held LLaMA-2-7B's
-    // shapes (32–86 MiB of weights) to 51–62% of the VDPBF16PS ceiling at n = 256; now 86–91%
-    // (`gemm_bf16_timing --sightline-only`). The order of tasks changes no sum, so no bit.
+    for_each_block(n, m, rows, cols, |r, c| {
+        // SAFETY: the CPU was checked above; blocks are disjoint (row, column) blocks of `y`,
+        // whose length was checked against n·m.
+        unsafe { avx512::block(x, w, k, m, r, c, out.ptr()) };
+    });
+    Ok(true)
+}
+
+/// Runs `f` on the (rows, columns) blocks of an `n × m` product in parallel, column block by
+/// column block: rayon hands each thread a contiguous run of tasks, so a thread sweeps all row
+/// blocks through one weight block (kept in its L2) before taking the next. Row-major order
+/// read every weight block from memory once per row block, which held LLaMA-2-7B's shapes
+/// (32–86 MiB of weights) to 51–62% of the VDPBF16PS ceiling at n = 256; now 86–91%
+/// (`gemm_bf16_timing --sightline-only`). The order of tasks changes no sum, so no bit.
+fn for_each_block(
+    n: usize,
+    m: usize,
+    rows: usize,
+    cols: usize,
+    f: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
+    let (row_blocks, col_blocks) = (n.div_ceil(rows), m.div_ceil(cols));
     (0..row_blocks * col_blocks)
         .into_par_iter()
         .for_each(|task| {
             let (cb, rb) = (task / row_blocks, task % row_blocks);
-            let r = rb * rows..((rb + 1) * rows).min(n);
-            let c = cb * cols..((cb + 1) * cols).min(m);
-            // SAFETY: the CPU was checked above; tasks write disjoint (row, column) blocks of `y`,
-            // whose length was checked against n·m.
-            unsafe { avx512::block(x, w, k, m, r, c, out.ptr()) };
+            f(
+                rb * rows..((rb + 1) * rows).min(n),
+                cb * cols..((cb + 1) * cols).min(m),
+            );
         });
-    Ok(true)
 }
 
 /// [`matmul_nt`] on AMX tiles, for `k >` [`SMALL_K`] on a CPU that [`Bf16Gemm::detect`] found
@@ -229,17 +243,11 @@ fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usi
     let row_bytes = k.next_multiple_of(32) * 2;
     let cols = (W_BLOCK_BYTES / row_bytes).max(32) / 32 * 32;
     let rows = ((X_BLOCK_BYTES / row_bytes).max(32) / 32 * 32).min(n.next_multiple_of(32));
-    let (row_blocks, col_blocks) = (n.div_ceil(rows), m.div_ceil(cols));
     let out = SharedOut(y.as_mut_ptr());
-    (0..row_blocks * col_blocks)
-        .into_par_iter()
-        .for_each(|task| {
-            let (cb, rb) = (task / row_blocks, task % row_blocks);
-            let r = rb * rows..((rb + 1) * rows).min(n);
-            let c = cb * cols..((cb + 1) * cols).min(m);
-            // SAFETY: AMX and its tile permission were checked by `detect`; `xp` was packed from
-            // `x` for these n and k, `w` has `m` rounded up to 16 rows of `w_stride` values;
-            // tasks write disjoint (row, column) blocks of `y`, whose length was checked.
-            unsafe { amx::block(&xp, &w, w_stride, k, m, r, c, out.ptr()) };
-        });
+    for_each_block(n, m, rows, cols, |r, c| {
+        // SAFETY: AMX and its tile permission were checked by `detect`; `xp` was packed from
+        // `x` for these n and k, `w` has `m` rounded up to 16 rows of `w_stride` values;
+        // blocks are disjoint (row, column) blocks of `y`, whose length was checked.
+        unsafe { amx::block(&xp, &w, w_stride, k, m, r, c, out.ptr()) };
+    });
 }
