@@ -135,18 +135,71 @@ pub(super) unsafe fn tile_peak_gflops() -> f64 {
 /// 32-bit words, the even element low; padding rows and pairs are zero. A block is
 /// `kp · 16` words (`kp = k.next_multiple_of(32) / 2`).
 pub(super) fn pack_x(x: &[bf16], n: usize, k: usize) -> Vec<u32> {
+    use rayon::prelude::*;
     let kp = k.next_multiple_of(32) / 2;
-    let blocks = n.div_ceil(16);
-    let mut xp = vec![0u32; blocks * kp * 16];
-    for i in 0..n {
-        let (b, c) = (i / 16, i % 16);
-        let row = &x[i * k..(i + 1) * k];
-        let block = &mut xp[b * kp * 16..(b + 1) * kp * 16];
-        for p in 0..k.div_ceil(2) {
-            block[p * 16 + c] = super::pair_word(row, p);
+    let mut xp = vec![0u32; n.div_ceil(16) * kp * 16];
+    if k == 0 {
+        return xp;
+    }
+    // One block of 16 rows at a time: whole blocks of even rows by gathers (each output line
+    // written whole), the last partial block and odd rows word by word.
+    let pack = |(block, rows): (&mut [u32], &[bf16])| {
+        if rows.len() == 16 * k && k % 2 == 0 {
+            // SAFETY: AVX-512F comes with every AMX CPU; 16 whole rows of even length.
+            unsafe { pack_block_gather(rows, k, block) };
+            return;
         }
+        for (c, row) in rows.chunks_exact(k).enumerate() {
+            let bits: &[u16] = bytemuck_bits(row);
+            let column = &mut block[c..];
+            let whole = k / 2;
+            for p in 0..whole {
+                column[p * 16] = bits[2 * p] as u32 | (bits[2 * p + 1] as u32) << 16;
+            }
+            if k % 2 == 1 {
+                column[whole * 16] = bits[k - 1] as u32;
+            }
+        }
+    };
+    // Waking the other threads costs more than packing a short batch.
+    if n * k >= PARALLEL_PACK {
+        xp.par_chunks_mut(kp * 16)
+            .zip(x.par_chunks(16 * k))
+            .for_each(pack);
+    } else {
+        xp.chunks_mut(kp * 16).zip(x.chunks(16 * k)).for_each(pack);
     }
     xp
+}
+
+/// [`pack_x`] for one block of 16 rows of even length `k`: each output line (pair `p` of the
+/// 16 rows) is one gather of 32-bit words, which are the pairs as stored (little-endian: the
+/// even element low), written whole. A scalar scatter wrote every word to another cache line
+/// and cost more than the product for short rows.
+///
+/// # Safety
+/// AVX-512F; `rows` holds 16 rows of `k` values (`k` even), `block` at least `k / 2 · 16` words.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_block_gather(rows: &[bf16], k: usize, block: &mut [u32]) {
+    let stride = (k / 2) as i32;
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(stride),
+    );
+    let base = rows.as_ptr() as *const i32;
+    for p in 0..k / 2 {
+        let v = _mm512_i32gather_epi32::<4>(idx, base.add(p));
+        _mm512_storeu_si512(block.as_mut_ptr().add(p * 16) as *mut __m512i, v);
+    }
+}
+
+/// Activation values from which [`pack_x`] runs on every thread.
+const PARALLEL_PACK: usize = 1 << 20;
+
+/// A bf16 slice's bit patterns.
+fn bytemuck_bits(v: &[bf16]) -> &[u16] {
+    // SAFETY: bf16 is a transparent wrapper of u16 (same size and alignment).
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u16, v.len()) }
 }
 
 /// `w: [m, k]` as A reads it: the weights themselves when `k` is a multiple of 32 and `m` of
