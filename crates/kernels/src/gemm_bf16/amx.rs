@@ -144,7 +144,7 @@ pub(super) fn pack_x(x: &[bf16], n: usize, k: usize) -> Vec<u32> {
     // One block of 16 rows at a time: whole blocks of even rows by gathers (each output line
     // written whole), the last partial block and odd rows word by word.
     let pack = |(block, rows): (&mut [u32], &[bf16])| {
-        if rows.len() == 16 * k && k % 2 == 0 {
+        if rows.len() == 16 * k && k.is_multiple_of(2) {
             // SAFETY: AVX-512F comes with every AMX CPU; 16 whole rows of even length.
             unsafe { pack_block_gather(rows, k, block) };
             return;
