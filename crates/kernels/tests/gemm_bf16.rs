@@ -89,8 +89,8 @@ fn odd_shapes_equal_the_reference_bit_for_bit() {
 
 /// The AMX kernel's blocks of 32 × 32 outputs and their halves: rows and columns of 16, 17,
 /// 31, 32, 33, 48 and more, rows of a multiple of 32 (weights read in place) and not (a padded
-/// copy), and both sides of the few-rows boundary. On a CPU without AMX these run the other
-/// kernel, as they should.
+/// copy; odd, packed word by word), and both sides of the few-rows boundary. On a CPU without
+/// AMX these run the other kernel, as they should.
 #[test]
 fn tile_edges_equal_the_reference_bit_for_bit() {
     for &(n, k, m) in &[
@@ -103,6 +103,7 @@ fn tile_edges_equal_the_reference_bit_for_bit() {
         (32, 256, 32),
         (33, 256, 48),
         (65, 130, 50),
+        (20, 161, 33),
         (40, 2048, 256),
         (1, 5632, 64),
     ] {

@@ -150,14 +150,13 @@ pub(super) fn pack_x(x: &[bf16], n: usize, k: usize) -> Vec<u32> {
             return;
         }
         for (c, row) in rows.chunks_exact(k).enumerate() {
-            let bits: &[u16] = bytemuck_bits(row);
-            let column = &mut block[c..];
-            let whole = k / 2;
-            for p in 0..whole {
-                column[p * 16] = bits[2 * p] as u32 | (bits[2 * p + 1] as u32) << 16;
-            }
-            if k % 2 == 1 {
-                column[whole * 16] = bits[k - 1] as u32;
+            for (p, slot) in block[c..]
+                .iter_mut()
+                .step_by(16)
+                .take(k.div_ceil(2))
+                .enumerate()
+            {
+                *slot = super::pair_word(row, p);
             }
         }
     };
@@ -195,12 +194,6 @@ unsafe fn pack_block_gather(rows: &[bf16], k: usize, block: &mut [u32]) {
 
 /// Activation values from which [`pack_x`] runs on every thread.
 const PARALLEL_PACK: usize = 1 << 20;
-
-/// A bf16 slice's bit patterns.
-fn bytemuck_bits(v: &[bf16]) -> &[u16] {
-    // SAFETY: bf16 is a transparent wrapper of u16 (same size and alignment).
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u16, v.len()) }
-}
 
 /// `w: [m, k]` as A reads it: the weights themselves when `k` is a multiple of 32 and `m` of
 /// 16 (every LLaMA shape), else a zero-padded copy `[m16, k32]` (a tile row would otherwise read
@@ -258,39 +251,21 @@ pub(super) unsafe fn block<O: GemmOut>(
             let b0 = xp.as_ptr().add(i / 16 * kp * 16) as *const u8;
             let b1 = xp.as_ptr().add(i1 / 16 * kp * 16) as *const u8;
             tiles_2x2(a0, a1, w_stride * 2, b0, b1, steps, &mut out);
-            store(
-                &out.0[0],
-                y,
-                m,
-                i..(i + 16).min(r.end),
-                j..(j + 16).min(c.end),
-            );
-            if i1 != i {
-                store(
-                    &out.0[1],
-                    y,
-                    m,
-                    i1..(i1 + 16).min(r.end),
-                    j..(j + 16).min(c.end),
-                );
-            }
-            if j1 != j {
-                store(
-                    &out.0[2],
-                    y,
-                    m,
-                    i..(i + 16).min(r.end),
-                    j1..(j1 + 16).min(c.end),
-                );
-                if i1 != i {
-                    store(
-                        &out.0[3],
-                        y,
-                        m,
-                        i1..(i1 + 16).min(r.end),
-                        j1..(j1 + 16).min(c.end),
-                    );
+            // Tile t holds rows `is[t % 2]` × columns `js[t / 2]`; a half that repeated the
+            // other one's operands is not stored.
+            let (is, js) = ([i, i1], [j, j1]);
+            for (t, tile) in out.0.iter().enumerate() {
+                let (ii, jj) = (is[t % 2], js[t / 2]);
+                if (t % 2 == 1 && ii == i) || (t / 2 == 1 && jj == j) {
+                    continue;
                 }
+                store(
+                    tile,
+                    y,
+                    m,
+                    ii..(ii + 16).min(r.end),
+                    jj..(jj + 16).min(c.end),
+                );
             }
             i += 32;
         }
