@@ -132,14 +132,9 @@ pub const HAS_MPI: bool = cfg!(feature = "mpi");
 /// Whether this build has NCCL (the `nccl` feature).
 pub const HAS_NCCL: bool = cfg!(feature = "nccl");
 
-/// The collective this process was launched for: [`Single`] unless the environment says an
-/// MPI launcher started it (then MPI is initialised here, once per process). Launches this
-/// build cannot serve are refused (see [`launch::detect`]).
-pub fn connect() -> Result<Box<dyn Collective>> {
-    connect_to(launch::detect(|k| std::env::var(k).ok())?)
-}
-
-/// [`connect`] for an already detected launch.
+/// The collective of a launch ([`launch::detect_for`]): [`Single`], MPI (initialised here, once
+/// per process) or NCCL (joined on the launch's `gpu`, which the caller sets to the device it
+/// opened). Launches this build cannot serve are refused in one line.
 pub fn connect_to(l: launch::Launch) -> Result<Box<dyn Collective>> {
     match l {
         launch::Launch::Single => Ok(Box::new(Single)),

@@ -134,12 +134,10 @@ fn open_rank_device(
     launch: &mut sightline_collective::launch::Launch,
 ) -> anyhow::Result<candle_core::Device> {
     use sightline_collective::launch::Launch;
-    let Launch::Nccl(n) = launch else {
-        return Ok(sightline_model::open_device(spec)?);
+    let n = match launch {
+        Launch::Nccl(n) if sightline_collective::HAS_NCCL => n,
+        _ => return Ok(sightline_model::open_device(spec)?),
     };
-    if !sightline_collective::HAS_NCCL {
-        return Ok(sightline_model::open_device(spec)?);
-    }
     let spec = match spec {
         "cuda" => format!("cuda:{}", n.local_rank),
         s if s.starts_with("cuda:") => s.to_string(),
