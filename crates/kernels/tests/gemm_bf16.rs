@@ -89,7 +89,8 @@ fn odd_shapes_equal_the_reference_bit_for_bit() {
 
 /// The AMX kernel's blocks of 32 × 32 outputs and their halves: rows and columns of 16, 17,
 /// 31, 32, 33, 48 and more, rows of a multiple of 32 (weights read in place) and not (a padded
-/// copy; odd, packed word by word), and both sides of the few-rows boundary. On a CPU without
+/// copy; odd, packed word by word), both sides of the few-rows boundary, and the passes over
+/// long rows whose running sums wait in memory between passes. On a CPU without
 /// AMX these run the other kernel, as they should.
 #[test]
 fn tile_edges_equal_the_reference_bit_for_bit() {
@@ -106,6 +107,11 @@ fn tile_edges_equal_the_reference_bit_for_bit() {
         (20, 161, 33),
         (40, 2048, 256),
         (1, 5632, 64),
+        // Rows longer than one pass over k (2,048 values), several panels and row blocks,
+        // more rows and columns than one task.
+        (40, 4096, 48),
+        (300, 2080, 40),
+        (70, 4128, 150),
     ] {
         check(n, k, m);
     }

@@ -12,8 +12,9 @@
 //!   [`SMALL_K`] (LoRA's rank), a second kernel there that packs `w` per call (`m × k` values,
 //!   small by definition).
 //! - **AMX-BF16** tiles (`TDPBF16PS`; Intel Sapphire Rapids+, where Linux grants the tile
-//!   data): the kernel in `amx.rs` for inner dimensions above [`SMALL_K`], weights again read
-//!   in their checkpoint layout (the activations are packed per call instead).
+//!   data): the kernel in `amx.rs` for inner dimensions above [`SMALL_K`], weights again in
+//!   their checkpoint layout (each task copies the 32 rows it multiplies into an aligned panel
+//!   while it uses them; the activations are packed once per call).
 //!   `SIGHTLINE_AMX=off` keeps such a CPU on the AVX512-BF16 kernel.
 //! - Otherwise, or with `SIGHTLINE_BF16_GEMM=off`: no kernel here, and callers keep candle's
 //!   path (results exactly as before this module existed).
@@ -201,7 +202,7 @@ pub fn matmul_nt<O: GemmOut>(
     let cols = (W_BLOCK_BYTES / row_bytes).max(48) / 48 * 48;
     let rows = ((X_BLOCK_BYTES / row_bytes).max(16) / 4 * 4).min(n.next_multiple_of(4));
     let out = SharedOut(y.as_mut_ptr());
-    for_each_block(n, m, rows, cols, |r, c| {
+    for_each_block((n, m), (rows, cols), TaskOrder::WeightsStay, |r, c| {
         // SAFETY: the CPU was checked above; blocks are disjoint (row, column) blocks of `y`,
         // whose length was checked against n·m.
         unsafe { avx512::block(x, w, k, m, r, c, out.ptr()) };
@@ -209,24 +210,35 @@ pub fn matmul_nt<O: GemmOut>(
     Ok(true)
 }
 
-/// Runs `f` on the (rows, columns) blocks of an `n × m` product in parallel, column block by
-/// column block: rayon hands each thread a contiguous run of tasks, so a thread sweeps all row
-/// blocks through one weight block (kept in its L2) before taking the next. Row-major order
-/// read every weight block from memory once per row block, which held LLaMA-2-7B's shapes
-/// (32–86 MiB of weights) to 51–62% of the VDPBF16PS ceiling at n = 256; now 86–91%
-/// (`gemm_bf16_timing --sightline-only`). The order of tasks changes no sum, so no bit.
+/// Which blocks a thread's consecutive tasks share (rayon hands each thread a contiguous run of
+/// tasks, so this is what stays in its L2 from task to task).
+#[derive(Clone, Copy)]
+enum TaskOrder {
+    /// Column block by column block: a thread sweeps all row blocks through one weight block.
+    WeightsStay,
+    /// Row block by row block: a thread sweeps all weight blocks past one block of activations.
+    ActivationsStay,
+}
+
+/// Runs `f` on the (rows, columns) blocks of an `n × m` product in parallel, in `order`. For
+/// the AVX512-BF16 kernel the weights stay: row-major order read every weight block from
+/// memory once per row block, which held LLaMA-2-7B's shapes (32–86 MiB of weights) to 51–62%
+/// of the VDPBF16PS ceiling at n = 256; now 86–91% (`gemm_bf16_timing --sightline-only`). The
+/// order of tasks changes no sum, so no bit.
 fn for_each_block(
-    n: usize,
-    m: usize,
-    rows: usize,
-    cols: usize,
+    (n, m): (usize, usize),
+    (rows, cols): (usize, usize),
+    order: TaskOrder,
     f: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
 ) {
     let (row_blocks, col_blocks) = (n.div_ceil(rows), m.div_ceil(cols));
     (0..row_blocks * col_blocks)
         .into_par_iter()
         .for_each(|task| {
-            let (cb, rb) = (task / row_blocks, task % row_blocks);
+            let (rb, cb) = match order {
+                TaskOrder::WeightsStay => (task % row_blocks, task / row_blocks),
+                TaskOrder::ActivationsStay => (task / col_blocks, task % col_blocks),
+            };
             f(
                 rb * rows..((rb + 1) * rows).min(n),
                 cb * cols..((cb + 1) * cols).min(m),
@@ -235,19 +247,20 @@ fn for_each_block(
 }
 
 /// [`matmul_nt`] on AMX tiles, for `k >` [`SMALL_K`] on a CPU that [`Bf16Gemm::detect`] found
-/// AMX on. Tasks as for the AVX512-BF16 kernel: column block by column block, so a thread keeps
-/// one block of weight rows in its L2 while every row block of the packed activations passes.
+/// AMX on. Tasks of [`amx::TASK_ROWS`] × [`amx::TASK_COLS`] in row-block order: a thread keeps
+/// one block of packed activations in its L2 while the weights stream past it, each panel
+/// copied once per task (see [`amx::block`]).
 fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usize), y: &mut [O]) {
     let xp = amx::pack_x(x, n, k);
     let (w, w_stride) = amx::weights_for_tiles(w, m, k);
-    let row_bytes = k.next_multiple_of(32) * 2;
-    let cols = (W_BLOCK_BYTES / row_bytes).max(32) / 32 * 32;
-    let rows = ((X_BLOCK_BYTES / row_bytes).max(32) / 32 * 32).min(n.next_multiple_of(32));
+    let rows = amx::TASK_ROWS.min(n.next_multiple_of(32));
     let out = SharedOut(y.as_mut_ptr());
-    for_each_block(n, m, rows, cols, |r, c| {
+    let order = TaskOrder::ActivationsStay;
+    for_each_block((n, m), (rows, amx::TASK_COLS), order, |r, c| {
         // SAFETY: AMX and its tile permission were checked by `detect`; `xp` was packed from
         // `x` for these n and k, `w` has `m` rounded up to 16 rows of `w_stride` values;
-        // blocks are disjoint (row, column) blocks of `y`, whose length was checked.
+        // blocks are disjoint (row, column) blocks of `y` of at most TASK_ROWS × TASK_COLS,
+        // whose length was checked.
         unsafe { amx::block(&xp, &w, w_stride, k, m, r, c, out.ptr()) };
     });
 }
