@@ -89,8 +89,9 @@ fn odd_shapes_equal_the_reference_bit_for_bit() {
 
 /// The AMX kernel's blocks of 32 × 32 outputs and their halves: rows and columns of 16, 17,
 /// 31, 32, 33, 48 and more, rows of a multiple of 32 (weights read in place) and not (a padded
-/// copy; odd, packed word by word), both sides of the few-rows boundary, and the passes over
-/// long rows whose running sums wait in memory between passes. On a CPU without
+/// copy; odd, packed word by word), both sides of the few-rows boundary, the passes over long
+/// rows whose running sums wait in memory between passes, and batches long enough that all
+/// weights are copied into tiles once. On a CPU without
 /// AMX these run the other kernel, as they should.
 #[test]
 fn tile_edges_equal_the_reference_bit_for_bit() {
@@ -112,6 +113,9 @@ fn tile_edges_equal_the_reference_bit_for_bit() {
         (40, 4096, 48),
         (300, 2080, 40),
         (70, 4128, 150),
+        // Enough rows that the weights are copied into tiles once for all tasks.
+        (1030, 160, 40),
+        (1025, 2080, 20),
     ] {
         check(n, k, m);
     }

@@ -249,18 +249,38 @@ fn for_each_block(
 /// [`matmul_nt`] on AMX tiles, for `k >` [`SMALL_K`] on a CPU that [`Bf16Gemm::detect`] found
 /// AMX on. Tasks of [`amx::TASK_ROWS`] × [`amx::TASK_COLS`] in row-block order: a thread keeps
 /// one block of packed activations in its L2 while the weights stream past it, each panel
-/// copied once per task (see [`amx::block`]).
+/// copied once per task (see [`amx::block`]), or all weights copied once per call for long
+/// batches ([`amx::pack_weights`]).
 fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usize), y: &mut [O]) {
     let xp = amx::pack_x(x, n, k);
     let (w, w_stride) = amx::weights_for_tiles(w, m, k);
-    let rows = amx::TASK_ROWS.min(n.next_multiple_of(32));
+    let packed = (n.div_ceil(amx::TASK_ROWS) >= amx::PACK_ALL_FROM_ROW_BLOCKS)
+        .then(|| amx::pack_weights(&w, w_stride, m, k));
+    // Smaller tasks where the full-size ones would leave threads idle (SmolLM2's k/v product,
+    // 1600 × 576 × 192, makes 7 full-size tasks): halve the columns, then the rows, down to 64,
+    // until every thread has about 4 tasks. On 2 cores this changed nothing measurable; it is
+    // for machines with many more cores than such a product has tasks.
+    let (mut rows, mut cols) = (
+        amx::TASK_ROWS.min(n.next_multiple_of(32)),
+        amx::TASK_COLS.min(m.next_multiple_of(32)),
+    );
+    let wanted = 4 * rayon::current_num_threads();
+    while n.div_ceil(rows) * m.div_ceil(cols) < wanted {
+        if cols > 64 {
+            cols /= 2;
+        } else if rows > 64 {
+            rows /= 2;
+        } else {
+            break;
+        }
+    }
     let out = SharedOut(y.as_mut_ptr());
     let order = TaskOrder::ActivationsStay;
-    for_each_block((n, m), (rows, amx::TASK_COLS), order, |r, c| {
+    for_each_block((n, m), (rows, cols), order, |r, c| {
         // SAFETY: AMX and its tile permission were checked by `detect`; `xp` was packed from
         // `x` for these n and k, `w` has `m` rounded up to 16 rows of `w_stride` values;
         // blocks are disjoint (row, column) blocks of `y` of at most TASK_ROWS × TASK_COLS,
         // whose length was checked.
-        unsafe { amx::block(&xp, &w, w_stride, k, m, r, c, out.ptr()) };
+        unsafe { amx::block(&xp, &w, w_stride, packed.as_deref(), k, m, r, c, out.ptr()) };
     });
 }
