@@ -15,7 +15,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::cpu::{rows_per_task, slice, slice_of, CResult};
-use crate::gemm_bf16::matmul_nt;
+use crate::gemm_bf16::matmul_nt_uninit;
 use crate::gemm_bf16::GemmOut;
 use crate::math::{inv_rms, sigmoid};
 
@@ -90,11 +90,15 @@ fn product<O: GemmOut>(
     w: &[bf16],
     (n, k, m): (usize, usize, usize),
 ) -> CResult<Vec<O>> {
-    let mut y = vec![O::ZERO; n * m];
-    let ran = matmul_nt(x, w, (n, k, m), &mut y).map_err(candle_core::Error::Msg)?;
+    // Not zeroed first: the GEMM writes every element when it runs.
+    let mut y: Vec<O> = Vec::with_capacity(n * m);
+    let ran = matmul_nt_uninit(x, w, (n, k, m), &mut y.spare_capacity_mut()[..n * m])
+        .map_err(candle_core::Error::Msg)?;
     if !ran {
         candle_core::bail!("bf16-linear: no bf16 GEMM on this CPU");
     }
+    // SAFETY: `matmul_nt_uninit` returned true, so all n·m elements were written.
+    unsafe { y.set_len(n * m) };
     Ok(y)
 }
 

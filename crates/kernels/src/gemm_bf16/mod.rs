@@ -28,6 +28,7 @@ mod amx;
 mod avx512;
 pub mod reference;
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use half::bf16;
@@ -162,8 +163,22 @@ fn pair_word(row: &[bf16], p: usize) -> u32 {
 pub fn matmul_nt<O: GemmOut>(
     x: &[bf16],
     w: &[bf16],
-    (n, k, m): (usize, usize, usize),
+    shape: (usize, usize, usize),
     y: &mut [O],
+) -> Result<bool, String> {
+    // SAFETY: `MaybeUninit<O>` has `O`'s layout, and only initialised values are written.
+    let y = unsafe { &mut *(y as *mut [O] as *mut [MaybeUninit<O>]) };
+    matmul_nt_uninit(x, w, shape, y)
+}
+
+/// [`matmul_nt`] into memory that need not be initialised: when it returns `Ok(true)`, every
+/// element of `y` was written. Callers allocating the result save zeroing it first (a pass
+/// over every output of every linear layer).
+pub fn matmul_nt_uninit<O: GemmOut>(
+    x: &[bf16],
+    w: &[bf16],
+    (n, k, m): (usize, usize, usize),
+    y: &mut [MaybeUninit<O>],
 ) -> Result<bool, String> {
     if x.len() != n * k || w.len() != m * k || y.len() != n * m {
         return Err(format!(
@@ -180,10 +195,15 @@ pub fn matmul_nt<O: GemmOut>(
     if n == 0 || m == 0 {
         return Ok(true);
     }
+    if k == 0 {
+        y.fill(MaybeUninit::new(O::ZERO));
+        return Ok(true);
+    }
+    let y = y.as_mut_ptr() as *mut O;
     if k <= SMALL_K {
         let (wp, mp) = pack_pairs(w, k, m);
         let rows = 64;
-        let out = SharedOut(y.as_mut_ptr());
+        let out = SharedOut(y);
         (0..n.div_ceil(rows)).into_par_iter().for_each(|rb| {
             let r = rb * rows..((rb + 1) * rows).min(n);
             // SAFETY: the CPU was checked above; tasks write disjoint rows of `y`, whose length
@@ -201,7 +221,7 @@ pub fn matmul_nt<O: GemmOut>(
     let row_bytes = k.max(1) * 2;
     let cols = (W_BLOCK_BYTES / row_bytes).max(48) / 48 * 48;
     let rows = ((X_BLOCK_BYTES / row_bytes).max(16) / 4 * 4).min(n.next_multiple_of(4));
-    let out = SharedOut(y.as_mut_ptr());
+    let out = SharedOut(y);
     for_each_block((n, m), (rows, cols), TaskOrder::WeightsStay, |r, c| {
         // SAFETY: the CPU was checked above; blocks are disjoint (row, column) blocks of `y`,
         // whose length was checked against n·m.
@@ -251,7 +271,7 @@ fn for_each_block(
 /// one block of packed activations in its L2 while the weights stream past it, each panel
 /// copied once per task (see [`amx::block`]), or all weights copied once per call for long
 /// batches ([`amx::pack_weights`]).
-fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usize), y: &mut [O]) {
+fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usize), y: *mut O) {
     let xp = amx::pack_x(x, n, k);
     let (w, w_stride) = amx::weights_for_tiles(w, m, k);
     let packed = (n.div_ceil(amx::TASK_ROWS) >= amx::PACK_ALL_FROM_ROW_BLOCKS)
@@ -274,7 +294,7 @@ fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usi
             break;
         }
     }
-    let out = SharedOut(y.as_mut_ptr());
+    let out = SharedOut(y);
     let order = TaskOrder::ActivationsStay;
     for_each_block((n, m), (rows, cols), order, |r, c| {
         // SAFETY: AMX and its tile permission were checked by `detect`; `xp` was packed from
