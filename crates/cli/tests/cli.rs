@@ -106,6 +106,9 @@ fn score_cli_matches_lm_eval_goldens() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(got.len(), want.len());
+        // The summary line times scoring apart from loading, as lm-eval times loglikelihood.
+        let summary = format!("scored {} requests in ", want.len());
+        assert!(stderr(&o).contains(&summary), "{}", stderr(&o));
         for (g, w) in got.iter().zip(want) {
             let (g_lp, w_lp) = (
                 g["logprob"].as_f64().unwrap(),

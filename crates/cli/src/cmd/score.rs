@@ -115,13 +115,19 @@ pub fn run(a: Args) -> Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let results = if requests.iter().any(|r| r.image.is_some()) {
+    let count = requests.len();
+    // Loading and scoring are timed apart, as lm-eval times `loglikelihood` apart from the
+    // model's loading: the summary line on stderr says both.
+    let started = std::time::Instant::now();
+    let (results, loaded) = if requests.iter().any(|r| r.image.is_some()) {
         // Text requests in the same file are scored as the text path scores them; the
         // scoring flags (--add-bos, --max-length, ...) apply to those only.
         let m = a.model.load_llava()?;
-        m.score(&requests, &opts, &mut progress)
+        let loaded = std::time::Instant::now();
+        (m.score(&requests, &opts, &mut progress), loaded)
     } else {
         let m = a.model.load()?;
+        let loaded = std::time::Instant::now();
         let text: Vec<Request> = requests
             .into_iter()
             .map(|r| Request {
@@ -129,10 +135,16 @@ pub fn run(a: Args) -> Result<()> {
                 continuation: r.continuation,
             })
             .collect();
-        score(&m.model, &m.tokenizer, &text, &opts, &mut progress).map_err(Into::into)
-    }
-    .with_context(|| format!("{}", a.requests.display()))?;
+        let results = score(&m.model, &m.tokenizer, &text, &opts, &mut progress);
+        (results.map_err(Into::into), loaded)
+    };
+    let results = results.with_context(|| format!("{}", a.requests.display()))?;
     bar.finish_and_clear();
+    eprintln!(
+        "scored {count} requests in {:.2} s (model loaded in {:.2} s)",
+        loaded.elapsed().as_secs_f64(),
+        (loaded - started).as_secs_f64()
+    );
     let name = a
         .output
         .as_ref()
