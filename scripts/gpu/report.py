@@ -102,7 +102,8 @@ def transformers_lines(e):
             "| system | seconds | tokens/s | max rel \\|Δll\\| |", "| --- | --- | --- | --- |",
             f"| {e['reference']} (model load excluded) | {e['reference_seconds']:.2f} | "
             f"{e['reference_tokens_per_s']:.0f} | - |"] + [
-            f"| {k} (whole process) | {v['seconds']:.2f} | {v['tokens_per_s']:.0f} | {v['max_rel_diff']:.2e} |"
+            f"| {k} (model load excluded; whole process {v.get('process_seconds', float('nan')):.2f} s) | "
+            f"{v['seconds']:.2f} | {v['tokens_per_s']:.0f} | {v['max_rel_diff']:.2e} |"
             for k, v in e["sightline"].items()] + [
             "", f"sightline / transformers tokens/s: **{e['speed_ratio']:.2f}×** "
                 f"(shared prefix {s['tokens_per_s']:.0f} tokens/s)."]
