@@ -353,8 +353,8 @@ pub(super) const PACK_ALL_FROM_ROW_BLOCKS: usize = 4;
 ///
 /// Loops: passes over `k` ([`PASS_STEPS`]), then panels of 32 weight rows, then blocks of 32
 /// activation rows. Without `packed`, each panel is read as stored when one block of activation
-/// rows passes it;
-/// when more do, it is first copied tile by tile into a contiguous buffer ([`pack_panel`]): a
+/// rows passes it; when more do, it is first copied tile by tile into a contiguous buffer
+/// ([`pack_panel`]): a
 /// tile of stored rows is 16 lines `2·k` bytes apart (for LLaMA's `k` a multiple of 4 KiB, so
 /// all in one L1 set), and loads 25–35% slower than 1 KiB in a row. Copying changes which
 /// addresses are read, never a sum.
@@ -408,12 +408,7 @@ pub(super) unsafe fn block<O: GemmOut>(
                 let j1 = if j + 16 < c.end { j + 16 } else { j };
                 let a = if let Some(packed) = packed {
                     let half = |row: usize| packed.as_ptr().add((row / 16 * steps + s0) * 16);
-                    ATiles {
-                        a0: half(j) as *const u8,
-                        a1: half(j1) as *const u8,
-                        row: ROW_BYTES,
-                        step: 16 * ROW_BYTES,
-                    }
+                    ATiles::contiguous(half(j), half(j1))
                 } else if copy_panels {
                     let p0 = scratch.panel.as_mut_ptr();
                     let p1 = if j1 == j { p0 } else { p0.add(pass_steps * 16) };
@@ -421,12 +416,7 @@ pub(super) unsafe fn block<O: GemmOut>(
                     if j1 != j {
                         pack_panel(w, w_stride, j1, s0..s1, p1);
                     }
-                    ATiles {
-                        a0: p0 as *const u8,
-                        a1: p1 as *const u8,
-                        row: ROW_BYTES,
-                        step: 16 * ROW_BYTES,
-                    }
+                    ATiles::contiguous(p0, p1)
                 } else {
                     ATiles {
                         a0: w.as_ptr().add(j * w_stride + 32 * s0) as *const u8,
@@ -508,6 +498,18 @@ struct ATiles {
     a1: *const u8,
     row: usize,
     step: usize,
+}
+
+impl ATiles {
+    /// Two halves laid out by [`pack_panel`]: each step's tile is 16 consecutive lines.
+    fn contiguous(a0: *const Line, a1: *const Line) -> Self {
+        ATiles {
+            a0: a0 as *const u8,
+            a1: a1 as *const u8,
+            row: ROW_BYTES,
+            step: 16 * ROW_BYTES,
+        }
+    }
 }
 
 /// Four C tiles, as `TILESTORED` writes them (16 rows of 16 f32, 64-byte aligned).

@@ -278,8 +278,9 @@ fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usi
         .then(|| amx::pack_weights(&w, w_stride, m, k));
     // Smaller tasks where the full-size ones would leave threads idle (SmolLM2's k/v product,
     // 1600 × 576 × 192, makes 7 full-size tasks): halve the columns, then the rows, down to 64,
-    // until every thread has about 4 tasks. On 2 cores this changed nothing measurable; it is
-    // for machines with many more cores than such a product has tasks.
+    // until every thread has about 4 tasks, keeping both multiples of 32 as `amx::block` wants
+    // them (a plain halving took 96 columns to 48). On 2 cores this changed nothing
+    // measurable; it is for machines with many more cores than such a product has tasks.
     let (mut rows, mut cols) = (
         amx::TASK_ROWS.min(n.next_multiple_of(32)),
         amx::TASK_COLS.min(m.next_multiple_of(32)),
@@ -287,9 +288,9 @@ fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usi
     let wanted = 4 * rayon::current_num_threads();
     while n.div_ceil(rows) * m.div_ceil(cols) < wanted {
         if cols > 64 {
-            cols /= 2;
+            cols = (cols / 2).next_multiple_of(32);
         } else if rows > 64 {
-            rows /= 2;
+            rows = (rows / 2).next_multiple_of(32);
         } else {
             break;
         }
