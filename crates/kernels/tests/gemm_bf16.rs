@@ -91,8 +91,8 @@ fn odd_shapes_equal_the_reference_bit_for_bit() {
 /// 31, 32, 33, 48 and more, rows of a multiple of 32 (weights read in place) and not (a padded
 /// copy; odd, packed word by word), both sides of the few-rows boundary, the passes over long
 /// rows whose running sums wait in memory between passes, and batches long enough that all
-/// weights are copied into tiles once. On a CPU without
-/// AMX these run the other kernel, as they should.
+/// weights are copied into tiles once. On a CPU without AMX these run the other kernel, as they
+/// should.
 #[test]
 fn tile_edges_equal_the_reference_bit_for_bit() {
     for &(n, k, m) in &[
@@ -109,7 +109,7 @@ fn tile_edges_equal_the_reference_bit_for_bit() {
         (40, 2048, 256),
         (1, 5632, 64),
         // Rows longer than one pass over k (2,048 values), several panels and row blocks,
-        // more rows and columns than one task.
+        // products split into several tasks.
         (40, 4096, 48),
         (300, 2080, 40),
         (70, 4128, 150),
