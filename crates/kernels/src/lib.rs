@@ -56,7 +56,7 @@ pub use attention::{
 };
 pub use bf16::bf16_linear_trainable;
 pub use cpu::Path;
-pub use linear::{frozen_linear, frozen_linear_to_f32};
+pub use linear::{frozen_linear, frozen_linear_to_f32, trained_linear};
 pub use loss::cross_entropy_rows;
 pub use mlp::swiglu;
 pub use norm::{layer_norm, rms_norm};

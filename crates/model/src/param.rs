@@ -119,7 +119,8 @@ pub struct NamedParam {
 /// `x·Wᵀ` for rows `x: [n, in]` and an HF-layout weight `[out, in]`: a frozen weight goes
 /// through [`sightline_kernels::frozen_linear`] (no weight gradient), a trainable one (a mixed
 /// one in its compute dtype) through the bf16 GEMM with its backward in bf16 on CPUs that have
-/// one, else through candle's matmul.
+/// one, else through [`sightline_kernels::trained_linear`] (candle's matmul, with the weight's
+/// gradient computed in its own layout on CPU f32).
 pub fn linear(xs: &Tensor, w: &Param) -> Result<Tensor> {
     Ok(match w {
         Param::Frozen(w) => sightline_kernels::frozen_linear(xs, w)?,
@@ -127,7 +128,7 @@ pub fn linear(xs: &Tensor, w: &Param) -> Result<Tensor> {
             let w = w.value()?;
             match sightline_kernels::bf16_linear_trainable(xs, &w, true)? {
                 Some(y) => y,
-                None => xs.matmul(&w.t()?)?,
+                None => sightline_kernels::trained_linear(xs, &w)?,
             }
         }
     })

@@ -356,29 +356,68 @@ pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
         let c = coef as f32;
-        for g in grads.iter_mut() {
-            for x in g.iter_mut() {
-                *x *= c;
-            }
-        }
+        grads
+            .par_iter_mut()
+            .flat_map(|g| g.par_chunks_mut(NORM_CHUNK))
+            .for_each(|chunk| chunk.iter_mut().for_each(|x| *x *= c));
     }
     total
 }
 
-/// The total 2-norm of all gradients (accumulated in f64).
+/// The values one task of [`grad_norm`] sums: the norm's bits depend on this split, which is
+/// fixed (not on the number of threads).
+const NORM_CHUNK: usize = 1 << 16;
+
+/// The total 2-norm of all gradients, accumulated in f64: each tensor is cut into chunks of
+/// [`NORM_CHUNK`] values, each chunk's squares are summed in order (on any thread), and the
+/// chunks' sums are added in order. The same bits on any number of threads and any machine.
 pub fn grad_norm(grads: &[Vec<f32>]) -> f64 {
-    grads
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        .sqrt()
+    let chunks: Vec<&[f32]> = grads.iter().flat_map(|g| g.chunks(NORM_CHUNK)).collect();
+    let sums: Vec<f64> = chunks
+        .par_iter()
+        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .collect();
+    sums.iter().sum::<f64>().sqrt()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The norm is the same bits on 1 and 3 threads (the chunking is fixed), and the 2-norm.
+    #[test]
+    fn grad_norm_does_not_depend_on_threads() {
+        let grads: Vec<Vec<f32>> = [3usize, NORM_CHUNK + 7, 2 * NORM_CHUNK, 0, 5]
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| {
+                (0..n)
+                    .map(|i| ((i * 31 + t * 7) % 97) as f32 * 0.013 - 0.6)
+                    .collect()
+            })
+            .collect();
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool")
+                .install(|| grad_norm(&grads))
+        };
+        let (one, three) = (on(1), on(3));
+        assert_eq!(one.to_bits(), three.to_bits());
+        let naive: f64 = grads
+            .iter()
+            .flatten()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        assert!((one - naive).abs() <= 1e-12 * naive, "{one} vs {naive}");
+        let mut clipped = grads.clone();
+        let total = clip_grad_norm(&mut clipped, 1.0);
+        assert_eq!(total.to_bits(), one.to_bits());
+        assert!((grad_norm(&clipped) - 1.0).abs() < 1e-5);
+    }
 
     /// torch 2.15: p = tensor([1., -2., 3.]); AdamW([p], lr=0.1, weight_decay=0.01);
     /// grads [0.5, -1, 2] then [0.1, 0.2, -0.3] (`p.grad = ...; opt.step()`) → p.tolist()

@@ -195,11 +195,12 @@ impl LoraLayer {
             x
         };
         let (a, b) = (self.a.value()?, self.b.value()?);
-        let delta = if b.dtype() == DType::BF16 {
-            // candle's bf16 `affine` is a scalar loop, and `[n, out]` is the largest tensor
-            // here: scaling the `[out, r]` matrix first costs r/n as much, forward and backward.
-            // The same bits when `scaling` is a power of two (PEFT's alpha/r usually is);
-            // otherwise one rounding moves.
+        // `[n, out]` is the largest tensor here: scaling the `[out, r]` matrix B first costs
+        // r/n as much, forward and backward. When `scaling` is a power of two (PEFT's alpha/r
+        // usually is) that is exact, so the bits are PEFT's; otherwise f32 keeps PEFT's order,
+        // and bf16 (where candle's `affine` is a scalar loop) takes the cheaper order and one
+        // rounding moves.
+        let delta = if b.dtype() == DType::BF16 || is_power_of_two(self.scaling) {
             times_t(&times_t(&x, &a)?, &(b * self.scaling)?)?
         } else {
             (times_t(&times_t(&x, &a)?, &b)? * self.scaling)?
@@ -301,12 +302,19 @@ pub fn adapter_config_json(spec: &LoraSpec, base_model: &str) -> serde_json::Val
     })
 }
 
-/// `x · Wᵀ`: on the bf16 GEMM (with its backward) for CPU bf16 rows, else candle's matmul.
+/// Whether `s` is a power of two (a normal f64 with an empty mantissa, positive): scaling by it
+/// commutes with rounding, so where it is applied does not change a bit.
+fn is_power_of_two(s: f64) -> bool {
+    s.is_normal() && s > 0.0 && s.to_bits() & ((1u64 << 52) - 1) == 0
+}
+
+/// `x · Wᵀ`: on the bf16 GEMM (with its backward) for CPU bf16 rows, else
+/// [`sightline_kernels::trained_linear`].
 fn times_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(
         match sightline_kernels::bf16_linear_trainable(x, w, true)? {
             Some(y) => y,
-            None => x.matmul(&w.t()?)?,
+            None => sightline_kernels::trained_linear(x, w)?,
         },
     )
 }
@@ -333,6 +341,25 @@ mod tests {
         assert!(b.iter().all(|&x| x == 0.0));
         assert_eq!(l.scaling, 2.0);
         Ok(())
+    }
+
+    #[test]
+    fn powers_of_two_are_recognised() {
+        for s in [0.25, 0.5, 1.0, 2.0, 1024.0, 2f64.powi(-20)] {
+            assert!(is_power_of_two(s), "{s}");
+        }
+        for s in [
+            0.0,
+            -0.5,
+            0.3,
+            1.5,
+            3.0,
+            16.0 / 48.0,
+            f64::INFINITY,
+            f64::NAN,
+        ] {
+            assert!(!is_power_of_two(s), "{s}");
+        }
     }
 
     #[test]

@@ -365,7 +365,7 @@ fn conv2d_direct<T: WithDType + num_traits::Num + Copy + 'static>(
 }
 
 #[allow(clippy::uninit_vec)]
-fn alloc_uninit_vec<T: WithDType + Copy + 'static>(size: usize) -> Vec<T> {
+pub(super) fn alloc_uninit_vec<T: WithDType + Copy + 'static>(size: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(size);
     unsafe { v.set_len(size) };
     v
