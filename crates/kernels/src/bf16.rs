@@ -18,6 +18,7 @@ use crate::cpu::{rows_per_task, slice, slice_of, CResult};
 use crate::gemm_bf16::matmul_nt_uninit;
 use crate::gemm_bf16::GemmOut;
 use crate::math::{inv_rms, sigmoid};
+use crate::transpose::transpose;
 
 /// `x · Wᵀ` on bf16 rows `[n, k]` and a bf16 weight `[m, k]`, into bf16 (PyTorch's bf16
 /// matmul) or into f32 (the LM head: logits that are not rounded to 8 significant bits).
@@ -295,56 +296,5 @@ fn with_bf16<R>(t: &Tensor, f: impl FnOnce(&[bf16]) -> CResult<R>) -> CResult<R>
     match &*st {
         Storage::Cpu(s) => f(slice_of::<bf16>(s, layout)?),
         _ => candle_core::bail!("bf16-linear: tensor is not on the CPU"),
-    }
-}
-
-/// Side of the square blocks a transpose copies (64 × 64 bf16 = 8 KiB: both blocks stay in L1).
-const BLOCK: usize = 64;
-
-/// `src: [rows, cols]` transposed into a new `[cols, rows]`, in cache-sized blocks, blocks of
-/// output rows in parallel (candle's strided copy walks one element at a time through its
-/// index arithmetic, several times slower on these sizes).
-fn transpose(src: &[bf16], rows: usize, cols: usize) -> Vec<bf16> {
-    let mut dst = vec![bf16::ZERO; rows * cols];
-    if rows == 0 || cols == 0 {
-        return dst;
-    }
-    dst.par_chunks_mut(BLOCK * rows)
-        .enumerate()
-        .for_each(|(cb, out)| {
-            let c0 = cb * BLOCK;
-            let width = out.len() / rows;
-            for r0 in (0..rows).step_by(BLOCK) {
-                let r1 = (r0 + BLOCK).min(rows);
-                for c in 0..width {
-                    let column = &mut out[c * rows..(c + 1) * rows];
-                    for r in r0..r1 {
-                        column[r] = src[r * cols + c0 + c];
-                    }
-                }
-            }
-        });
-    dst
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_moves_every_value() {
-        for (rows, cols) in [(1, 1), (3, 70), (130, 5), (65, 129)] {
-            let src: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(i as f32)).collect();
-            let t = transpose(&src, rows, cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        t[c * rows + r],
-                        src[r * cols + c],
-                        "{rows}x{cols} at {r},{c}"
-                    );
-                }
-            }
-        }
     }
 }

@@ -50,6 +50,7 @@ mod norm;
 mod par;
 mod rope;
 mod switch;
+mod transpose;
 
 pub use attention::{
     causal_attention, causal_attention_after_prefix, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM,
