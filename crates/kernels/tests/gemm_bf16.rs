@@ -48,11 +48,11 @@ fn check(n: usize, k: usize, m: usize) {
         });
         // Rounding steps along the longest chain of additions: a tree of 16 lanes, or one lane
         // in order for short rows (the pair-broadcast kernel), chunk after chunk on AMX.
-        let depth = if k <= SMALL_K {
-            k as f64
-        } else if Bf16Gemm::detect() == Bf16Gemm::Amx && n >= AMX_MIN_ROWS {
+        let depth = if Bf16Gemm::detect() == Bf16Gemm::Amx && n >= AMX_MIN_ROWS {
             // Per chunk of 32: 16 in a chain, then 2 more; chunks in a chain.
             (18 + k.div_ceil(32)) as f64
+        } else if k <= SMALL_K {
+            k as f64
         } else {
             (k as f64).log2().ceil().max(1.0) * 2.0
         };
@@ -77,7 +77,10 @@ fn odd_shapes_equal_the_reference_bit_for_bit() {
         (7, 1000, 23),
         (9, 576, 192),
         (1, 2, 100),
-        // Both sides of the kernels' boundary, and LoRA's rank products.
+        // Both sides of the AVX512-BF16 kernels' boundary, and LoRA's rank products (on an AMX
+        // CPU these run the tiles from 4 rows on, rows shorter than one tile step included).
+        (8, 16, 20),
+        (33, 1, 40),
         (6, 127, 70),
         (5, 128, 33),
         (4, 129, 17),
