@@ -194,16 +194,20 @@ impl LoraLayer {
         } else {
             x
         };
-        let (a, b) = (self.a.value()?, self.b.value()?);
+        let a = self.a.value()?;
         // `[n, out]` is the largest tensor here: scaling the `[out, r]` matrix B first costs
         // r/n as much, forward and backward. When `scaling` is a power of two (PEFT's alpha/r
-        // usually is) that is exact, so the bits are PEFT's; otherwise f32 keeps PEFT's order,
-        // and bf16 (where candle's `affine` is a scalar loop) takes the cheaper order and one
-        // rounding moves.
-        let delta = if b.dtype() == DType::BF16 || is_power_of_two(self.scaling) {
+        // usually is) that is exact, so the bits are PEFT's (and a mixed B is scaled in f32,
+        // before its cast); otherwise f32 keeps PEFT's order, and bf16 (where candle's `affine`
+        // is a scalar loop) takes the cheaper order and one rounding moves.
+        let delta = if is_power_of_two(self.scaling) {
+            let b = self.b.value_times_power_of_two(self.scaling)?;
+            times_t(&times_t(&x, &a)?, &b)?
+        } else if self.b.compute_dtype() == DType::BF16 {
+            let b = self.b.value()?;
             times_t(&times_t(&x, &a)?, &(b * self.scaling)?)?
         } else {
-            (times_t(&times_t(&x, &a)?, &b)? * self.scaling)?
+            (times_t(&times_t(&x, &a)?, &self.b.value()?)? * self.scaling)?
         };
         if dtype == DType::F32 {
             // An f32 base output (bf16 inference's f32 residual path): the update joins it in
