@@ -2,51 +2,29 @@
 //! weight's skips the weight's gradient, a trained weight's computes it in `W`'s own layout.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 use crate::cpu::{bf16_forward, CResult, Path};
 
-/// `x · Wᵀ` where `W` is frozen: the backward returns x's gradient only. candle's matmul
-/// backward always computes the right operand's gradient too, which for a frozen base weight
-/// (LoRA, LLaVA stage 1) is a wasted `[out, in]` matmul and allocation per layer per step.
-struct FrozenMatmul {
-    /// `Wᵀ`: `[in, out]` (a transposed view of the contiguous `[out, in]` weight).
-    w_t: Tensor,
+/// `x · Wᵀ` on CPU f32 rows `x: [n, in]` and a weight `W: [out, in]`, with the backward a linear
+/// layer wants (the bf16 GEMM's [`crate::bf16`] linear has the same two modes):
+/// - `weight_grad: false`, a frozen weight (LoRA's base, LLaVA stage 1): `dX` only. candle's
+///   matmul backward always computes the right operand's gradient too, a wasted `[out, in]`
+///   matmul and allocation per layer per step.
+/// - `weight_grad: true`, a trained weight: candle's matmul backward gives the right operand
+///   `Wᵀ` the gradient `xᵀ · dY` (`[in, out]`), which its transpose's backward then turns into
+///   a strided view that has to be copied into `[out, in]` order: a pass over every weight per
+///   step (5% of an f32 full fine-tuning step). This computes `dW = dYᵀ · x` in `[out, in]`
+///   order directly, as PyTorch's linear does.
+///
+/// `dX = dY · W` in both, as candle computes it.
+struct F32Linear {
+    weight_grad: bool,
 }
 
-impl CustomOp1 for FrozenMatmul {
+impl CustomOp2 for F32Linear {
     fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let (n, k) = l.shape().dims2()?;
-        let (k2, out) = self.w_t.dims2()?;
-        if k != k2 {
-            candle_core::bail!("frozen-matmul: x has {k} columns, W has {k2}");
-        }
-        let (wst, wl) = self.w_t.storage_and_layout();
-        let Storage::Cpu(w) = &*wst else {
-            candle_core::bail!("frozen-matmul: weight is not on the CPU");
-        };
-        Ok((s.matmul(w, (1, n, out, k), l, wl)?, Shape::from((n, out))))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w_t.t()?)?))
-    }
-}
-
-/// `x · Wᵀ` where `W` is trained. candle's matmul backward gives the right operand `Wᵀ` the
-/// gradient `xᵀ · dY` (`[in, out]`), which its transpose's backward then turns into a strided
-/// view that has to be copied into `[out, in]` order: a pass over every weight per step (5% of
-/// an f32 full fine-tuning step). This backward computes `dW = dYᵀ · x` in `[out, in]` order
-/// directly, as PyTorch's linear does; `dX = dY · W` as candle does.
-struct TrainedMatmul;
-
-impl CustomOp2 for TrainedMatmul {
-    fn name(&self) -> &'static str {
-        "trained-matmul"
+        "f32-linear"
     }
 
     fn cpu_fwd(
@@ -59,7 +37,7 @@ impl CustomOp2 for TrainedMatmul {
         let (n, k) = xl.shape().dims2()?;
         let (out, k2) = wl.shape().dims2()?;
         if k != k2 {
-            candle_core::bail!("trained-matmul: x has {k} columns, W has {k2}");
+            candle_core::bail!("f32-linear: x has {k} columns, W has {k2}");
         }
         let w_t = wl.transpose(0, 1)?;
         Ok((
@@ -75,7 +53,12 @@ impl CustomOp2 for TrainedMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), Some(grad.t()?.matmul(x)?)))
+        let dw = if self.weight_grad {
+            Some(grad.t()?.matmul(x)?)
+        } else {
+            None
+        };
+        Ok((Some(grad.matmul(w)?), dw))
     }
 }
 
@@ -96,7 +79,8 @@ pub fn trained_linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
     {
         return x.matmul(&w.t()?);
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, TrainedMatmul)
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, F32Linear { weight_grad: true })
 }
 
 /// `x · Wᵀ` for `x: [n, in]` and a weight `w: [out, in]` that is not trained.
@@ -116,9 +100,7 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
     if Path::of(&[x, w]) != Path::WithBackward || x.rank() != 2 {
         return x.matmul(&w.t()?);
     }
-    x.apply_op1(FrozenMatmul {
-        w_t: w.contiguous()?.t()?,
-    })
+    x.apply_op2(&w.contiguous()?, F32Linear { weight_grad: false })
 }
 
 /// [`frozen_linear`] with the result in f32, for the LM head: on the bf16 forward path the

@@ -270,10 +270,10 @@ fn for_each_block(
 }
 
 /// [`matmul_nt`] on AMX tiles, for products of at least [`AMX_MIN_ROWS`] rows on a CPU that
-/// [`Bf16Gemm::detect`] found AMX on. Tasks of [`amx::TASK_ROWS`] × [`amx::TASK_COLS`] in row-block order: a thread keeps
-/// one block of packed activations in its L2 while the weights stream past it, each panel
-/// copied once per task (see [`amx::block`]), or all weights copied once per call for long
-/// batches ([`amx::pack_weights`]).
+/// [`Bf16Gemm::detect`] found AMX on. Tasks of [`amx::TASK_ROWS`] × [`amx::TASK_COLS`] in
+/// row-block order: a thread keeps one block of packed activations in its L2 while the weights
+/// stream past it, each panel copied once per task (see [`amx::block`]), or all weights copied
+/// once per call for long batches ([`amx::pack_weights`]).
 fn amx_product<O: GemmOut>(x: &[bf16], w: &[bf16], (n, k, m): (usize, usize, usize), y: *mut O) {
     let xp = amx::pack_x(x, n, k);
     let (w, w_stride) = amx::weights_for_tiles(w, m, k);
