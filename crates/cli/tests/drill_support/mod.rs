@@ -63,12 +63,39 @@ pub fn temporaries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill(1)");
-    assert!(status.success(), "kill {sig} failed");
+/// Sends `sig` to `child` with kill(2) itself: spawning kill(1) took a millisecond or more, in
+/// which a small checkpoint's temporary was often written and renamed already.
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid, which `child` has not reaped yet.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Returns once every thread of `child` is stopped (state `T` in /proc), so that nothing is
+/// renamed between looking at the directory and the kill; gives up after a second.
+fn wait_until_stopped(child: &Child) {
+    let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+    let stopped = || {
+        std::fs::read_dir(&tasks).is_ok_and(|rd| {
+            rd.filter_map(Result::ok).all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    // `pid (comm) S ...`: the state follows the last ')'.
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                })
+            })
+        })
+    };
+    let start = Instant::now();
+    while !stopped() && start.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_micros(50));
+    }
 }
 
 /// Waits until `child` has a temporary named `.<prefix>….tmp-<pid>` in `dir`, freezes it
@@ -81,11 +108,23 @@ pub fn kill_mid_write(
     prefix: &str,
     limit: Duration,
 ) -> Option<String> {
+    kill_mid_write_of(child, dir, &|name| name.starts_with(prefix), limit)
+}
+
+/// [`kill_mid_write`] for the first temporary whose name (without its leading dot and its
+/// `.tmp-<pid>` suffix) `wanted` accepts; the others are let through.
+pub fn kill_mid_write_of(
+    child: &mut Child,
+    dir: &Path,
+    wanted: &dyn Fn(&str) -> bool,
+    limit: Duration,
+) -> Option<String> {
     let suffix = format!(".tmp-{}", child.id());
     let find = || {
-        temporaries(dir)
-            .into_iter()
-            .find(|n| n[1..].starts_with(prefix) && n.ends_with(&suffix))
+        temporaries(dir).into_iter().find(|n| {
+            n.strip_suffix(&suffix)
+                .is_some_and(|stem| wanted(stem.trim_start_matches('.')))
+        })
     };
     let start = Instant::now();
     let caught = loop {
@@ -93,10 +132,11 @@ pub fn kill_mid_write(
             break None;
         }
         if find().is_some() {
-            signal(child, "-STOP");
+            signal(child, libc::SIGSTOP);
+            wait_until_stopped(child);
             match find() {
                 Some(name) => break Some(name),
-                None => signal(child, "-CONT"),
+                None => signal(child, libc::SIGCONT),
             }
         }
         std::thread::sleep(Duration::from_micros(200));
