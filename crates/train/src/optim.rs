@@ -368,15 +368,34 @@ pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
 /// fixed (not on the number of threads).
 const NORM_CHUNK: usize = 1 << 16;
 
+/// The independent sums inside one chunk: value `i` of a chunk goes to lane `i % NORM_LANES`,
+/// and the lanes are added in order at the end. One running f64 sum is a chain of dependent
+/// adds, bound by their latency (it was 6% of an f32 training step of the 20M bench model);
+/// sixteen lanes vectorise and leave the loop bound by memory.
+const NORM_LANES: usize = 16;
+
+/// The sum of squares of one chunk in f64, in the fixed lane order of [`NORM_LANES`].
+fn sum_of_squares(values: &[f32]) -> f64 {
+    let mut lanes = [0f64; NORM_LANES];
+    let mut blocks = values.chunks_exact(NORM_LANES);
+    for block in &mut blocks {
+        for (lane, &x) in lanes.iter_mut().zip(block) {
+            *lane += (x as f64) * (x as f64);
+        }
+    }
+    for (lane, &x) in lanes.iter_mut().zip(blocks.remainder()) {
+        *lane += (x as f64) * (x as f64);
+    }
+    lanes.iter().sum()
+}
+
 /// The total 2-norm of all gradients, accumulated in f64: each tensor is cut into chunks of
-/// [`NORM_CHUNK`] values, each chunk's squares are summed in order (on any thread), and the
-/// chunks' sums are added in order. The same bits on any number of threads and any machine.
+/// [`NORM_CHUNK`] values, each chunk's squares are summed in the fixed lane order of
+/// [`sum_of_squares`] (on any thread), and the chunks' sums are added in order. The same bits
+/// on any number of threads and any machine.
 pub fn grad_norm(grads: &[Vec<f32>]) -> f64 {
     let chunks: Vec<&[f32]> = grads.iter().flat_map(|g| g.chunks(NORM_CHUNK)).collect();
-    let sums: Vec<f64> = chunks
-        .par_iter()
-        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .collect();
+    let sums: Vec<f64> = chunks.par_iter().map(|c| sum_of_squares(c)).collect();
     sums.iter().sum::<f64>().sqrt()
 }
 
