@@ -62,25 +62,36 @@ impl CustomOp1 for CrossEntropy {
     fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         let (n, v) = logits.dims2()?;
         let g = grad.to_vec1::<f32>()?;
-        let mut dx = vec![0f32; n * v];
         let stats = self.stats.get()?;
-        if stats.len() != n || v == 0 {
+        if stats.len() != n || g.len() != n || self.targets.len() != n || v == 0 {
             candle_core::bail!("cross-entropy: backward of [{n}, {v}] logits without its forward");
         }
+        // Every value is written below, so the `[n, vocab]` buffer is not zeroed first (a
+        // memset of the LM head's whole gradient every step).
+        let mut dx: Vec<f32> = Vec::with_capacity(n * v);
         with_f32(logits, |x| {
-            dx.par_chunks_mut(v)
+            if x.len() != n * v {
+                candle_core::bail!("cross-entropy: {} logits for [{n}, {v}]", x.len());
+            }
+            dx.spare_capacity_mut()
+                .par_chunks_mut(v)
                 .zip(x.par_chunks(v))
                 .zip(self.targets.par_iter().zip(g.par_iter()))
                 .zip(stats.par_iter())
                 .for_each(|(((dx, x), (&t, &g)), &(max, lse))| {
                     let shift = max + lse;
                     for (d, x) in dx.iter_mut().zip(x) {
-                        *d = g * exp_nonpositive((x - shift).min(0.0));
+                        d.write(g * exp_nonpositive((x - shift).min(0.0)));
                     }
-                    dx[t as usize] -= g;
+                    // SAFETY: the loop above wrote every value of the row, and `t < v`
+                    // (checked in the forward).
+                    unsafe { *dx[t as usize].assume_init_mut() -= g };
                 });
             Ok(())
         })?;
+        // SAFETY: the `n` rows (`x`, `targets`, `g` and `stats` all have `n`, checked above)
+        // cover all `n * v` values, and each was written above.
+        unsafe { dx.set_len(n * v) };
         Ok(Some(Tensor::from_vec(dx, (n, v), logits.device())?))
     }
 }

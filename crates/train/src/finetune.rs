@@ -10,7 +10,8 @@
 //! all the micro-batches (to the order of f32 additions).
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, Storage, Tensor, Var};
+use rayon::prelude::*;
 use sightline_collective::{Collective, Single};
 
 use crate::error::{Error, Result};
@@ -598,14 +599,37 @@ fn add_into(buf: &mut Vec<f32>, g: Tensor, numel: usize) -> Result<()> {
         )));
     }
     let g = g.flatten_all()?.to_dtype(candle_core::DType::F32)?;
+    let (storage, layout) = g.storage_and_layout();
+    let values = match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => &v[start..end],
+        _ => {
+            drop(storage);
+            return add_values_into(buf, &g.to_vec1::<f32>()?);
+        }
+    };
+    add_values_into(buf, values)
+}
+
+/// `buf += values` in parallel; an empty `buf` becomes `values + 0.0`: in one pass, and exactly
+/// what adding into a zeroed buffer gave (-0.0 becomes +0.0). (A copy out of the tensor and
+/// then a pass over it cost two passes over every gradient: 4% of an f32 step of
+/// SmolLM2-135M.)
+fn add_values_into(buf: &mut Vec<f32>, values: &[f32]) -> Result<()> {
+    // Below this many values the thread pool's hand-off costs more than the pass.
+    const PARALLEL_FROM: usize = 1 << 15;
+    let parallel = values.len() >= PARALLEL_FROM;
     if buf.is_empty() {
-        // `+ 0.0` gives exactly what adding into a zeroed buffer gave (-0.0 becomes +0.0).
-        *buf = g.to_vec1::<f32>()?;
-        buf.iter_mut().for_each(|x| *x += 0.0);
-        return Ok(());
-    }
-    for (b, x) in buf.iter_mut().zip(g.to_vec1::<f32>()?) {
-        *b += x;
+        *buf = if parallel {
+            values.par_iter().map(|&x| x + 0.0).collect()
+        } else {
+            values.iter().map(|&x| x + 0.0).collect()
+        };
+    } else if parallel {
+        buf.par_iter_mut()
+            .zip(values.par_iter())
+            .for_each(|(b, &x)| *b += x);
+    } else {
+        buf.iter_mut().zip(values).for_each(|(b, &x)| *b += x);
     }
     Ok(())
 }
