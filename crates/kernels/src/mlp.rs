@@ -5,6 +5,9 @@ use rayon::prelude::*;
 
 use crate::cpu::{bf16_forward, slice, with_f32, CResult, Path};
 
+/// Values per parallel task.
+const CHUNK: usize = 1 << 14;
+
 /// `silu(gate) · up`. With `σ = sigmoid(gate)`: `d gate = g · up · σ · (1 + gate · (1 − σ))`,
 /// `d up = g · gate · σ`.
 struct SwiGlu;
@@ -25,15 +28,18 @@ impl CustomOp2 for SwiGlu {
         if gate.len() != up.len() {
             candle_core::bail!("swiglu: gate {:?}, up {:?}", gl.shape(), ul.shape());
         }
-        let mut y = vec![0f32; gate.len()];
-        const CHUNK: usize = 1 << 14;
-        y.par_chunks_mut(CHUNK)
+        // Written without zeroing first: every chunk of `y` is as long as its chunk of `gate`.
+        let mut y: Vec<f32> = Vec::with_capacity(gate.len());
+        y.spare_capacity_mut()
+            .par_chunks_mut(CHUNK)
             .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
             .for_each(|(y, (g, u))| {
                 for i in 0..y.len() {
-                    y[i] = g[i] / (1.0 + (-g[i]).exp()) * u[i];
+                    y[i].write(g[i] / (1.0 + (-g[i]).exp()) * u[i]);
                 }
             });
+        // SAFETY: the chunks above cover all `gate.len()` values and wrote each.
+        unsafe { y.set_len(gate.len()) };
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
@@ -45,13 +51,18 @@ impl CustomOp2 for SwiGlu {
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let n = gate.elem_count();
-        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
-        const CHUNK: usize = 1 << 14;
+        // Written without zeroing first: every input has `n` values (checked), so the chunks
+        // below cover both buffers.
+        let (mut dg, mut du) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
         with_f32(gate, |ga| {
             with_f32(up, |u| {
                 with_f32(grad, |g| {
-                    dg.par_chunks_mut(CHUNK)
-                        .zip(du.par_chunks_mut(CHUNK))
+                    if ga.len() != n || u.len() != n || g.len() != n {
+                        candle_core::bail!("swiglu: backward of {n} values");
+                    }
+                    dg.spare_capacity_mut()
+                        .par_chunks_mut(CHUNK)
+                        .zip(du.spare_capacity_mut().par_chunks_mut(CHUNK))
                         .zip(
                             ga.par_chunks(CHUNK)
                                 .zip(u.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))),
@@ -59,14 +70,19 @@ impl CustomOp2 for SwiGlu {
                         .for_each(|((dg, du), (ga, (u, g)))| {
                             for i in 0..dg.len() {
                                 let s = 1.0 / (1.0 + (-ga[i]).exp());
-                                du[i] = g[i] * ga[i] * s;
-                                dg[i] = g[i] * u[i] * s * (1.0 + ga[i] * (1.0 - s));
+                                du[i].write(g[i] * ga[i] * s);
+                                dg[i].write(g[i] * u[i] * s * (1.0 + ga[i] * (1.0 - s)));
                             }
                         });
                     Ok(())
                 })
             })
         })?;
+        // SAFETY: the chunks above covered all `n` values of both and wrote each.
+        unsafe {
+            dg.set_len(n);
+            du.set_len(n);
+        }
         Ok((
             Some(Tensor::from_vec(dg, gate.shape(), gate.device())?),
             Some(Tensor::from_vec(du, up.shape(), up.device())?),
