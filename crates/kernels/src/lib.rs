@@ -8,7 +8,7 @@
 //! # Dispatch
 //!
 //! Every entry point (`rms_norm`, `layer_norm`, `rope_to_heads`, `causal_attention`,
-//! `causal_softmax`, `swiglu`, `cross_entropy_rows`, `frozen_linear`) picks one of these paths:
+//! `causal_softmax`, `swiglu`, `cross_entropy_rows`, `frozen_linear`, `add`) picks one of these paths:
 //!
 //! 1. **CPU f32, nothing to differentiate** (no input [`Tensor::track_op`]s): the fused kernel
 //!    run with `apply_op*_no_bwd` (or, where candle's own kernel is the fast one, that kernel);
@@ -37,6 +37,7 @@
 //! Errors are candle's ([`candle_core::Error`]), as for any candle op: a shape that does not
 //! fit is a caller bug, not bad outside data.
 
+mod add;
 mod attention;
 mod bf16;
 mod cpu;
@@ -52,6 +53,7 @@ mod rope;
 mod switch;
 mod transpose;
 
+pub use add::add;
 pub use attention::{
     causal_attention, causal_attention_after_prefix, causal_softmax, FUSED_ATTENTION_MAX_HEAD_DIM,
 };

@@ -312,8 +312,13 @@ impl DecoderLayer {
     pub fn forward(&self, xs: &Tensor, c: &Ctx, cache: Slot, train: bool) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
         let h = self.self_attn.forward(&h, c, cache, train)?;
-        let xs = (xs + h)?;
+        // `kernels::add`: on the CPU in f32, the add on rayon's threads (candle's own pool
+        // and barriers cost more than the add in a training step); elsewhere candle's add.
+        let xs = sightline_kernels::add(xs, &h)?;
         let h = self.post_attention_layernorm.forward(&xs)?;
-        Ok((&xs + self.mlp.forward(&h, c.residual, train)?)?)
+        Ok(sightline_kernels::add(
+            &xs,
+            &self.mlp.forward(&h, c.residual, train)?,
+        )?)
     }
 }

@@ -211,8 +211,9 @@ impl LoraLayer {
         };
         if dtype == DType::F32 {
             // An f32 base output (bf16 inference's f32 residual path): the update joins it in
-            // f32, as torch promotes `result + lora_B(lora_A(x)) * scaling`.
-            return Ok((base + delta.to_dtype(DType::F32)?)?);
+            // f32, as torch promotes `result + lora_B(lora_A(x)) * scaling`. (`kernels::add`:
+            // the same sum, on rayon's threads on the CPU.)
+            return Ok(sightline_kernels::add(&base, &delta.to_dtype(DType::F32)?)?);
         }
         Ok((base.to_dtype(delta.dtype())? + delta)?.to_dtype(dtype)?)
     }
