@@ -7,6 +7,8 @@
 //! SmolLM2-135M LoRA step as ~5% scheduler time and ~1% barriers next to the adds' own ~4%
 //! (seven LoRA adds and two residual adds per layer). The sum is the same IEEE add.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -15,6 +17,9 @@ use crate::cpu::{slice, CResult, Path};
 /// Values per parallel task; below [`PARALLEL_FROM`] values one task does it all.
 const CHUNK: usize = 1 << 15;
 const PARALLEL_FROM: usize = 1 << 16;
+
+/// One task's slices of `a` and `b`.
+type Operands<'a> = (&'a [f32], &'a [f32]);
 
 struct Add;
 
@@ -36,7 +41,7 @@ impl CustomOp2 for Add {
         }
         // Written without zeroing first: the chunks of `y` are as long as those of `a`.
         let mut y: Vec<f32> = Vec::with_capacity(a.len());
-        let add = |(y, (a, b)): (&mut [std::mem::MaybeUninit<f32>], (&[f32], &[f32]))| {
+        let add = |(y, (a, b)): (&mut [MaybeUninit<f32>], Operands)| {
             for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
                 y.write(a + b);
             }
