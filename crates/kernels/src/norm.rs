@@ -40,18 +40,24 @@ impl CustomOp2 for RmsNorm {
         if w.len() != h || h == 0 {
             candle_core::bail!("rms-norm: weight of {} for rows of {h}", w.len());
         }
-        let mut y = vec![0f32; x.len()];
+        // Written without zeroing first: `x` is whole rows of `h`, and every row of `y` is
+        // written.
+        let mut y: Vec<f32> = Vec::with_capacity(x.len());
         let chunk = rows_per_task(x.len() / h) * h;
-        y.par_chunks_mut(chunk)
+        y.spare_capacity_mut()
+            .par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
                     let r = inv_rms(x, self.eps);
                     for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
-                        *y = w * (x * r);
+                        y.write(w * (x * r));
                     }
                 }
             });
+        // SAFETY: `x.len()` is a multiple of `h` (its last dim), so the chunks and rows above
+        // cover all of `y`, and each value was written.
+        unsafe { y.set_len(x.len()) };
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 

@@ -35,12 +35,15 @@ impl CustomOp1 for Rope {
         }
         let x = slice(s, l)?;
         let sign = if self.inverse { -1.0f32 } else { 1.0 };
-        let mut y = vec![0f32; x.len()];
+        // Written without zeroing first: every (batch, head) block of t·d values is written
+        // whole, position by position, both halves.
+        let mut y: Vec<f32> = Vec::with_capacity(x.len());
         with_f32(&self.cos, |cos| {
             with_f32(&self.sin, |sin| {
                 // One task per (batch, head): t·d values.
-                y.par_chunks_mut(t * d)
-                    .zip(x.par_chunks(t * d))
+                y.spare_capacity_mut()
+                    .par_chunks_mut((t * d).max(1))
+                    .zip(x.par_chunks((t * d).max(1)))
                     .for_each(|(y, x)| {
                         for p in 0..t {
                             let (c, sn) = (&cos[p * half..][..half], &sin[p * half..][..half]);
@@ -49,14 +52,17 @@ impl CustomOp1 for Rope {
                             let (y1, y2) = y.split_at_mut(half);
                             for i in 0..half {
                                 let s = sign * sn[i];
-                                y1[i] = x1[i] * c[i] - x2[i] * s;
-                                y2[i] = x2[i] * c[i] + x1[i] * s;
+                                y1[i].write(x1[i] * c[i] - x2[i] * s);
+                                y2[i].write(x2[i] * c[i] + x1[i] * s);
                             }
                         }
                     });
                 Ok(())
             })
         })?;
+        // SAFETY: `x` is `[b, h, t, d]` (checked by `dims4`) with `d = 2·half`, so the blocks
+        // above cover all of `y` and wrote each value.
+        unsafe { y.set_len(x.len()) };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

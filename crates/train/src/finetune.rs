@@ -618,6 +618,13 @@ fn add_values_into(buf: &mut Vec<f32>, values: &[f32]) -> Result<()> {
     // Below this many values the thread pool's hand-off costs more than the pass.
     const PARALLEL_FROM: usize = 1 << 15;
     let parallel = values.len() >= PARALLEL_FROM;
+    if !buf.is_empty() && buf.len() != values.len() {
+        return Err(Error::Config(format!(
+            "gradient of {} values for a buffer of {}",
+            values.len(),
+            buf.len()
+        )));
+    }
     if buf.is_empty() {
         *buf = if parallel {
             values.par_iter().map(|&x| x + 0.0).collect()
