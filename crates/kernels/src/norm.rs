@@ -72,11 +72,16 @@ impl CustomOp2 for RmsNorm {
         let h = w.elem_count();
         let n = x.elem_count() / h;
         let chunk = rows_per_task(n) * h;
-        let mut dx = vec![0f32; n * h];
+        // Written without zeroing first: every row of `dx` is written (lengths checked below).
+        let mut dx: Vec<f32> = Vec::with_capacity(n * h);
         let partial_dw: Vec<Vec<f32>> = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(grad, |g| {
+                    if x.len() != n * h || g.len() != n * h || w.len() != h {
+                        candle_core::bail!("rms-norm: backward of {n} rows of {h}");
+                    }
                     Ok(dx
+                        .spare_capacity_mut()
                         .par_chunks_mut(chunk)
                         .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
                         .map(|(dx, (x, g))| {
@@ -95,7 +100,7 @@ impl CustomOp2 for RmsNorm {
                                 }
                                 let mean = dot / h as f32;
                                 for i in 0..h {
-                                    dx[i] = r * (g[i] * w[i] - x[i] * r * mean);
+                                    dx[i].write(r * (g[i] * w[i] - x[i] * r * mean));
                                 }
                             }
                             dw
@@ -104,6 +109,9 @@ impl CustomOp2 for RmsNorm {
                 })
             })
         })?;
+        // SAFETY: `x` and `g` have `n·h` values (checked above), so the chunks and rows above
+        // cover all of `dx`, and each value was written.
+        unsafe { dx.set_len(n * h) };
         let dw = sum_partials(&partial_dw, h);
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
