@@ -1,4 +1,5 @@
-//! mimalloc's purging of freed memory, switched off for training.
+//! mimalloc's purging of freed memory, switched off for training (from the start) and for
+//! scoring and evaluation (once the model is loaded: `sightline`'s `keep_freed_memory_from_now`).
 //!
 //! A training step allocates and frees its activations and gradients anew every step (candle
 //! makes a new tensor per op). mimalloc, the global allocator of `sightline` and of the step
@@ -17,6 +18,7 @@ use std::os::raw::{c_int, c_long};
 extern "C" {
     fn mi_option_get(option: c_int) -> c_long;
     fn mi_option_set(option: c_int, value: c_long);
+    fn mi_collect(force: bool);
 }
 
 /// `mi_option_purge_delay`'s value in mimalloc 3.3's `mi_option_t` (libmimalloc-sys 0.1.49,
@@ -37,6 +39,14 @@ pub fn keep_freed_memory() {
         // SAFETY: mimalloc's documented API; any option may be set at any time.
         unsafe { mi_option_set(PURGE_DELAY, -1) }
     }
+}
+
+/// Hands the memory freed so far back to the OS now (mimalloc's `mi_collect(true)`), e.g. a
+/// checkpoint's conversion buffers before [`keep_freed_memory`] would keep them.
+pub fn return_freed_memory() {
+    let _ = mimalloc::MiMalloc;
+    // SAFETY: mimalloc's documented API; callable at any time from any thread.
+    unsafe { mi_collect(true) }
 }
 
 /// mimalloc's current purge delay in milliseconds (−1: never).

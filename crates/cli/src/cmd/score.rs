@@ -10,7 +10,7 @@ use sightline_guard::Folder;
 use sightline_model::score::{score, Request};
 use sightline_vision::llava::ImageRequest;
 
-use super::model_args::ModelArgs;
+use super::model_args::{keep_freed_memory_from_now, ModelArgs};
 use super::scoring_args::ScoringArgs;
 use crate::io::Output;
 
@@ -123,10 +123,12 @@ pub fn run(a: Args) -> Result<()> {
         // Text requests in the same file are scored as the text path scores them; the
         // scoring flags (--add-bos, --max-length, ...) apply to those only.
         let m = a.model.load_llava()?;
+        keep_freed_memory_from_now();
         let loaded = std::time::Instant::now();
         (m.score(&requests, &opts, &mut progress), loaded)
     } else {
         let m = a.model.load()?;
+        keep_freed_memory_from_now();
         let loaded = std::time::Instant::now();
         let text: Vec<Request> = requests
             .into_iter()

@@ -28,7 +28,7 @@ use sightline_model::{dtype_name, hub};
 use sightline_vision::conversation::{template, TEMPLATE_NAMES};
 
 use super::api_args::ApiArgs;
-use super::model_args::ModelArgs;
+use super::model_args::{keep_freed_memory_from_now, ModelArgs};
 use super::scoring_args::ScoringArgs;
 use crate::io::Output;
 use run_kind::RunKind;
@@ -402,6 +402,7 @@ fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
     let tag = || format!("adapter={}|dtype={dtype}", pin(a.model.adapter.as_deref()),);
     if run.multimodal {
         let llava = a.model.load_llava()?;
+        keep_freed_memory_from_now();
         let max_length = llava.llm.config.max_position_embeddings;
         let mut tag = format!(
             "{}|{}|vision_tower={}|mm_projector={}|aspect={:?}",
@@ -423,6 +424,7 @@ fn load_lm(a: &Args, run: &RunKind) -> Result<(Box<dyn LanguageModel>, usize)> {
         Ok((Box::new(lm), max_length))
     } else {
         let loaded = a.model.load()?;
+        keep_freed_memory_from_now();
         let mut tag = tag();
         let pinned = hub::identity(&a.model.model);
         if pinned != a.model.model {
