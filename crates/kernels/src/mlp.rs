@@ -4,12 +4,15 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{bf16_forward, slice, with_f32, CResult, Path};
+use crate::math::sigmoid;
 
 /// Values per parallel task.
 const CHUNK: usize = 1 << 14;
 
 /// `silu(gate) · up`. With `σ = sigmoid(gate)`: `d gate = g · up · σ · (1 + gate · (1 − σ))`,
-/// `d up = g · gate · σ`.
+/// `d up = g · gate · σ`. σ is [`sigmoid`]'s, whose `exp` vectorises (libm's scalar `expf`
+/// took 1–1.4% of an f32 scoring pass or training step); it is a few f32 ulp from
+/// `1 / (1 + exp(−gate))`.
 struct SwiGlu;
 
 impl CustomOp2 for SwiGlu {
@@ -35,7 +38,7 @@ impl CustomOp2 for SwiGlu {
             .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
             .for_each(|(y, (g, u))| {
                 for i in 0..y.len() {
-                    y[i].write(g[i] / (1.0 + (-g[i]).exp()) * u[i]);
+                    y[i].write(g[i] * sigmoid(g[i]) * u[i]);
                 }
             });
         // SAFETY: the chunks above cover all `gate.len()` values and wrote each.
@@ -69,7 +72,7 @@ impl CustomOp2 for SwiGlu {
                         )
                         .for_each(|((dg, du), (ga, (u, g)))| {
                             for i in 0..dg.len() {
-                                let s = 1.0 / (1.0 + (-ga[i]).exp());
+                                let s = sigmoid(ga[i]);
                                 du[i].write(g[i] * ga[i] * s);
                                 dg[i].write(g[i] * u[i] * s * (1.0 + ga[i] * (1.0 - s)));
                             }
