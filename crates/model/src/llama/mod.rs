@@ -16,6 +16,7 @@
 //! attention keeps padded positions out of every earlier position.
 
 pub mod layers;
+mod logprob;
 pub mod train;
 mod trainable;
 
@@ -32,6 +33,7 @@ use crate::weights::Weights;
 use layers::{Attention, Ctx, DecoderLayer, Linear, Mlp, RmsNorm, Rope, Slot};
 
 pub use layers::{inv_freq, KvCache};
+pub use logprob::{argmax, logprob_and_greedy};
 pub use trainable::Trainable;
 
 /// Where the LoRA updates of a model come from.
@@ -441,31 +443,4 @@ impl<'a> From<Option<&'a mut KvCache>> for Cache<'a> {
     fn from(c: Option<&'a mut KvCache>) -> Self {
         c.map_or(Cache::None, Cache::Append)
     }
-}
-
-/// Log-softmax of one logits row at `target`, and whether `target` is its (first) argmax.
-/// Accumulates in f64; torch does it in f32, which differs by ~1e-7 relative.
-pub fn logprob_and_greedy(row: &[f32], target: u32) -> (f64, bool) {
-    let mut argmax = 0usize;
-    let mut max = f32::NEG_INFINITY;
-    for (i, &x) in row.iter().enumerate() {
-        if x > max {
-            max = x;
-            argmax = i;
-        }
-    }
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let lp = (row[target as usize] - max) as f64 - sum.ln();
-    (lp, argmax == target as usize)
-}
-
-/// Index of the (first) largest value.
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best
 }
