@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use sightline_model::generate::{first_stop, generate_ids_with, GenerateOptions, Generation};
-use sightline_model::llama::logprob_and_greedy;
+use sightline_model::llama::{log_normalizer, logprob_and_greedy};
 use sightline_model::{Llama, LoadedModel, Tokenizer};
 use sightline_vision::batch_generate::{BatchOutput, BatchPrompt, Decoding};
 use sightline_vision::llava::{Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
@@ -510,12 +510,10 @@ fn image_prompt(llava: &Llava, prompt: &str, images: &[RgbImage]) -> Result<Tens
 /// likely tokens' by the same formula.
 fn row_logprobs(row: &[f32], target: u32, k: usize) -> TokenLogprob {
     let (logprob, _) = logprob_and_greedy(row, target);
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let top = if k == 0 {
         Vec::new()
     } else {
-        let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-        let ln = sum.ln();
+        let (max, ln) = log_normalizer(row);
         let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
         for (i, &x) in row.iter().enumerate() {
             if best.len() < k || x > best[best.len() - 1].1 {

@@ -11,8 +11,18 @@
 /// Accumulates in f64; torch does it in f32, which differs by ~1e-7 relative. A NaN logit
 /// makes the log-probability NaN (NaNs never count as the maximum).
 pub fn logprob_and_greedy(row: &[f32], target: u32) -> (f64, bool) {
-    let max = max_skipping_nan(row);
+    let (max, ln_sum) = log_normalizer(row);
     let first = row.iter().position(|&x| x == max).unwrap_or(0);
+    let lp = f64::from(row[target as usize] - max) - ln_sum;
+    (lp, first == target as usize)
+}
+
+/// `(max, ln Σ exp(x − max))` of a logits row (NaNs skipped for the maximum, NaN in the sum):
+/// the log-probability of entry `i` is `(row[i] − max) − ln_sum`. Anything that reports
+/// log-probabilities beside [`logprob_and_greedy`]'s (an API's top tokens) uses this, so the
+/// two agree to the bit.
+pub fn log_normalizer(row: &[f32]) -> (f32, f64) {
+    let max = max_skipping_nan(row);
     let mut lanes = [0f64; 8];
     let (chunks, rest) = row.as_chunks::<8>();
     for c in chunks {
@@ -25,8 +35,7 @@ pub fn logprob_and_greedy(row: &[f32], target: u32) -> (f64, bool) {
             .iter()
             .map(|&x| exp_nonpositive(f64::from(x - max)))
             .sum::<f64>();
-    let lp = f64::from(row[target as usize] - max) - sum.ln();
-    (lp, first == target as usize)
+    (max, sum.ln())
 }
 
 /// Index of the (first) largest value.
