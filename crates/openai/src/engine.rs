@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use sightline_model::generate::{first_stop, generate_ids_with, GenerateOptions, Generation};
-use sightline_model::llama::{log_normalizer, logprob_and_greedy};
+use sightline_model::llama::LogSoftmax;
 use sightline_model::{Llama, LoadedModel, Tokenizer};
 use sightline_vision::batch_generate::{BatchOutput, BatchPrompt, Decoding};
 use sightline_vision::llava::{Llava, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
@@ -507,14 +507,11 @@ fn image_prompt(llava: &Llava, prompt: &str, images: &[RgbImage]) -> Result<Tens
 }
 
 /// The target's log-probability (exactly as in-process scoring computes it) and the `k` most
-/// likely tokens' by the same formula.
+/// likely tokens' by the same formula, from one pass of the row's log-softmax.
 fn row_logprobs(row: &[f32], target: u32, k: usize) -> TokenLogprob {
-    let (logprob, _) = logprob_and_greedy(row, target);
-    let top = if k == 0 {
-        Vec::new()
-    } else {
-        let (max, ln) = log_normalizer(row);
-        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    let norm = LogSoftmax::of(row);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
         for (i, &x) in row.iter().enumerate() {
             if best.len() < k || x > best[best.len() - 1].1 {
                 let at = best.partition_point(|&(_, y)| y >= x);
@@ -522,11 +519,14 @@ fn row_logprobs(row: &[f32], target: u32, k: usize) -> TokenLogprob {
                 best.truncate(k);
             }
         }
-        best.into_iter()
-            .map(|(i, x)| (i, (x - max) as f64 - ln))
-            .collect()
-    };
-    TokenLogprob { logprob, top }
+    }
+    TokenLogprob {
+        logprob: norm.logprob(row[target as usize]),
+        top: best
+            .into_iter()
+            .map(|(i, x)| (i, norm.logprob(x)))
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -11,31 +11,46 @@
 /// Accumulates in f64; torch does it in f32, which differs by ~1e-7 relative. A NaN logit
 /// makes the log-probability NaN (NaNs never count as the maximum).
 pub fn logprob_and_greedy(row: &[f32], target: u32) -> (f64, bool) {
-    let (max, ln_sum) = log_normalizer(row);
-    let first = row.iter().position(|&x| x == max).unwrap_or(0);
-    let lp = f64::from(row[target as usize] - max) - ln_sum;
-    (lp, first == target as usize)
+    let norm = LogSoftmax::of(row);
+    let first = row.iter().position(|&x| x == norm.max).unwrap_or(0);
+    (norm.logprob(row[target as usize]), first == target as usize)
 }
 
-/// `(max, ln Σ exp(x − max))` of a logits row (NaNs skipped for the maximum, NaN in the sum):
-/// the log-probability of entry `i` is `(row[i] − max) − ln_sum`. Anything that reports
-/// log-probabilities beside [`logprob_and_greedy`]'s (an API's top tokens) uses this, so the
-/// two agree to the bit.
-pub fn log_normalizer(row: &[f32]) -> (f32, f64) {
-    let max = max_skipping_nan(row);
-    let mut lanes = [0f64; 8];
-    let (chunks, rest) = row.as_chunks::<8>();
-    for c in chunks {
-        for l in 0..8 {
-            lanes[l] += exp_nonpositive(f64::from(c[l] - max));
+/// A logits row's log-softmax, as its maximum (NaNs skipped) and `ln Σ exp(x − max)` (NaN if
+/// any logit is): one pass over the row, then any entry's log-probability. What reports
+/// several entries of a row (an API's target and top tokens) reads them all from one of these,
+/// with [`logprob_and_greedy`]'s formula.
+#[derive(Clone, Copy, Debug)]
+pub struct LogSoftmax {
+    max: f32,
+    ln_sum: f64,
+}
+
+impl LogSoftmax {
+    pub fn of(row: &[f32]) -> Self {
+        let max = max_skipping_nan(row);
+        let mut lanes = [0f64; 8];
+        let (chunks, rest) = row.as_chunks::<8>();
+        for c in chunks {
+            for l in 0..8 {
+                lanes[l] += exp_nonpositive(f64::from(c[l] - max));
+            }
+        }
+        let sum = lanes.iter().sum::<f64>()
+            + rest
+                .iter()
+                .map(|&x| exp_nonpositive(f64::from(x - max)))
+                .sum::<f64>();
+        LogSoftmax {
+            max,
+            ln_sum: sum.ln(),
         }
     }
-    let sum = lanes.iter().sum::<f64>()
-        + rest
-            .iter()
-            .map(|&x| exp_nonpositive(f64::from(x - max)))
-            .sum::<f64>();
-    (max, sum.ln())
+
+    /// The log-probability of an entry whose logit is `x`.
+    pub fn logprob(&self, x: f32) -> f64 {
+        f64::from(x - self.max) - self.ln_sum
+    }
 }
 
 /// Index of the (first) largest value.

@@ -33,7 +33,7 @@ use crate::weights::Weights;
 use layers::{Attention, Ctx, DecoderLayer, Linear, Mlp, RmsNorm, Rope, Slot};
 
 pub use layers::{inv_freq, KvCache};
-pub use logprob::{argmax, log_normalizer, logprob_and_greedy};
+pub use logprob::{argmax, logprob_and_greedy, LogSoftmax};
 pub use trainable::Trainable;
 
 /// Where the LoRA updates of a model come from.
