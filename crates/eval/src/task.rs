@@ -193,13 +193,5 @@ pub fn np_argmax(xs: &[f64]) -> usize {
         .unwrap_or_else(|| argmax(xs))
 }
 
-/// Index of the first maximum (numpy `argmax`).
-pub fn argmax(xs: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best
-}
+/// Index of the first maximum (numpy `argmax`); the decoder's, shared.
+pub use sightline_model::llama::argmax;

@@ -53,11 +53,12 @@ impl LogSoftmax {
     }
 }
 
-/// Index of the (first) largest value.
-pub fn argmax(row: &[f32]) -> usize {
+/// Index of the (first) largest value (numpy's `argmax` where nothing is NaN): logits for
+/// greedy decoding, log-likelihoods for a multiple-choice answer.
+pub fn argmax<T: PartialOrd>(row: &[T]) -> usize {
     let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] {
             best = i;
         }
     }
