@@ -320,13 +320,8 @@ impl LanguageModel for CandleLm {
                 break;
             }
             let t = Tensor::from_slice(&input, (1, input.len()), model.device()).map_err(candle)?;
-            let hidden = model.forward_hidden_embeds(&model.embed(&t)?, Some(&mut cache))?;
-            let last = hidden
-                .narrow(1, input.len() - 1, 1)
-                .and_then(|h| h.squeeze(1))
-                .map_err(candle)?;
             let logits: Vec<f32> = model
-                .logits(&last)?
+                .forward_last(&t, Some(&mut cache))?
                 .flatten_all()
                 .and_then(|l| l.to_vec1())
                 .map_err(candle)?;

@@ -117,9 +117,10 @@ pub fn generate_embeds_with(
         if cache.len() + input.dim(1)? > max_pos {
             break;
         }
-        let hidden = model.forward_hidden_embeds(&input, Some(&mut cache))?;
-        let last = hidden.narrow(1, input.dim(1)? - 1, 1)?.squeeze(1)?;
-        let logits: Vec<f32> = model.logits(&last)?.flatten_all()?.to_vec1()?;
+        let logits: Vec<f32> = model
+            .forward_last_embeds(&input, Some(&mut cache))?
+            .flatten_all()?
+            .to_vec1()?;
         let next = if opts.temperature <= 0.0 {
             argmax(&logits) as u32
         } else {

@@ -416,24 +416,20 @@ fn sum_rows(logits: &[f32], vocab: usize, targets: &[u32]) -> Scored {
     Scored { logprob, is_greedy }
 }
 
-/// The plain path: one forward over right-padded inputs; only continuation rows reach the
-/// LM head.
+/// The plain path: one forward over right-padded inputs; only continuation rows go through
+/// the last layer's queries and MLP (`Llama::forward_hidden_rows`) and reach the LM head.
 fn score_padded_batch(model: &Llama, batch: &[&Prepared]) -> Result<Vec<Scored>> {
     let dev = model.device();
     let width = batch.iter().map(|p| p.input.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(batch.len() * width);
-    let mut rows = Vec::new();
-    for (b, p) in batch.iter().enumerate() {
+    let mut windows = Vec::with_capacity(batch.len());
+    for p in batch {
         ids.extend(&p.input);
         ids.extend(std::iter::repeat_n(0u32, width - p.input.len()));
-        let start = p.input.len() - p.targets.len();
-        rows.extend((start..p.input.len()).map(|r| (b * width + r) as u32));
+        windows.push(p.input.len() - p.targets.len()..p.input.len());
     }
     let ids = Tensor::from_vec(ids, (batch.len(), width), dev)?;
-    let hidden = model.forward_hidden(&ids, None)?;
-    let hidden = hidden
-        .flatten_to(1)?
-        .index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+    let hidden = model.forward_hidden_rows(&ids, None, &windows)?;
     let logits: Vec<f32> = model.logits(&hidden)?.flatten_all()?.to_vec1()?;
     let vocab = model.config.vocab_size;
     let mut out = Vec::with_capacity(batch.len());

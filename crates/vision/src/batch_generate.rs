@@ -128,9 +128,9 @@ fn generate_equal_length(
         if cache.len() + t > max_pos {
             break;
         }
-        let hidden = llm.forward_hidden_embeds(&input, Some(&mut cache))?; // [b, t, hidden]
-        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // [b, hidden]
-        let logits: Vec<Vec<f32>> = llm.logits(&last)?.to_vec2()?; // [b, vocab]
+        let logits: Vec<Vec<f32>> = llm
+            .forward_last_embeds(&input, Some(&mut cache))? // [b, vocab]
+            .to_vec2()?;
         let mut next = vec![0u32; b];
         for (r, mut row) in logits.into_iter().enumerate() {
             if done[r] {

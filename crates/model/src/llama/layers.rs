@@ -6,6 +6,7 @@
 //! (training): one forward serves both.
 
 use std::f64::consts::PI;
+use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -251,36 +252,108 @@ impl Attention {
             .contiguous()?;
         let q = c.rope.apply(&q, offset, c.residual)?; // [b, h, t, d]
         let k = c.rope.apply(&k, offset, c.residual)?; // [b, kvh, t, d]
-        let scale = 1.0 / (d as f64).sqrt();
-        let (k, v) = match cache {
-            Slot::Read(Some((pk, pv))) => {
-                let ys =
-                    sightline_kernels::causal_attention_after_prefix(&q, (pk, pv), &k, &v, scale)?;
-                return self.o_proj.forward_to(&ys, c.residual, train);
-            }
-            Slot::Append(slot) => {
-                let kv = match slot.as_ref() {
-                    Some((pk, pv)) => {
-                        let (pk, pv) = if pk.dim(0)? != b {
-                            let shape = (b, kvh, pk.dim(2)?, d);
-                            (pk.broadcast_as(shape)?, pv.broadcast_as(shape)?)
-                        } else {
-                            (pk.clone(), pv.clone())
-                        };
-                        (
-                            Tensor::cat(&[&pk, &k], 2)?.contiguous()?,
-                            Tensor::cat(&[&pv, &v], 2)?.contiguous()?,
-                        )
-                    }
-                    None => (k, v),
-                };
-                *slot = Some(kv.clone());
-                kv
-            }
-            Slot::None | Slot::Read(None) => (k, v),
-        };
+        let scale = self.scale();
+        if let Slot::Read(Some((pk, pv))) = cache {
+            let ys = sightline_kernels::causal_attention_after_prefix(&q, (pk, pv), &k, &v, scale)?;
+            return self.o_proj.forward_to(&ys, c.residual, train);
+        }
+        let (k, v) = self.with_cache(k, v, c, cache)?;
         let ys = sightline_kernels::causal_attention(&q, &k, &v, offset, scale)?; // [b*t, h*d]
         self.o_proj.forward_to(&ys, c.residual, train)
+    }
+
+    /// [`Attention::forward`] (inference) that computes only the output rows in `windows`
+    /// (per sequence, positions `start..end` of its `t`), `[Σ window, hidden]` in sequence
+    /// order; `picked` holds their indices into `xs`' `b·t` rows. Keys and values still come
+    /// from every row, and [`Slot::Append`] caches them all; queries, attention and `o_proj`
+    /// run on the picked rows only.
+    fn forward_rows(
+        &self,
+        xs: &Tensor,
+        c: &Ctx,
+        cache: Slot,
+        windows: &[Range<usize>],
+        picked: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, t, offset) = (c.b, c.t, c.offset);
+        let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        if matches!(cache, Slot::Read(Some(_))) {
+            return Err(crate::error::Error::Request(
+                "forward_rows reads no cached prefix without appending to it".into(),
+            ));
+        }
+        let k = self.k_proj.forward(xs, false)?.reshape((b, t, kvh, d))?;
+        let v = self
+            .v_proj
+            .forward(xs, false)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = c.rope.apply(&k, offset, c.residual)?; // [b, kvh, t, d]
+        let (k, v) = self.with_cache(k, v, c, cache)?;
+        let q = self.q_proj.forward(&xs.index_select(picked, 0)?, false)?;
+        // Queries at positions offset + w.start.. of sequences `seqs` (one window `w` each),
+        // against their keys up to the last of them: the full forward's causal attention for
+        // these rows.
+        let attend = |q: &Tensor, seqs: Range<usize>, w: &Range<usize>| -> Result<Tensor> {
+            let n = seqs.len();
+            let q = q.reshape((n, w.len(), h, d))?;
+            let q = c.rope.apply(&q, offset + w.start, c.residual)?;
+            let seen = offset + w.end;
+            let narrow = |x: &Tensor| x.narrow(0, seqs.start, n)?.narrow(2, 0, seen)?.contiguous();
+            let (k, v) = (narrow(&k)?, narrow(&v)?);
+            let scale = self.scale();
+            Ok(sightline_kernels::causal_attention(
+                &q,
+                &k,
+                &v,
+                offset + w.start,
+                scale,
+            )?)
+        };
+        let ys = if windows.iter().all(|w| *w == windows[0]) {
+            // One window for all (the last position of every prompt): one batched call.
+            attend(&q, 0..b, &windows[0])?
+        } else {
+            let mut ys = Vec::with_capacity(windows.len());
+            let mut row = 0;
+            for (i, w) in windows.iter().enumerate().filter(|(_, w)| !w.is_empty()) {
+                ys.push(attend(&q.narrow(0, row, w.len())?, i..i + 1, w)?);
+                row += w.len();
+            }
+            Tensor::cat(&ys, 0)?
+        };
+        self.o_proj.forward_to(&ys, c.residual, false)
+    }
+
+    /// `1/√head_dim`, the scores' scale.
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    /// This step's keys and values `[b, kvh, t, d]` behind what the slot has cached (which
+    /// [`Slot::Append`] then replaces by the whole), `[b, kvh, offset + t, d]`.
+    fn with_cache(&self, k: Tensor, v: Tensor, c: &Ctx, cache: Slot) -> Result<(Tensor, Tensor)> {
+        let Slot::Append(slot) = cache else {
+            return Ok((k, v));
+        };
+        let kv = match slot.as_ref() {
+            Some((pk, pv)) => {
+                let (pk, pv) = if pk.dim(0)? != c.b {
+                    let shape = (c.b, self.n_kv_heads, pk.dim(2)?, self.head_dim);
+                    (pk.broadcast_as(shape)?, pv.broadcast_as(shape)?)
+                } else {
+                    (pk.clone(), pv.clone())
+                };
+                (
+                    Tensor::cat(&[&pk, &k], 2)?.contiguous()?,
+                    Tensor::cat(&[&pv, &v], 2)?.contiguous()?,
+                )
+            }
+            None => (k, v),
+        };
+        *slot = Some(kv.clone());
+        Ok(kv)
     }
 }
 
@@ -319,6 +392,27 @@ impl DecoderLayer {
         Ok(sightline_kernels::add(
             &xs,
             &self.mlp.forward(&h, c.residual, train)?,
+        )?)
+    }
+
+    /// [`DecoderLayer::forward`] (inference) computing only the rows in `windows` (see
+    /// [`Attention::forward_rows`]): `[Σ window, hidden]`. Everything after attention's keys
+    /// and values is row-wise, so the layer's other rows are never needed by these.
+    pub fn forward_rows(
+        &self,
+        xs: &Tensor,
+        c: &Ctx,
+        cache: Slot,
+        windows: &[Range<usize>],
+        picked: &Tensor,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(xs)?;
+        let h = self.self_attn.forward_rows(&h, c, cache, windows, picked)?;
+        let xs = sightline_kernels::add(&xs.index_select(picked, 0)?, &h)?;
+        let h = self.post_attention_layernorm.forward(&xs)?;
+        Ok(sightline_kernels::add(
+            &xs,
+            &self.mlp.forward(&h, c.residual, false)?,
         )?)
     }
 }

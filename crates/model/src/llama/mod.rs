@@ -21,6 +21,7 @@ pub mod train;
 mod trainable;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -327,14 +328,62 @@ impl Llama {
         self.run(&self.embed(ids)?, Cache::Read(prefix), false)
     }
 
+    /// [`Llama::forward_hidden`] for the rows a caller reads: per sequence of `ids: [b, t]`,
+    /// positions `windows[i]` (`start..end` within `t`) → `[Σ window, hidden]` in sequence
+    /// order. The last layer computes keys and values for every row (and caches them all)
+    /// but queries, attention output and MLP for these rows only: one layer's work saved on
+    /// every row no one reads (a scored context, a prompt before its last token). The rows
+    /// equal [`Llama::forward_hidden`]'s (`tests/forward_rows.rs`).
+    pub fn forward_hidden_rows(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        windows: &[Range<usize>],
+    ) -> Result<Tensor> {
+        self.forward_hidden_embeds_rows(&self.embed(ids)?, cache, windows)
+    }
+
+    /// [`Llama::forward_hidden_rows`] from input embeddings `[b, t, hidden]`.
+    pub fn forward_hidden_embeds_rows(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+        windows: &[Range<usize>],
+    ) -> Result<Tensor> {
+        self.run_rows(embeds, cache.into(), false, Some(windows))
+    }
+
     /// The decoder on input embeddings `[b, t, hidden]`; `train` switches LoRA dropout on.
-    fn run(&self, embeds: &Tensor, mut cache: Cache, train: bool) -> Result<Tensor> {
+    fn run(&self, embeds: &Tensor, cache: Cache, train: bool) -> Result<Tensor> {
+        self.run_rows(embeds, cache, train, None)
+    }
+
+    /// [`Llama::run`]; with `windows` (inference), the last layer and the final norm compute
+    /// only those rows (per sequence, positions `start..end` of its `t`) and the result is
+    /// `[Σ window, hidden]` in sequence order.
+    fn run_rows(
+        &self,
+        embeds: &Tensor,
+        mut cache: Cache,
+        train: bool,
+        windows: Option<&[Range<usize>]>,
+    ) -> Result<Tensor> {
         let offset = match &cache {
             Cache::None => 0,
             Cache::Append(c) => c.len(),
             Cache::Read(c) => c.len(),
         };
         let (b, t, hidden) = self.check_embeds(embeds, offset)?;
+        let picked = match windows {
+            // Every row wanted (a decoding step): the plain forward, no gather.
+            Some(w) if w.iter().all(|w| *w == (0..t)) && w.len() == b => {
+                return Ok(self
+                    .run_rows(embeds, cache, train, None)?
+                    .reshape((b * t, hidden))?)
+            }
+            Some(w) => Some(self.picked_rows(w, b, t)?),
+            None => None,
+        };
         if let Cache::Append(c) = &mut cache {
             c.layers.resize(self.layers.len(), None);
         }
@@ -350,16 +399,43 @@ impl Llama {
             .to_dtype(residual)?
             .reshape((b * t, hidden))?
             .contiguous()?;
+        let last = self.layers.len().checked_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = match &mut cache {
                 Cache::None => Slot::None,
                 Cache::Append(c) => Slot::Append(&mut c.layers[i]),
                 Cache::Read(c) => Slot::Read(c.layers.get(i).and_then(|l| l.as_ref())),
             };
-            xs = layer.forward(&xs, &ctx, slot, train)?;
+            xs = match (&picked, windows) {
+                (Some(p), Some(w)) if Some(i) == last => {
+                    layer.forward_rows(&xs, &ctx, slot, w, p)?
+                }
+                _ => layer.forward(&xs, &ctx, slot, train)?,
+            };
+        }
+        if let (Some(p), None) = (&picked, last) {
+            xs = xs.index_select(p, 0)?; // no layers: the embeddings' rows
         }
         let xs = self.norm.forward(&xs)?;
-        Ok(xs.reshape((b, t, hidden))?)
+        Ok(match picked {
+            Some(_) => xs,
+            None => xs.reshape((b, t, hidden))?,
+        })
+    }
+
+    /// Indices into the `b·t` rows of the positions in `windows` (one window per sequence).
+    fn picked_rows(&self, windows: &[Range<usize>], b: usize, t: usize) -> Result<Tensor> {
+        if windows.len() != b || windows.iter().any(|w| w.start > w.end || w.end > t) {
+            return Err(Error::Request(format!(
+                "row windows {windows:?} do not fit {b} sequences of {t} positions"
+            )));
+        }
+        let rows: Vec<u32> = windows
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| w.clone().map(move |r| (i * t + r) as u32))
+            .collect();
+        Ok(Tensor::new(rows.as_slice(), self.device())?)
     }
 
     /// The dtype of the residual stream between layers: the compute dtype, except under bf16
@@ -426,9 +502,25 @@ impl Llama {
 
     /// Logits of the last position of each row: `[b, t]` → `[b, vocab]`.
     pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let t = ids.dim(1)?;
-        let hidden = self.forward_hidden(ids, cache)?;
-        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+        self.forward_last_embeds(&self.embed(ids)?, cache)
+    }
+
+    /// [`Llama::forward_last`] from input embeddings `[b, t, hidden]` → `[b, vocab]`: the
+    /// last layer's queries and MLP run on the last position only (the step that reads a
+    /// prompt before generating from it).
+    pub fn forward_last_embeds(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        if t == 0 {
+            return Err(Error::Request(
+                "forward_last needs at least one position".into(),
+            ));
+        }
+        let hidden = self.forward_hidden_embeds_rows(embeds, cache, &vec![t - 1..t; b])?;
+        self.logits(&hidden)
     }
 }
 

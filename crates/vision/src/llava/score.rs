@@ -103,11 +103,23 @@ impl Llava {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let batch = Tensor::stack(&rows, 0)?;
-            let hidden_states = self.llm.forward_hidden_embeds(&batch, None)?;
-            for (row, &i) in chunk.iter().enumerate() {
+            // Only the target rows go through the last layer's queries and MLP.
+            let windows: Vec<_> = chunk
+                .iter()
+                .map(|&i| {
+                    let p = &prepared[i];
+                    p.first_target_row..p.first_target_row + p.targets.len()
+                })
+                .collect();
+            let hidden_states = self
+                .llm
+                .forward_hidden_embeds_rows(&batch, None, &windows)?;
+            let mut offset = 0;
+            for &i in chunk {
                 let p = &prepared[i];
                 let n = p.targets.len();
-                let h = hidden_states.get(row)?.narrow(0, p.first_target_row, n)?;
+                let h = hidden_states.narrow(0, offset, n)?;
+                offset += n;
                 let logits: Vec<Vec<f32>> = self.llm.logits(&h)?.to_vec2()?;
                 let mut lp = 0.0;
                 let mut greedy = true;
