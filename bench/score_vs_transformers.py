@@ -23,6 +23,10 @@ plain transformers in **f32** (untimed) and reports each bf16 system's log-likel
 against it (max, median and mean relative |Δll|): sightline's bf16 must be no worse than
 transformers' own bf16.
 
+`--repeat N` runs N rounds (the reference, then sightline's two runs) in turn and reports
+median seconds, with the range of the rounds' own ratios: on the shared 2-core machines one
+system's time can move by 15–25% between back-to-back runs of the same work.
+
 `--reference transformers` replaces HFLM by plain transformers with HFLM's rules (context +
 continuation encoded whole and split at the context's token count, no BOS, left truncation to
 max_length + 1, length-sorted batches, log-softmax in f32): for a Python without lm_eval
@@ -34,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -168,6 +173,10 @@ def main():
     ap.add_argument("--binary", default=str(ROOT / "target/release/sightline"))
     ap.add_argument("--work", help="models, requests and outputs (default bench/out)")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of (reference, sightline shared prefix, sightline plain), run in turn; "
+                         "reports median seconds and the range of the rounds' ratios (this machine's "
+                         "run-to-run spread is up to ±15%% on the TinyLlama shape)")
     a = ap.parse_args()
     global OUT
     if a.work:
@@ -193,6 +202,7 @@ def main():
     torch_dtype = {"f32": "float32", "bf16": "bfloat16"}[a.dtype]
     reference = hflm_reference if a.reference == "lm_eval" else transformers_reference
     tokens, t_ref, ref = reference(model_dir, reqs, a, torch_dtype)
+    ref_times = [t_ref]
     if a.reference == "lm_eval":
         import lm_eval
         ref_name = f"lm_eval {lm_eval.__version__} HFLM"
@@ -210,6 +220,54 @@ def main():
 
     binary = Path(a.binary)
     runs = {}
+    times = {}  # label -> seconds per round
+    for round_ in range(a.repeat):
+        if round_ > 0:
+            ref_times.append(reference(model_dir, reqs, a, torch_dtype)[1])
+        run_sightline_round(a, binary, model_dir, req_file, ref, rel_errors if f32_ref else None, runs, times)
+    t_ref = statistics.median(ref_times)
+    for label in runs:
+        dt, diff, e32, wall = runs[label]
+        runs[label] = (statistics.median(times[label]), diff, e32, wall)
+
+    kind = "SmolLM2-135M-Instruct" if a.shape == "smollm2" else f"random LLaMA {a.shape}"
+    print(f"model: {kind} {a.dtype} on {a.device} | {len(reqs)} TruthfulQA MC requests "
+          f"({a.questions} questions), {tokens} input tokens | batch {a.batch_size} | {a.threads} threads")
+    print(f"reference: {ref_name}, torch {torch.__version__}, transformers {transformers.__version__}")
+    if a.repeat > 1:
+        print(f"{a.repeat} rounds, each the reference then sightline; seconds are medians, and the "
+              f"last column the range of the rounds' own ratios (reference seconds "
+              f"{min(ref_times):.2f}–{max(ref_times):.2f})")
+    vs32 = lambda e: f"{e[0]:10.2e} {e[1]:10.2e} {e[2]:10.2e}" if e else ""
+    head32 = f" {'max vs f32':>10} {'median':>10} {'mean':>10}" if f32_ref else ""
+    ref32 = vs32(rel_errors([r[0] for r in ref])) if f32_ref else ""
+    spread = lambda label: (
+        f" {min(r / t for r, t in zip(ref_times, times[label])):5.2f}–"
+        f"{max(r / t for r, t in zip(ref_times, times[label])):4.2f}" if a.repeat > 1 else "")
+    head_spread = f" {'round ratios':>12}" if a.repeat > 1 else ""
+    print(f"{'system':32} {'seconds':>8} {'tokens/s':>9} {'ratio':>6} {'process s':>9} "
+          f"{'max rel |Δll|':>14}{head32}{head_spread}")
+    print(f"{ref_name:32} {t_ref:8.2f} {tokens / t_ref:9.0f} {1.0:6.2f} {'-':>9} {'-':>14} {ref32}")
+    for label, (dt, diff, e32, wall) in runs.items():
+        print(f"{label:32} {dt:8.2f} {tokens / dt:9.0f} {t_ref / dt:6.2f} {wall:9.2f} {diff:14.2e} "
+              f"{vs32(e32)}{spread(label)}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "shape": a.shape, "device": a.device, "dtype": a.dtype, "questions": a.questions,
+            "requests": len(reqs), "tokens": tokens, "reference": ref_name,
+            "reference_seconds": t_ref, "reference_tokens_per_s": tokens / t_ref,
+            "reference_rounds": ref_times,
+            "reference_vs_f32": rel_errors([r[0] for r in ref]) if f32_ref else None,
+            "sightline": {k: {"seconds": dt, "tokens_per_s": tokens / dt, "max_rel_diff": d, "vs_f32": e,
+                              "process_seconds": wall, "rounds": times[k]}
+                          for k, (dt, d, e, wall) in runs.items()},
+            "speed_ratio": t_ref / runs["sightline (shared prefix)"][0]}, indent=1))
+
+
+def run_sightline_round(a, binary, model_dir, req_file, ref, rel_errors, runs, times):
+    """One round of sightline's two runs (shared prefix, plain): fills `runs[label]` with
+    (seconds, max rel |Δll| against the reference, errors against f32 or None, process
+    seconds) and appends the seconds to `times[label]`."""
     for label, extra in [("sightline (shared prefix)", []), ("sightline (plain)", ["--no-shared-prefix"])]:
         out = OUT / ("scores" + ("-plain" if extra else "") + ".jsonl")
         cmd = [str(binary), "--threads", str(a.threads), "score", "--model", str(model_dir), "--requests",
@@ -226,31 +284,8 @@ def main():
         dt = float(summary.group(1))
         got = [json.loads(l)["logprob"] for l in out.read_text().splitlines()]
         diff = max(abs(g - r[0]) / max(1.0, abs(r[0])) for g, r in zip(got, ref))
-        runs[label] = (dt, diff, rel_errors(got) if f32_ref else None, wall)
-
-    kind = "SmolLM2-135M-Instruct" if a.shape == "smollm2" else f"random LLaMA {a.shape}"
-    print(f"model: {kind} {a.dtype} on {a.device} | {len(reqs)} TruthfulQA MC requests "
-          f"({a.questions} questions), {tokens} input tokens | batch {a.batch_size} | {a.threads} threads")
-    print(f"reference: {ref_name}, torch {torch.__version__}, transformers {transformers.__version__}")
-    vs32 = lambda e: f"{e[0]:10.2e} {e[1]:10.2e} {e[2]:10.2e}" if e else ""
-    head32 = f" {'max vs f32':>10} {'median':>10} {'mean':>10}" if f32_ref else ""
-    ref32 = vs32(rel_errors([r[0] for r in ref])) if f32_ref else ""
-    print(f"{'system':32} {'seconds':>8} {'tokens/s':>9} {'ratio':>6} {'process s':>9} "
-          f"{'max rel |Δll|':>14}{head32}")
-    print(f"{ref_name:32} {t_ref:8.2f} {tokens / t_ref:9.0f} {1.0:6.2f} {'-':>9} {'-':>14} {ref32}")
-    for label, (dt, diff, e32, wall) in runs.items():
-        print(f"{label:32} {dt:8.2f} {tokens / dt:9.0f} {t_ref / dt:6.2f} {wall:9.2f} {diff:14.2e} "
-              f"{vs32(e32)}")
-    if a.json:
-        Path(a.json).write_text(json.dumps({
-            "shape": a.shape, "device": a.device, "dtype": a.dtype, "questions": a.questions,
-            "requests": len(reqs), "tokens": tokens, "reference": ref_name,
-            "reference_seconds": t_ref, "reference_tokens_per_s": tokens / t_ref,
-            "reference_vs_f32": rel_errors([r[0] for r in ref]) if f32_ref else None,
-            "sightline": {k: {"seconds": dt, "tokens_per_s": tokens / dt, "max_rel_diff": d, "vs_f32": e,
-                              "process_seconds": wall}
-                          for k, (dt, d, e, wall) in runs.items()},
-            "speed_ratio": t_ref / runs["sightline (shared prefix)"][0]}, indent=1))
+        runs[label] = (dt, diff, rel_errors(got) if rel_errors else None, wall)
+        times.setdefault(label, []).append(dt)
 
 
 if __name__ == "__main__":

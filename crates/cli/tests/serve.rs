@@ -98,7 +98,8 @@ fn api_eval_equals_the_local_run() {
         );
         // Not 0: the local run scores a question's answers on its context's KV cache, in
         // batches, its attention summing the cached context's keys and the answer's in separate
-        // blocks; the server runs each prompt whole (see the bit-exact test below). f32 noise:
+        // blocks; the server runs each prompt whole (see the one-prompt-per-forward test
+        // below). f32 noise:
         // measured 7.8e-7.
         assert!(worst <= 2e-6, "{task}: {worst}");
         let greedy_same = x.iter().zip(&y).filter(|(p, q)| p.1 == q.1).count();
@@ -120,10 +121,15 @@ fn api_eval_equals_the_local_run() {
     assert!(b["cached_requests"].as_u64().unwrap() > 100);
 }
 
-/// On the same compute path (one prompt per forward, no shared prefix) the log-likelihoods
-/// over HTTP are the local ones bit for bit: the JSON round trip loses nothing.
+/// With one prompt per forward on both sides (no shared prefix, batch 1) the log-likelihoods
+/// over HTTP are the local ones to f32 rounding of the last layer. They are not bit for bit:
+/// the local run computes the last decoder layer's queries, attention output and MLP for the
+/// continuation's rows only (`Llama::forward_hidden_rows`), the server for every prompt row
+/// (it returns them all), and matrix products over different numbers of rows may round
+/// differently (measured: 3.7e-7 relative at most, on single-token continuations). Everything
+/// else in the path is the same, so this bounds what the JSON round trip may change.
 #[test]
-fn api_scoring_is_bit_exact_on_the_same_compute_path() {
+fn api_scoring_on_one_prompt_per_forward_equals_the_local_run() {
     let tmp = tempfile::tempdir().unwrap();
     let args = [
         "eval",
@@ -162,7 +168,19 @@ fn api_scoring_is_bit_exact_on_the_same_compute_path() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for task in ["truthfulqa_mc1", "ethics_cm"] {
-        assert_eq!(logprobs(&local, task), logprobs(&api, task), "{task}");
+        let (x, y) = (logprobs(&local, task), logprobs(&api, task));
+        assert_eq!(x.len(), y.len());
+        let worst = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p.0 - q.0).abs() / p.0.abs().max(1.0))
+            .fold(0f64, f64::max);
+        eprintln!("{task}: largest |local - api| / |local| = {worst:e}");
+        assert!(worst <= 1e-6, "{task}: {worst}");
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.1 == q.1),
+            "{task}: is_greedy differs"
+        );
     }
 }
 
