@@ -176,6 +176,20 @@ fn check(m: &Llama, vocab: usize, tol: f32, what: &str) {
     let full = m.forward(&x, None).expect("forward");
     let full = values(&full.narrow(1, t - 1, 1).expect("narrow"));
     assert_close(&last, &full, tol, &format!("{what}: forward_last"));
+    // No row wanted: nothing comes back, and the cache still gets every row.
+    let mut c_none = KvCache::default();
+    let mut c_all = KvCache::default();
+    let none = m
+        .forward_hidden_rows(&x, Some(&mut c_none), &[0..0, 3..3, 21..21])
+        .expect("no rows");
+    assert_eq!(none.dims(), &[0, m.config.hidden_size]);
+    m.forward_hidden(&x, Some(&mut c_all)).expect("forward");
+    assert_close(
+        &cache_values(&c_none, &next, m),
+        &cache_values(&c_all, &next, m),
+        tol,
+        &format!("{what}: the cache of a forward that wanted no row"),
+    );
 }
 
 #[test]

@@ -279,7 +279,7 @@ impl Attention {
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         if matches!(cache, Slot::Read(Some(_))) {
             return Err(crate::error::Error::Request(
-                "forward_rows reads no cached prefix without appending to it".into(),
+                "a rows-only forward cannot run on a read-only cached prefix".into(),
             ));
         }
         let k = self.k_proj.forward(xs, false)?.reshape((b, t, kvh, d))?;
@@ -291,6 +291,10 @@ impl Attention {
             .contiguous()?;
         let k = c.rope.apply(&k, offset, c.residual)?; // [b, kvh, t, d]
         let (k, v) = self.with_cache(k, v, c, cache)?;
+        if picked.dim(0)? == 0 {
+            // No row wanted: only this layer's keys and values (cached above) were needed.
+            return Ok(Tensor::zeros((0, xs.dim(1)?), c.residual, xs.device())?);
+        }
         let q = self.q_proj.forward(&xs.index_select(picked, 0)?, false)?;
         // Queries at positions offset + w.start.. of sequences `seqs` (one window `w` each),
         // against their keys up to the last of them: the full forward's causal attention for
@@ -408,6 +412,9 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
         let h = self.self_attn.forward_rows(&h, c, cache, windows, picked)?;
+        if h.dim(0)? == 0 {
+            return Ok(h);
+        }
         let xs = sightline_kernels::add(&xs.index_select(picked, 0)?, &h)?;
         let h = self.post_attention_layernorm.forward(&xs)?;
         Ok(sightline_kernels::add(

@@ -416,6 +416,9 @@ impl Llama {
         if let (Some(p), None) = (&picked, last) {
             xs = xs.index_select(p, 0)?; // no layers: the embeddings' rows
         }
+        if xs.dim(0)? == 0 {
+            return Ok(Tensor::zeros((0, hidden), self.compute, self.device())?);
+        }
         let xs = self.norm.forward(&xs)?;
         Ok(match picked {
             Some(_) => xs,
