@@ -35,6 +35,19 @@ fn logprobs(dir: &Path, task: &str) -> Vec<(f64, bool)> {
         .collect()
 }
 
+/// max |a − b| / max(1, |a|) over two runs' log-likelihoods (same requests, same order).
+fn largest_relative_difference(a: &[(f64, bool)], b: &[(f64, bool)]) -> f64 {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "the two runs scored different numbers of requests"
+    );
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p.0 - q.0).abs() / p.0.abs().max(1.0))
+        .fold(0f64, f64::max)
+}
+
 #[test]
 fn api_eval_equals_the_local_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -85,13 +98,8 @@ fn api_eval_equals_the_local_run() {
     assert_eq!(l["task_hashes"], a["task_hashes"]);
     for task in ["truthfulqa_mc1", "ethics_cm"] {
         let (x, y) = (logprobs(&local, task), logprobs(&api, task));
-        assert_eq!(x.len(), y.len());
         // Relative to the log-likelihood (sums over up to ~100 tokens, |ll| up to ~300 here).
-        let worst = x
-            .iter()
-            .zip(&y)
-            .map(|(p, q)| (p.0 - q.0).abs() / p.0.abs().max(1.0))
-            .fold(0f64, f64::max);
+        let worst = largest_relative_difference(&x, &y);
         eprintln!(
             "{task}: {} log-likelihoods, largest |local - api| / |local| = {worst:e}",
             x.len()
@@ -169,12 +177,7 @@ fn api_scoring_on_one_prompt_per_forward_equals_the_local_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for task in ["truthfulqa_mc1", "ethics_cm"] {
         let (x, y) = (logprobs(&local, task), logprobs(&api, task));
-        assert_eq!(x.len(), y.len());
-        let worst = x
-            .iter()
-            .zip(&y)
-            .map(|(p, q)| (p.0 - q.0).abs() / p.0.abs().max(1.0))
-            .fold(0f64, f64::max);
+        let worst = largest_relative_difference(&x, &y);
         eprintln!("{task}: largest |local - api| / |local| = {worst:e}");
         assert!(worst <= 1e-6, "{task}: {worst}");
         assert!(

@@ -241,17 +241,10 @@ impl Attention {
     /// it is (and, at batch 1, never copied per sequence).
     fn forward(&self, xs: &Tensor, c: &Ctx, cache: Slot, train: bool) -> Result<Tensor> {
         let (b, t, offset) = (c.b, c.t, c.offset);
-        let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let (h, d) = (self.n_heads, self.head_dim);
         let q = self.q_proj.forward(xs, train)?.reshape((b, t, h, d))?;
-        let k = self.k_proj.forward(xs, train)?.reshape((b, t, kvh, d))?;
-        let v = self
-            .v_proj
-            .forward(xs, train)?
-            .reshape((b, t, kvh, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let (k, v) = self.keys_values(xs, c, train)?;
         let q = c.rope.apply(&q, offset, c.residual)?; // [b, h, t, d]
-        let k = c.rope.apply(&k, offset, c.residual)?; // [b, kvh, t, d]
         let scale = self.scale();
         if let Slot::Read(Some((pk, pv))) = cache {
             let ys = sightline_kernels::causal_attention_after_prefix(&q, (pk, pv), &k, &v, scale)?;
@@ -275,21 +268,14 @@ impl Attention {
         windows: &[Range<usize>],
         picked: &Tensor,
     ) -> Result<Tensor> {
-        let (b, t, offset) = (c.b, c.t, c.offset);
-        let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let (b, offset) = (c.b, c.offset);
+        let (h, d) = (self.n_heads, self.head_dim);
         if matches!(cache, Slot::Read(Some(_))) {
             return Err(crate::error::Error::Request(
                 "a rows-only forward cannot run on a read-only cached prefix".into(),
             ));
         }
-        let k = self.k_proj.forward(xs, false)?.reshape((b, t, kvh, d))?;
-        let v = self
-            .v_proj
-            .forward(xs, false)?
-            .reshape((b, t, kvh, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = c.rope.apply(&k, offset, c.residual)?; // [b, kvh, t, d]
+        let (k, v) = self.keys_values(xs, c, false)?;
         let (k, v) = self.with_cache(k, v, c, cache)?;
         if picked.dim(0)? == 0 {
             // No row wanted: only this layer's keys and values (cached above) were needed.
@@ -328,6 +314,20 @@ impl Attention {
             Tensor::cat(&ys, 0)?
         };
         self.o_proj.forward_to(&ys, c.residual, false)
+    }
+
+    /// This step's keys (rotated) and values of every row, head-major: `[b, kvh, t, d]` each.
+    fn keys_values(&self, xs: &Tensor, c: &Ctx, train: bool) -> Result<(Tensor, Tensor)> {
+        let (b, t) = (c.b, c.t);
+        let (kvh, d) = (self.n_kv_heads, self.head_dim);
+        let k = self.k_proj.forward(xs, train)?.reshape((b, t, kvh, d))?;
+        let v = self
+            .v_proj
+            .forward(xs, train)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        Ok((c.rope.apply(&k, c.offset, c.residual)?, v))
     }
 
     /// `1/√head_dim`, the scores' scale.
