@@ -416,7 +416,8 @@ impl Llama {
         if let (Some(p), None) = (&picked, last) {
             xs = xs.index_select(p, 0)?; // no layers: the embeddings' rows
         }
-        if xs.dim(0)? == 0 {
+        if picked.is_some() && xs.dim(0)? == 0 {
+            // No row wanted (the last layer still cached its keys and values).
             return Ok(Tensor::zeros((0, hidden), self.compute, self.device())?);
         }
         let xs = self.norm.forward(&xs)?;
