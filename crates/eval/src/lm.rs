@@ -374,7 +374,9 @@ impl PrefixCache {
         let candle = |e: candle_core::Error| Error::Model(e.into());
         let mut cache = KvCache::default();
         let t = Tensor::from_slice(prefix, (1, prefix.len()), model.device()).map_err(candle)?;
-        model.forward_hidden_embeds(&model.embed(&t)?, Some(&mut cache))?;
+        // Only the keys and values are kept: no row of the last layer is computed past them.
+        let no_rows = [std::ops::Range::default()]; // 0..0 for the one sequence
+        model.forward_hidden_rows(&t, Some(&mut cache), &no_rows)?;
         *slot = Some((prefix.to_vec(), cache.clone()));
         Ok((cache, shared))
     }

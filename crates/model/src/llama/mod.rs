@@ -374,6 +374,7 @@ impl Llama {
             Cache::Read(c) => c.len(),
         };
         let (b, t, hidden) = self.check_embeds(embeds, offset)?;
+        // The windows and their row indices, when some rows are left out of the last layer.
         let picked = match windows {
             // Every row wanted (a decoding step): the plain forward, no gather.
             Some(w) if w.iter().all(|w| *w == (0..t)) && w.len() == b => {
@@ -381,7 +382,7 @@ impl Llama {
                     .run_rows(embeds, cache, train, None)?
                     .reshape((b * t, hidden))?)
             }
-            Some(w) => Some(self.picked_rows(w, b, t)?),
+            Some(w) => Some((w, self.picked_rows(w, b, t)?)),
             None => None,
         };
         if let Cache::Append(c) = &mut cache {
@@ -406,14 +407,12 @@ impl Llama {
                 Cache::Append(c) => Slot::Append(&mut c.layers[i]),
                 Cache::Read(c) => Slot::Read(c.layers.get(i).and_then(|l| l.as_ref())),
             };
-            xs = match (&picked, windows) {
-                (Some(p), Some(w)) if Some(i) == last => {
-                    layer.forward_rows(&xs, &ctx, slot, w, p)?
-                }
+            xs = match &picked {
+                Some((w, p)) if Some(i) == last => layer.forward_rows(&xs, &ctx, slot, w, p)?,
                 _ => layer.forward(&xs, &ctx, slot, train)?,
             };
         }
-        if let (Some(p), None) = (&picked, last) {
+        if let (Some((_, p)), None) = (&picked, last) {
             xs = xs.index_select(p, 0)?; // no layers: the embeddings' rows
         }
         if picked.is_some() && xs.dim(0)? == 0 {
